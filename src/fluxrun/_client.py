@@ -1,0 +1,219 @@
+"""The process-wide FluxRun client: options, installed interceptors, the sealer and the sink.
+
+`fluxrun.init` builds one and installs every interceptor; `fluxrun.shutdown` flushes and restores
+every patched function. Executions call `begin`/`end` (through the decorator and middlewares).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from contextvars import Token
+from typing import Any
+
+from fluxrun._config import Options
+from fluxrun._context import Scope, scope_var
+from fluxrun._internal import InApp, logger, real_urandom, report_internal_error, wall_time
+from fluxrun.bundle import Sealer, load_capture_key
+from fluxrun.interceptors.base import Interceptor, Patch, Patcher
+from fluxrun.interceptors.clock import ClockInterceptor
+from fluxrun.interceptors.env import EnvInterceptor
+from fluxrun.interceptors.http import HttpInterceptor
+from fluxrun.interceptors.logs import LogsInterceptor
+from fluxrun.interceptors.randomness import RandomnessInterceptor
+from fluxrun.interceptors.threads import ThreadsInterceptor
+from fluxrun.interceptors.timers import TimersInterceptor
+from fluxrun.model.export import SDK, build_payload, build_summary
+from fluxrun.model.recording import Recording
+from fluxrun.shipping.base import BackgroundWorker
+from fluxrun.shipping.folder import FolderSink
+
+__all__ = ["Client", "begin", "end", "get_client", "install_client", "uninstall_client"]
+
+# HTTP clients FluxRun does not intercept yet: using one inside a captured execution is a gap.
+UNINTERCEPTED_HTTP_CLIENTS = ("requests", "urllib3", "aiohttp", "pycurl", "httplib2", "tornado.httpclient", "treq")
+# The standard library's clients are imported by much else, so they count only when the app's own code uses them.
+STDLIB_HTTP_CLIENTS = ("urllib.request", "http.client")
+
+_client: Client | None = None
+_client_lock = threading.Lock()
+
+
+class Client:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.in_app = InApp(options.in_app_include, options.in_app_exclude)
+        self.sealer: Sealer | None = None
+        if options.capture_key is not None:
+            self.sealer = Sealer(load_capture_key(options.capture_key), sdk=f"{SDK['name']}/{SDK['version']}")
+        else:
+            logger.warning(
+                "FluxRun has no capture key, so it cannot seal bundles and will not capture. "
+                "Run `fluxrun keys generate DIR` and set FLUXRUN_CAPTURE_KEY=DIR/capture.key "
+                "(or fluxrun.init(capture_key=...))."
+            )
+        self.sink = FolderSink(options.directory)
+        self.worker = BackgroundWorker(self._seal_and_write, max_queue=options.max_queue, name="fluxrun-shipper")
+        self.patcher = Patcher()
+        self.interceptors: list[Interceptor] = [
+            ClockInterceptor(),
+            TimersInterceptor(),
+            RandomnessInterceptor(),
+            EnvInterceptor(),
+            LogsInterceptor(),
+            HttpInterceptor(lambda: self.options.max_body_size),
+            ThreadsInterceptor(),
+        ]
+        self._rebind: dict[int, Any] = {}
+        self._scanned: set[str] = set()
+        self._modules_seen = 0
+        self._scan_lock = threading.Lock()
+        self._sampler = random.Random()
+        self.written: list[str] = []  # file paths, newest last (bounded), for tests and the CLI
+
+    @property
+    def capturing(self) -> bool:
+        return self.options.enabled and self.sealer is not None
+
+    # -- install ----------------------------------------------------------------------------------
+    def install(self) -> None:
+        for interceptor in self.interceptors:
+            self._rebind.update(interceptor.rebind())
+        for interceptor in self.interceptors:
+            for patch in interceptor.patches():
+                self.patcher.apply(patch)
+        self.rescan()
+        self._report_gaps()
+
+    def rescan(self) -> None:
+        """Rebind `from time import time`-style names in the app's own modules (new ones only)."""
+        with self._scan_lock:
+            modules = list(sys.modules.items())
+            self._modules_seen = len(modules)
+            for name, module in modules:
+                if name in self._scanned or module is None:
+                    continue
+                self._scanned.add(name)
+                if not self.in_app.module(name, getattr(module, "__file__", None)):
+                    continue
+                try:
+                    for attr, value in list(vars(module).items()):
+                        replacement = self._rebind.get(id(value))
+                        if replacement is not None and not attr.startswith("__"):
+                            self.patcher.apply(Patch(module, attr, replacement))
+                except Exception as exc:
+                    report_internal_error(f"rebinding names in {name}", exc)
+
+    def _report_gaps(self) -> None:
+        gaps = [name for name in UNINTERCEPTED_HTTP_CLIENTS if name in sys.modules]
+        stdlib = {id(m): name for name in STDLIB_HTTP_CLIENTS if (m := sys.modules.get(name)) is not None}
+        if stdlib:
+            for name, module in list(sys.modules.items()):
+                if module is None or not self.in_app.module(name, getattr(module, "__file__", None)):
+                    continue
+                for value in list(vars(module).values()):
+                    owner = getattr(value, "__module__", None) if callable(value) else None
+                    hit = stdlib.get(id(value)) or (owner if owner in STDLIB_HTTP_CLIENTS else None)
+                    if hit and hit not in gaps:
+                        gaps.append(hit)
+        if gaps:
+            logger.warning(
+                "FluxRun does not intercept these imported HTTP clients: %s. Calls made through them inside a "
+                "captured execution are not recorded, and replay will block them. Use httpx or httpx2, or "
+                "declare the call with @fluxrun.boundary.",
+                ", ".join(gaps),
+            )
+
+    def uninstall(self) -> None:
+        self.patcher.restore()
+
+    # -- executions -------------------------------------------------------------------------------
+    def keep(self, recording: Recording) -> bool:
+        outcome = recording.outcome
+        if outcome.get("kind") == "error":
+            return True
+        status = outcome.get("status")
+        if isinstance(status, int) and status >= 500:
+            return True
+        rate = self.options.sample_rate
+        return rate > 0 and self._sampler.random() < rate
+
+    def _seal_and_write(self, item: tuple[Recording, int]) -> None:
+        recording, duration_ns = item
+        assert self.sealer is not None
+        bundle_id = uuid.UUID(bytes=real_urandom(16), version=4).hex
+        payload = build_payload(
+            recording, bundle_id=bundle_id, release=self.options.release, environment=self.options.environment
+        )
+        summary = build_summary(payload, scrubber=self.options.scrubber, duration_ns=duration_ns)
+        data = self.sealer.seal(summary=summary, payload=payload, bundle_id=bundle_id)
+        path = self.sink.write(f"{payload['started_at'][:19].replace(':', '').replace('-', '')}-{bundle_id}", data)
+        self.worker.stats["written"] += 1
+        self.written.append(str(path))
+        del self.written[:-1000]
+
+
+def get_client() -> Client | None:
+    return _client
+
+
+def install_client(options: Options) -> Client:
+    global _client
+    with _client_lock:
+        if _client is not None:
+            _client.worker.close(2.0)
+            _client.uninstall()
+            _client = None
+        client = Client(options)
+        client.install()
+        _client = client
+        return client
+
+
+def uninstall_client(timeout: float) -> bool:
+    global _client
+    with _client_lock:
+        client, _client = _client, None
+    if client is None:
+        return True
+    flushed = client.worker.close(timeout)
+    client.uninstall()
+    return flushed
+
+
+def begin(execution: str, entry: str | None) -> tuple[Client, Recording, Token[Scope | None]] | None:
+    """Start capturing an execution in the current context; None when FluxRun is not capturing."""
+    client = _client
+    if client is None or not client.capturing:
+        return None
+    try:
+        if len(sys.modules) != client._modules_seen:
+            client.rescan()
+        recording = Recording(execution, entry, wall_time())
+        token = scope_var.set(Scope.root(recording))
+        return client, recording, token
+    except Exception as exc:
+        report_internal_error("starting a capture", exc)
+        return None
+
+
+def end(started: tuple[Client, Recording, Token[Scope | None]], *, reset: bool = True) -> None:
+    """Stop capturing; hand the recording to the background worker if it is worth keeping."""
+    client, recording, token = started
+    if reset:
+        try:
+            scope_var.reset(token)
+        except Exception as exc:  # reset from another context: the execution moved tasks
+            report_internal_error("ending a capture", exc)
+            scope_var.set(None)
+    try:
+        duration = recording.elapsed_ns()
+        if client.keep(recording):
+            client.worker.submit((recording, duration))
+    except Exception as exc:
+        report_internal_error("finishing a capture", exc)
+
+

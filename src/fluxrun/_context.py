@@ -1,0 +1,56 @@
+"""Which execution (and which task or thread within it) the current code belongs to.
+
+One context variable holds the active `Scope`. Interceptors read it first; `None` means "not
+capturing" (or "inside an intercepted call", whose inner IO belongs to that call) and they call
+straight through. Tasks and threads inherit the scope by context copy; the first time one of them
+records an event it gets its own child scope, so each event carries its lineage ("0.2.1").
+"""
+
+from __future__ import annotations
+
+import threading
+from asyncio import current_task
+from asyncio.events import _get_running_loop
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fluxrun.model.recording import Recording
+
+__all__ = ["Scope", "current", "scope_var"]
+
+scope_var: ContextVar[Scope | None] = ContextVar("fluxrun_scope", default=None)
+current = scope_var.get
+_get_ident = threading.get_ident
+
+
+def _owner() -> tuple[int, int]:
+    loop = _get_running_loop()
+    task = current_task(loop) if loop is not None else None
+    return (_get_ident(), id(task) if task is not None else 0)
+
+
+class Scope:
+    """The capture state of one task or thread inside one execution."""
+
+    __slots__ = ("_children", "owner", "path", "recording")
+
+    def __init__(self, recording: Recording, path: str, owner: tuple[int, int]) -> None:
+        self.recording = recording
+        self.path = path
+        self.owner = owner
+        self._children = 0
+
+    @classmethod
+    def root(cls, recording: Recording) -> Scope:
+        return cls(recording, "0", _owner())
+
+    def here(self) -> Scope:
+        """The scope for the calling task or thread, creating (and entering) a child scope on first use."""
+        owner = _owner()
+        if owner == self.owner:
+            return self
+        self._children += 1
+        child = Scope(self.recording, f"{self.path}.{self._children}", owner)
+        scope_var.set(child)
+        return child

@@ -1,0 +1,185 @@
+"""SDK plumbing that must never hurt the host app: one-time error logging, counters, code locations.
+
+Everything FluxRun does on the app's behalf runs inside `try/except` blocks that call
+`report_internal_error`, in the manner of sentry-python's `capture_internal_exceptions`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import site
+import sys
+import sysconfig
+import threading
+from collections import Counter
+from os import urandom as real_urandom
+from time import perf_counter_ns as perf_ns
+from time import time as wall_time
+from types import CodeType, FrameType
+
+# The unpatched clock and entropy, bound before any patch: FluxRun's own bookkeeping must never
+# call a patched function while a capture is active, or it would record itself.
+__all__ = ["logger", "perf_ns", "real_urandom", "report_internal_error", "wall_time"]
+
+logger = logging.getLogger("fluxrun")
+
+_reported: set[str] = set()
+_report_lock = threading.Lock()
+internal_errors: Counter[str] = Counter()
+
+
+def report_internal_error(where: str, exc: BaseException) -> None:
+    """Log an SDK failure once per location and count every occurrence; never raise."""
+    try:
+        internal_errors[where] += 1
+        with _report_lock:
+            if where in _reported:
+                return
+            _reported.add(where)
+        logger.warning(
+            "FluxRun failed in %s and stepped aside; the app's call went ahead as if FluxRun were absent "
+            "(reported once per location): %s: %s",
+            where,
+            type(exc).__name__,
+            exc,
+        )
+    except Exception:  # pragma: no cover - logging itself failed; nothing sensible is left to do
+        pass
+
+
+def _library_roots() -> tuple[str, ...]:
+    roots: set[str] = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            roots.add(os.path.realpath(path))
+    try:
+        for path in site.getsitepackages():
+            roots.add(os.path.realpath(path))
+    except AttributeError:  # pragma: no cover - virtualenv's old site.py
+        pass
+    user_site = getattr(site, "USER_SITE", None)
+    if user_site:
+        roots.add(os.path.realpath(user_site))
+    return tuple(sorted(r.rstrip(os.sep) + os.sep for r in roots))
+
+
+def _stdlib_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if paths.get(k)}
+    site_dirs = {os.path.realpath(p) for k in ("purelib", "platlib") if (p := paths.get(k))}
+    return tuple(sorted(r.rstrip(os.sep) + os.sep for r in roots - site_dirs))
+
+
+LIBRARY_ROOTS = _library_roots()
+STDLIB_ROOTS = _stdlib_roots()
+FLUXRUN_ROOT = os.path.dirname(os.path.realpath(__file__)) + os.sep
+PLUGIN_ROOT = os.path.join(os.path.dirname(FLUXRUN_ROOT.rstrip(os.sep)), "pytest_fluxrun") + os.sep
+
+_real_cache: dict[str, str] = {}
+
+
+def _real(filename: str) -> str:
+    real = _real_cache.get(filename)
+    if real is None:
+        real = os.path.realpath(filename) if filename and not filename.startswith("<") else filename
+        _real_cache[filename] = real
+    return real
+
+
+def is_fluxrun_file(filename: str) -> bool:
+    real = _real(filename)
+    return real.startswith(FLUXRUN_ROOT) or real.startswith(PLUGIN_ROOT)
+
+
+def is_stdlib_file(filename: str) -> bool:
+    if filename.startswith("<frozen"):
+        return True
+    return _real(filename).startswith(STDLIB_ROOTS)
+
+
+class InApp:
+    """Decides which code is the app's own: not the standard library, not site-packages, not FluxRun.
+
+    Users refine it with module prefixes (`in_app_include` wins over `in_app_exclude`).
+    """
+
+    def __init__(self, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
+        self.include = include
+        self.exclude = exclude
+        self._modules: dict[str, bool] = {}
+
+    def module(self, name: str, filename: str | None) -> bool:
+        cached = self._modules.get(name)
+        if cached is not None:
+            return cached
+        result = self._decide(name, filename)
+        self._modules[name] = result
+        return result
+
+    def _decide(self, name: str, filename: str | None) -> bool:
+        if any(name == p or name.startswith(p + ".") for p in self.include):
+            return True
+        if any(name == p or name.startswith(p + ".") for p in self.exclude):
+            return False
+        if name.split(".", 1)[0] in ("fluxrun", "pytest_fluxrun", "_pytest", "pytest", "pluggy"):
+            return False
+        if not filename or filename.startswith("<"):
+            return name == "__main__"
+        real = _real(filename)
+        return not real.startswith(LIBRARY_ROOTS) and not is_fluxrun_file(real)
+
+    def frame(self, frame: FrameType) -> bool:
+        return self.module(frame.f_globals.get("__name__", ""), frame.f_code.co_filename)
+
+
+# Frames inside these files are the public entry points of the patched APIs themselves
+# (os.getenv -> Mapping.get -> _Environ.__getitem__), so the caller is looked for above them.
+_PLUMBING_MODULES = ("os", "collections.abc", "_collections_abc", "random", "uuid", "secrets", "contextlib")
+_PLUMBING_PACKAGES = ("wrapt", "httpx", "httpx2", "httpcore", "httpcore2")
+_plumbing_cache: dict[CodeType, bool] = {}
+
+
+def _is_plumbing(code: CodeType, module: str) -> bool:
+    cached = _plumbing_cache.get(code)
+    if cached is None:
+        cached = (
+            module in _PLUMBING_MODULES
+            or module.split(".", 1)[0] in _PLUMBING_PACKAGES
+            or is_fluxrun_file(code.co_filename)
+        )
+        _plumbing_cache[code] = cached
+    return cached
+
+
+_stdlib_code_cache: dict[CodeType, bool] = {}
+
+
+def caller_frame(depth: int = 2) -> FrameType | None:
+    """The frame that called the patched API, skipping the API's own wrappers (os.getenv, etc.)."""
+    try:
+        frame: FrameType | None = sys._getframe(depth)
+    except ValueError:
+        return None
+    while frame is not None and _is_plumbing(frame.f_code, frame.f_globals.get("__name__", "")):
+        frame = frame.f_back
+    return frame
+
+
+def frame_is_stdlib(frame: FrameType) -> bool:
+    """True for standard-library internals (asyncio, logging, tempfile...): their IO is not the app's."""
+    code = frame.f_code
+    cached = _stdlib_code_cache.get(code)
+    if cached is None:
+        cached = is_stdlib_file(code.co_filename)
+        _stdlib_code_cache[code] = cached
+    return cached
+
+
+def site_of(frame: FrameType | None) -> str:
+    """`module:qualname:line`: the stream key of a call (module and function) plus its line for people."""
+    if frame is None:
+        return "?:?:0"
+    code = frame.f_code
+    return f"{frame.f_globals.get('__name__', '?')}:{code.co_qualname}:{frame.f_lineno}"

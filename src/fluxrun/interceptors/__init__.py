@@ -1,0 +1,1 @@
+"""One module per IO kind; each keeps record (and later replay) of its kind side by side."""

@@ -1,0 +1,134 @@
+"""The seam every interceptor shares: patches as (owner, attribute, replacement) triples.
+
+`Patcher.apply` and `Patcher.restore` mirror each other exactly, so `fluxrun.shutdown()` leaves
+every module and class as it found it. `record_call` is the common path of value-returning calls
+(time, randomness, env): read the context variable, find the caller, run the real call with nested
+capture suspended, and append one event.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fluxrun._context import Scope, scope_var
+from fluxrun._internal import caller_frame, frame_is_stdlib, perf_ns, report_internal_error, site_of
+
+__all__ = ["Interceptor", "Patch", "Patcher", "record_call"]
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Patch:
+    owner: Any
+    attribute: str
+    replacement: Any
+
+
+class Interceptor(Protocol):
+    """An IO kind's patches. `rebind` maps originals to replacements for `from x import y` in app code."""
+
+    kind: str
+
+    def patches(self) -> list[Patch]: ...
+
+    def rebind(self) -> dict[int, Any]: ...
+
+
+class Patcher:
+    """Applies patches and restores exactly what was there before (including "nothing")."""
+
+    def __init__(self) -> None:
+        self._applied: list[tuple[Any, str, Any]] = []
+
+    def apply(self, patch: Patch) -> None:
+        owner, name = patch.owner, patch.attribute
+        if isinstance(owner, type):
+            before = vars(owner).get(name, _MISSING)  # restore the class's own attribute, not an inherited one
+        else:
+            before = getattr(owner, name, _MISSING)
+        setattr(owner, name, patch.replacement)
+        self._applied.append((owner, name, before))
+
+    def restore(self) -> None:
+        while self._applied:
+            owner, name, before = self._applied.pop()
+            try:
+                if before is _MISSING:
+                    delattr(owner, name)
+                else:
+                    setattr(owner, name, before)
+            except Exception as exc:  # pragma: no cover - an app replaced the attribute itself
+                report_internal_error(f"restoring {name}", exc)
+
+    def __len__(self) -> int:
+        return len(self._applied)
+
+
+def record_call(
+    scope: Scope,
+    kind: str,
+    call: str,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    data: Callable[[Any], dict[str, Any]],
+    *,
+    on_error: Callable[[BaseException], dict[str, Any]] | None = None,
+) -> Any:
+    """Run `wrapped` and record it as one event of `kind` whose fields `data(result)` builds.
+
+    Calls made by the standard library's own internals (asyncio's clock, logging's timestamps,
+    tempfile's env reads) are not the app's IO and go straight through.
+    """
+    try:
+        frame = caller_frame(3)
+        if frame is None or frame_is_stdlib(frame):
+            return wrapped(*args, **kwargs)
+        here = scope.here()
+        event = here.recording.add(kind, call, here.path, site_of(frame), {})
+    except Exception as exc:
+        report_internal_error(f"{kind} capture", exc)
+        return wrapped(*args, **kwargs)
+    token = scope_var.set(None)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        scope_var.reset(token)
+        try:
+            event.dur_ns = perf_ns() - event.start_ns - here.recording.started_ns
+            event.error = on_error(exc) if on_error else error_fields(exc)
+        except Exception as internal:
+            report_internal_error(f"{kind} capture", internal)
+        raise
+    scope_var.reset(token)
+    try:
+        event.dur_ns = perf_ns() - event.start_ns - here.recording.started_ns
+        event.data = data(result)
+    except Exception as exc:
+        report_internal_error(f"{kind} capture", exc)
+    return result
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    from fluxrun.model.values import encode, type_path
+
+    return {"type": type_path(type(exc)), "message": str(exc), "exception": encode(exc)}
+
+
+def loaded(module: str) -> Any:
+    """The module if the app can import it, else None (interceptors for absent libraries do nothing)."""
+    mod = sys.modules.get(module)
+    if mod is not None:
+        return mod
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec(module) is None:
+            return None
+        return importlib.import_module(module)
+    except Exception:
+        return None

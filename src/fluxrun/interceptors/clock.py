@@ -1,0 +1,132 @@
+"""Time: `time.time/time_ns/monotonic(_ns)/perf_counter(_ns)` and `datetime.now/utcnow/today`, `date.today`.
+
+The `time` functions are patched on the module with wrapt. `datetime` is a C type whose methods
+cannot be replaced, so app modules see `CapturedDatetime`/`CapturedDate`: subclasses whose
+constructors hand back real `datetime`/`date` objects (pickling, orjson and `type(x) is datetime`
+keep working) and whose `isinstance` checks accept real instances. Only the app's own modules are
+rebound; library internals keep the real classes and the real clock, so they never enter the tape.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+import wrapt
+
+from fluxrun._context import current
+from fluxrun.interceptors.base import Patch, record_call
+from fluxrun.model.values import encode
+
+__all__ = ["CapturedDate", "CapturedDatetime", "ClockInterceptor"]
+
+KIND = "time"
+TIME_FUNCTIONS = ("time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns")
+_real_datetime = _dt.datetime
+_real_date = _dt.date
+
+
+def _value(result: Any) -> dict[str, Any]:
+    return {"value": result}
+
+
+def _time_wrapper(call: str) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        scope = current()
+        if scope is None:
+            return wrapped(*args, **kwargs)
+        return record_call(scope, KIND, call, wrapped, args, kwargs, _value)
+
+    return wrapper
+
+
+def _encoded(result: Any) -> dict[str, Any]:
+    return {"value": encode(result)}
+
+
+def _datetime_call(call: str, real: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    scope = current()
+    if scope is None:
+        return real(*args)
+    return record_call(scope, KIND, call, real, args, {}, _encoded)
+
+
+class _DateMeta(type):
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, _real_date)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, _real_date)
+
+
+class _DatetimeMeta(_DateMeta):
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, _real_datetime)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, _real_datetime)
+
+
+class CapturedDate(_real_date, metaclass=_DateMeta):
+    """`datetime.date` as the app's modules see it while FluxRun is installed."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is CapturedDate:
+            return _real_date(*args, **kwargs)
+        return _real_date.__new__(cls, *args, **kwargs)
+
+    @classmethod
+    def today(cls) -> Any:
+        return _datetime_call("date.today", _real_date.today, ())
+
+
+class CapturedDatetime(_real_datetime, metaclass=_DatetimeMeta):
+    """`datetime.datetime` as the app's modules see it while FluxRun is installed."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is CapturedDatetime:
+            return _real_datetime(*args, **kwargs)
+        return _real_datetime.__new__(cls, *args, **kwargs)
+
+    @classmethod
+    def now(cls, tz: _dt.tzinfo | None = None) -> Any:
+        return _datetime_call("datetime.now", _real_datetime.now, (tz,))
+
+    @classmethod
+    def utcnow(cls) -> Any:
+        return _datetime_call("datetime.utcnow", _real_datetime.utcnow, ())
+
+    @classmethod
+    def today(cls) -> Any:
+        return _datetime_call("datetime.today", _real_datetime.today, ())
+
+
+def _datetime_module_proxy() -> types.ModuleType:
+    """What `import datetime` names in an app module: the real module but for the two captured classes."""
+    proxy = types.ModuleType(_dt.__name__, _dt.__doc__)
+    proxy.__dict__.update({k: v for k, v in vars(_dt).items() if k not in ("__name__", "__doc__")})
+    proxy.datetime = CapturedDatetime  # type: ignore[attr-defined]
+    proxy.date = CapturedDate  # type: ignore[attr-defined]
+    return proxy
+
+
+class ClockInterceptor:
+    kind = KIND
+
+    def __init__(self) -> None:
+        self._wrappers = {
+            name: wrapt.FunctionWrapper(getattr(time, name), _time_wrapper(f"time.{name}")) for name in TIME_FUNCTIONS
+        }
+
+    def patches(self) -> list[Patch]:
+        return [Patch(time, name, wrapper) for name, wrapper in self._wrappers.items()]
+
+    def rebind(self) -> dict[int, Any]:
+        mapping: dict[int, Any] = {id(w.__wrapped__): w for w in self._wrappers.values()}
+        mapping[id(_real_datetime)] = CapturedDatetime
+        mapping[id(_real_date)] = CapturedDate
+        mapping[id(_dt)] = _datetime_module_proxy()
+        return mapping

@@ -1,0 +1,97 @@
+"""Declared boundaries: `@fluxrun.boundary("payments.charge")` marks a host call (DB, payment, queue, email).
+
+Its arguments and its result or exception are recorded; IO inside its body belongs to the call
+and is not recorded separately (at replay the body does not run at all).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import wrapt
+
+from fluxrun._context import Scope, current, scope_var
+from fluxrun._internal import caller_frame, perf_ns, report_internal_error, site_of
+from fluxrun.interceptors.base import error_fields
+from fluxrun.model.recording import Event
+from fluxrun.model.values import encode
+
+__all__ = ["boundary"]
+
+KIND = "host"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _start(scope: Scope, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Event | None:
+    try:
+        here = scope.here()
+        data = {"name": name, "args": encode(list(args)), "kwargs": encode(kwargs)}
+        return here.recording.add(KIND, name, here.path, site_of(caller_frame(3)), data)
+    except Exception as exc:
+        report_internal_error("boundary capture", exc)
+        return None
+
+
+def _finish(event: Event | None, scope: Scope, result: Any = None, exc: BaseException | None = None) -> None:
+    if event is None:
+        return
+    try:
+        event.dur_ns = perf_ns() - scope.recording.started_ns - event.start_ns
+        if exc is not None:
+            event.error = error_fields(exc)
+        else:
+            event.data["result"] = encode(result)
+    except Exception as internal:
+        report_internal_error("boundary capture", internal)
+
+
+def boundary(name: str) -> Callable[[F], F]:
+    """Declare a function (sync or async) as a host call named `name`, recorded as one event."""
+    if not isinstance(name, str) or not name:
+        raise TypeError('fluxrun.boundary needs a name, e.g. @fluxrun.boundary("payments.charge")')
+
+    def decorate(func: F) -> F:
+        if inspect.iscoroutinefunction(func):
+
+            async def record_async(scope: Scope, wrapped: Any, args: Any, kwargs: Any) -> Any:
+                event = _start(scope, name, args, kwargs)
+                token = scope_var.set(None)
+                try:
+                    result = await wrapped(*args, **kwargs)
+                except BaseException as exc:
+                    scope_var.reset(token)
+                    _finish(event, scope, exc=exc)
+                    raise
+                scope_var.reset(token)
+                _finish(event, scope, result)
+                return result
+
+            def async_wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+                scope = current()
+                if scope is None:
+                    return wrapped(*args, **kwargs)
+                return record_async(scope, wrapped, args, kwargs)
+
+            return wrapt.FunctionWrapper(func, async_wrapper)  # type: ignore[no-any-return]
+
+        def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            scope = current()
+            if scope is None:
+                return wrapped(*args, **kwargs)
+            event = _start(scope, name, args, kwargs)
+            token = scope_var.set(None)
+            try:
+                result = wrapped(*args, **kwargs)
+            except BaseException as exc:
+                scope_var.reset(token)
+                _finish(event, scope, exc=exc)
+                raise
+            scope_var.reset(token)
+            _finish(event, scope, result)
+            return result
+
+        return wrapt.FunctionWrapper(func, wrapper)  # type: ignore[no-any-return]
+
+    return decorate

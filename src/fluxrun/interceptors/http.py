@@ -1,0 +1,252 @@
+"""HTTP fetches through httpx and its successor httpx2: `Client.send` and `AsyncClient.send`.
+
+Every request method (`get`, `post`, `stream`, ...) ends in `send`, so one patch per client class
+sees them all, streamed or not. The connection pool's own IO (clock reads, DNS) runs inside the
+call and is not recorded separately. Non-streamed responses are recorded decoded (as the app read
+them); streamed ones are teed chunk by chunk as the app reads them, raw, up to the body limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import wrapt
+
+from fluxrun._context import Scope, current, scope_var
+from fluxrun._internal import caller_frame, perf_ns, report_internal_error, site_of
+from fluxrun.interceptors.base import Patch, error_fields, loaded
+from fluxrun.model.recording import Event
+
+__all__ = ["HttpInterceptor", "body_snapshot"]
+
+KIND = "http"
+MODULES = ("httpx", "httpx2")
+
+
+def body_snapshot(content: bytes, limit: int) -> dict[str, Any]:
+    """A request or response body as recorded: bytes up to `limit`, the full size, and a truncation mark."""
+    out: dict[str, Any] = {"bytes": content[:limit], "size": len(content)}
+    if len(content) > limit:
+        out["truncated"] = True
+    return out
+
+
+def _headers(headers: Any) -> list[list[str]]:
+    return [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers.raw]
+
+
+class _Support:
+    """What the wrappers need of one HTTP library (httpx or httpx2) and the current body limit."""
+
+    def __init__(self, module: Any, limit: Callable[[], int]) -> None:
+        self.module = module
+        self.name = module.__name__
+        self.limit = limit
+        support = self
+
+        class TeeStream(module.SyncByteStream):  # type: ignore[misc,name-defined]
+            def __init__(self, inner: Any, event: Event) -> None:
+                self.inner, self.event, self.chunks, self.size = inner, event, [], 0
+
+            def __iter__(self) -> Iterator[bytes]:
+                for chunk in self.inner:
+                    support.tee(self, chunk)
+                    yield chunk
+                support.finish_stream(self)
+
+            def close(self) -> None:
+                support.finish_stream(self)
+                self.inner.close()
+
+        class AsyncTeeStream(module.AsyncByteStream):  # type: ignore[misc,name-defined]
+            def __init__(self, inner: Any, event: Event) -> None:
+                self.inner, self.event, self.chunks, self.size = inner, event, [], 0
+
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                async for chunk in self.inner:
+                    support.tee(self, chunk)
+                    yield chunk
+                support.finish_stream(self)
+
+            async def aclose(self) -> None:
+                support.finish_stream(self)
+                await self.inner.aclose()
+
+        self.TeeStream = TeeStream
+        self.AsyncTeeStream = AsyncTeeStream
+
+    # -- request side ------------------------------------------------------------------------------
+    def start(self, scope: Scope, request: Any, stream: bool) -> Event | None:
+        try:
+            here = scope.here()
+            data = {
+                "client": self.name,
+                "request": {
+                    "method": request.method,
+                    "url": str(request.url),
+                    "headers": _headers(request.headers),
+                    "body": self.request_body(request),
+                },
+                "stream": stream,
+            }
+            return here.recording.add(
+                KIND, f"{request.method} {request.url}", here.path, site_of(caller_frame(4)), data
+            )
+        except Exception as exc:
+            report_internal_error("http capture", exc)
+            return None
+
+    def request_body(self, request: Any) -> dict[str, Any]:
+        try:
+            return body_snapshot(request.content, self.limit())
+        except self.module.RequestNotRead:
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) <= self.limit():
+                request.read()  # buffers a known-small stream; httpx then sends the buffered copy
+                return body_snapshot(request.content, self.limit())
+            return {"bytes": b"", "size": int(length) if length and length.isdigit() else None, "streamed": True}
+
+    async def arequest_body(self, request: Any) -> None:
+        """Async byte streams cannot be read synchronously; buffer small ones before `start`."""
+        try:
+            request.content  # noqa: B018 - raises RequestNotRead when not buffered yet
+        except self.module.RequestNotRead:
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) <= self.limit():
+                await request.aread()
+
+    # -- response side -----------------------------------------------------------------------------
+    def finish(self, event: Event | None, scope: Scope, response: Any, stream: bool) -> None:
+        if event is None:
+            return
+        try:
+            event.dur_ns = perf_ns() - scope.recording.started_ns - event.start_ns
+            recorded: dict[str, Any] = {
+                "status": response.status_code,
+                "reason": response.reason_phrase,
+                "http_version": response.http_version,
+                "headers": _headers(response.headers),
+                "redirects": len(response.history),
+            }
+            event.data["response"] = recorded
+            try:
+                content = response.content  # a streamed response may come complete (from a mock transport)
+            except self.module.ResponseNotRead:
+                content = None
+            if stream and content is None:
+                recorded["body"] = {"bytes": b"", "size": 0, "encoding": "raw", "complete": False}
+                tee = self.AsyncTeeStream if isinstance(response.stream, self.module.AsyncByteStream) else self.TeeStream
+                response.stream = tee(response.stream, event)
+            else:
+                recorded["body"] = {**body_snapshot(content or b"", self.limit()), "encoding": "decoded"}
+        except Exception as exc:
+            report_internal_error("http capture", exc)
+
+    def fail(self, event: Event | None, scope: Scope, exc: BaseException) -> None:
+        if event is None:
+            return
+        try:
+            event.dur_ns = perf_ns() - scope.recording.started_ns - event.start_ns
+            event.error = error_fields(exc)
+        except Exception as internal:
+            report_internal_error("http capture", internal)
+
+    def tee(self, stream: Any, chunk: bytes) -> None:
+        try:
+            room = self.limit() - sum(len(c) for c in stream.chunks)
+            if room > 0:
+                stream.chunks.append(chunk[:room])
+            stream.size += len(chunk)
+        except Exception as exc:
+            report_internal_error("http stream capture", exc)
+
+    def finish_stream(self, stream: Any) -> None:
+        try:
+            body = stream.event.data["response"]["body"]
+            if body.get("complete"):
+                return
+            content = b"".join(stream.chunks)
+            body.update(bytes=content, size=stream.size, complete=True)
+            if stream.size > len(content):
+                body["truncated"] = True
+        except Exception as exc:
+            report_internal_error("http stream capture", exc)
+
+
+def _sync_wrapper(support: _Support) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        scope = current()
+        if scope is None:
+            return wrapped(*args, **kwargs)
+        request = args[0] if args else kwargs.get("request")
+        stream = bool(kwargs.get("stream", False))
+        event = support.start(scope, request, stream)
+        token = scope_var.set(None)
+        try:
+            response = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            scope_var.reset(token)
+            support.fail(event, scope, exc)
+            raise
+        scope_var.reset(token)
+        support.finish(event, scope, response, stream)
+        return response
+
+    return wrapper
+
+
+def _async_wrapper(support: _Support) -> Callable[..., Any]:
+    async def record(scope: Scope, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        request = args[0] if args else kwargs.get("request")
+        stream = bool(kwargs.get("stream", False))
+        try:
+            await support.arequest_body(request)
+        except Exception as exc:
+            report_internal_error("http capture", exc)
+        event = support.start(scope, request, stream)
+        token = scope_var.set(None)
+        try:
+            response = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            scope_var.reset(token)
+            support.fail(event, scope, exc)
+            raise
+        scope_var.reset(token)
+        support.finish(event, scope, response, stream)
+        return response
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        scope = current()
+        if scope is None:
+            return wrapped(*args, **kwargs)
+        return record(scope, wrapped, args, kwargs)
+
+    return wrapper
+
+
+class HttpInterceptor:
+    kind = KIND
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self._limit = limit
+        self.modules = [m for m in (loaded(name) for name in MODULES) if m is not None]
+
+    def patches(self) -> list[Patch]:
+        patches = []
+        for module in self.modules:
+            support = _Support(module, self._limit)
+            patches.append(
+                Patch(module.Client, "send", wrapt.FunctionWrapper(vars(module.Client)["send"], _sync_wrapper(support)))
+            )
+            patches.append(
+                Patch(
+                    module.AsyncClient,
+                    "send",
+                    wrapt.FunctionWrapper(vars(module.AsyncClient)["send"], _async_wrapper(support)),
+                )
+            )
+        return patches
+
+    def rebind(self) -> dict[int, Any]:
+        return {}

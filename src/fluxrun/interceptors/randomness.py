@@ -1,0 +1,92 @@
+"""Randomness: the `random` module's functions, `uuid.uuid1/uuid4`, `os.urandom` and `secrets`.
+
+Instances the app makes itself (`random.Random(seed)`) are deterministic and left alone.
+`random.shuffle` is recorded as the permutation it applied, so replay can apply the same one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import uuid
+from collections.abc import Callable, MutableSequence
+from typing import Any
+
+import wrapt
+
+from fluxrun._context import current
+from fluxrun.interceptors.base import Patch, record_call
+from fluxrun.model.values import encode
+
+__all__ = ["RandomnessInterceptor"]
+
+KIND = "random"
+RANDOM_FUNCTIONS = (
+    "random", "uniform", "triangular", "randint", "randrange", "choice", "choices", "sample", "getrandbits",
+    "randbytes", "gauss", "normalvariate", "lognormvariate", "expovariate", "vonmisesvariate",
+    "gammavariate", "betavariate", "paretovariate", "weibullvariate",
+)  # fmt: skip
+SECRETS_FUNCTIONS = ("token_bytes", "token_hex", "token_urlsafe", "choice", "randbelow", "randbits")
+_real_shuffle = random.shuffle
+
+
+def _encoded(result: Any) -> dict[str, Any]:
+    return {"value": encode(result)}
+
+
+def _wrapper(call: str) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        scope = current()
+        if scope is None:
+            return wrapped(*args, **kwargs)
+        return record_call(scope, KIND, call, wrapped, args, kwargs, _encoded)
+
+    return wrapper
+
+
+def _shuffle_in_place(x: MutableSequence[Any]) -> list[int]:
+    """Shuffle `x` exactly as `random.shuffle` would (same draws) and return the permutation used."""
+    order = list(range(len(x)))
+    _real_shuffle(order)
+    items = [x[i] for i in order]
+    for position, item in enumerate(items):
+        x[position] = item
+    return order
+
+
+def _shuffle_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    scope = current()
+    if scope is None or kwargs or len(args) != 1:
+        return wrapped(*args, **kwargs)
+    holder: dict[str, list[int]] = {}
+
+    def shuffle(x: MutableSequence[Any]) -> None:
+        holder["order"] = _shuffle_in_place(x)
+
+    return record_call(scope, KIND, "random.shuffle", shuffle, args, {}, lambda _: {"permutation": holder["order"]})
+
+
+class RandomnessInterceptor:
+    kind = KIND
+
+    def __init__(self) -> None:
+        self._targets: list[tuple[Any, str, Any]] = []
+        for name in RANDOM_FUNCTIONS:
+            if hasattr(random, name):
+                self._add(random, name, _wrapper(f"random.{name}"))
+        self._add(random, "shuffle", _shuffle_wrapper)
+        for name in ("uuid1", "uuid4"):
+            self._add(uuid, name, _wrapper(f"uuid.{name}"))
+        self._add(os, "urandom", _wrapper("os.urandom"))
+        for name in SECRETS_FUNCTIONS:
+            self._add(secrets, name, _wrapper(f"secrets.{name}"))
+
+    def _add(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
+        self._targets.append((owner, name, wrapt.FunctionWrapper(getattr(owner, name), wrapper)))
+
+    def patches(self) -> list[Patch]:
+        return [Patch(owner, name, replacement) for owner, name, replacement in self._targets]
+
+    def rebind(self) -> dict[int, Any]:
+        return {id(replacement.__wrapped__): replacement for _, _, replacement in self._targets}

@@ -1,0 +1,1 @@
+"""Capture each HTTP request of an ASGI or WSGI app as one execution."""

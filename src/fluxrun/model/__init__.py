@@ -1,0 +1,1 @@
+"""Pure data model of a captured execution: no IO, no patches."""

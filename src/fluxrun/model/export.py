@@ -1,0 +1,144 @@
+"""Turn a finished `Recording` into the two halves of a bundle, off the request path.
+
+`build_payload` is everything, for the owner only (it is encrypted): bodies, values, frames.
+`build_summary` is what the server may see: scrubbed, and without bodies or values.
+"""
+
+from __future__ import annotations
+
+import base64
+import platform
+import sys
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any
+
+from fluxrun._version import __version__
+from fluxrun.model.recording import KINDS, Event, Recording
+from fluxrun.scrub import Scrubber
+
+__all__ = ["PAYLOAD_FORMAT", "SDK", "build_payload", "build_summary", "json_body"]
+
+PAYLOAD_FORMAT = 1
+SDK = {"name": "fluxrun.python", "version": __version__}
+
+
+def json_body(value: Any) -> Any:
+    """Replace recorded bodies `{"bytes": b"..."}` by `{"text": ...}` or `{"base64": ...}`, recursively."""
+    if isinstance(value, dict):
+        raw = value.get("bytes")
+        if isinstance(raw, (bytes, bytearray)):
+            out = {k: v for k, v in value.items() if k != "bytes"}
+            try:
+                out["text"] = bytes(raw).decode("utf-8")
+            except UnicodeDecodeError:
+                out["base64"] = base64.b64encode(raw).decode()
+            return out
+        return {k: json_body(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_body(v) for v in value]
+    if isinstance(value, tuple):
+        return [json_body(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return value
+
+
+def _event(event: Event) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "seq": event.seq,
+        "kind": event.kind,
+        "call": event.call,
+        "task": event.task,
+        "site": event.site,
+        "start_ns": event.start_ns,
+        "dur_ns": event.dur_ns,
+        "data": json_body(event.data),
+    }
+    if event.error is not None:
+        out["error"] = event.error
+    return out
+
+
+def iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def build_payload(
+    recording: Recording, *, bundle_id: str, release: str | None, environment: str | None
+) -> dict[str, Any]:
+    return {
+        "format": PAYLOAD_FORMAT,
+        "bundle_id": bundle_id,
+        "execution": recording.execution,
+        "entry": recording.entry,
+        "started_at": iso(recording.started_wall),
+        "request": json_body(recording.request),
+        "events": [_event(e) for e in sorted(recording.events, key=lambda e: e.seq)],
+        "outcome": json_body(recording.outcome),
+        "sdk": SDK,
+        "release": release,
+        "environment": environment,
+        "runtime": {"python": platform.python_version(), "implementation": sys.implementation.name},
+    }
+
+
+def _label(event: dict[str, Any], scrubber: Scrubber) -> str:
+    kind, data = event["kind"], event["data"]
+    if kind == "http":
+        return f"{data['request']['method']} {scrubber.url(data['request']['url'])}"
+    if kind == "log":
+        return f"{data.get('level', '')} {data.get('logger', '')}"
+    return str(event["call"])  # env key names, time/random function names, boundary names: no values
+
+
+def _index_entry(event: dict[str, Any], scrubber: Scrubber) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "seq": event["seq"],
+        "kind": event["kind"],
+        "label": _label(event, scrubber),
+        "task": event["task"],
+        "start_ms": round(event["start_ns"] / 1e6, 3),
+        "dur_ms": round(event["dur_ns"] / 1e6, 3),
+    }
+    response = event["data"].get("response") if event["kind"] == "http" else None
+    if response:
+        entry["status"] = response["status"]
+        body = response.get("body") or {}
+        if body.get("truncated"):
+            entry["truncated"] = True
+    if event["kind"] == "http" and (event["data"]["request"].get("body") or {}).get("truncated"):
+        entry["truncated"] = True
+    if "error" in event:
+        entry["error_type"] = event["error"].get("type")
+    return entry
+
+
+def build_summary(payload: dict[str, Any], *, scrubber: Scrubber, duration_ns: int) -> dict[str, Any]:
+    """The plaintext, scrubbed half of a bundle: enough to triage and group, nothing to leak."""
+    request = payload["request"]
+    outcome = payload["outcome"]
+    error = outcome.get("error")
+    events = payload["events"]
+    summary: dict[str, Any] = {
+        "bundle_id": payload["bundle_id"],
+        "execution": payload["execution"],
+        "entry": payload["entry"],
+        "started_at": payload["started_at"],
+        "duration_ms": round(duration_ns / 1e6, 3),
+        "route": request.get("route") or request.get("path") or payload["entry"],
+        "method": request.get("method"),
+        "path": scrubber.url(request["path"]) if request.get("path") else None,
+        "status": outcome.get("status"),
+        "outcome": outcome.get("kind"),
+        "error": {"type": error["type"], "message": scrubber.text(error["message"])} if error else None,
+        "fingerprint": error["fingerprint"] if error else None,
+        "request_id": request.get("request_id"),
+        "trace_id": (request.get("traceparent") or {}).get("trace_id"),
+        "events": [_index_entry(e, scrubber) for e in events],
+        "counts": {k: v for k, v in sorted(Counter(e["kind"] for e in events).items(), key=lambda kv: KINDS.index(kv[0]))},
+        "sdk": payload["sdk"],
+        "release": payload["release"],
+        "environment": payload["environment"],
+    }
+    return summary
