@@ -44,6 +44,12 @@ class _RecordedInput:
     def readline(self, *args: Any) -> bytes:
         return self._keep(self.inner.readline(*args))
 
+    def readinto(self, buffer: Any) -> int | None:
+        count: int | None = self.inner.readinto(buffer)
+        if count:
+            self._keep(bytes(memoryview(buffer)[:count]))
+        return count
+
     def readlines(self, *args: Any) -> list[bytes]:
         return [self._keep(line) for line in self.inner.readlines(*args)]
 
