@@ -87,11 +87,14 @@ def record_call(
     try:
         frame = caller_frame(3)
         if frame is None or frame_is_stdlib(frame):
-            return wrapped(*args, **kwargs)
-        here = scope.here()
-        event = here.recording.add(kind, call, here.path, site_of(frame), {})
+            here = None
+        else:
+            here = scope.here()
+            event = here.recording.add(kind, call, here.path, site_of(frame), {})
     except Exception as exc:
         report_internal_error(f"{kind} capture", exc)
+        here = None
+    if here is None:
         return wrapped(*args, **kwargs)
     token = scope_var.set(None)
     try:

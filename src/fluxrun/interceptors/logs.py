@@ -12,7 +12,7 @@ from typing import Any
 
 import wrapt
 
-from fluxrun._context import current, scope_var
+from fluxrun._context import Scope, current, scope_var
 from fluxrun._internal import report_internal_error
 from fluxrun.interceptors.base import Patch
 
@@ -21,26 +21,29 @@ __all__ = ["LogsInterceptor"]
 KIND = "log"
 
 
+def _record(scope: Scope, record: logging.LogRecord) -> None:
+    here = scope.here()
+    data: dict[str, Any] = {
+        "logger": record.name,
+        "level": record.levelname,
+        "message": record.getMessage(),
+        "file": record.pathname,
+        "line": record.lineno,
+    }
+    if record.exc_info and record.exc_info[0] is not None:
+        data["exc_type"] = record.exc_info[0].__qualname__
+    site = f"{record.module}:{record.funcName}:{record.lineno}"
+    here.recording.add(KIND, f"{record.levelname} {record.name}", here.path, site, data)
+
+
 def _handle_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     scope = current()
     if scope is None:
         return wrapped(*args, **kwargs)
     try:
         record: logging.LogRecord = args[0]
-        if record.name == "fluxrun" or record.name.startswith("fluxrun."):
-            return wrapped(*args, **kwargs)
-        here = scope.here()
-        data: dict[str, Any] = {
-            "logger": record.name,
-            "level": record.levelname,
-            "message": record.getMessage(),
-            "file": record.pathname,
-            "line": record.lineno,
-        }
-        if record.exc_info and record.exc_info[0] is not None:
-            data["exc_type"] = record.exc_info[0].__qualname__
-        site = f"{record.module}:{record.funcName}:{record.lineno}"
-        here.recording.add(KIND, f"{record.levelname} {record.name}", here.path, site, data)
+        if record.name != "fluxrun" and not record.name.startswith("fluxrun."):
+            _record(scope, record)
     except Exception as exc:
         report_internal_error("log capture", exc)
     token = scope_var.set(None)

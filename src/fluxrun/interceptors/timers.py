@@ -33,15 +33,19 @@ def _sleep_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, 
 async def _record_async_sleep(
     scope: Scope, wrapped: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
+    here: Scope | None = None
     try:
         # caller of the coroutine: this coroutine's frame is 0, the awaiting frame is 1
         frame = caller_frame(2)
-        if frame is None or frame_is_stdlib(frame):
-            return await wrapped(*args, **kwargs)
-        here = scope.here()
-        event = here.recording.add(KIND, "asyncio.sleep", here.path, site_of(frame), {"seconds": _delay(args, kwargs)})
+        if frame is not None and not frame_is_stdlib(frame):
+            here = scope.here()
+            event = here.recording.add(
+                KIND, "asyncio.sleep", here.path, site_of(frame), {"seconds": _delay(args, kwargs)}
+            )
     except Exception as exc:
         report_internal_error("timer capture", exc)
+        here = None
+    if here is None:
         return await wrapped(*args, **kwargs)
     token = scope_var.set(None)
     try:

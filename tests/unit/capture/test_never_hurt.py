@@ -130,3 +130,19 @@ def test_init_twice_replaces_the_first_configuration(keys, tmp_path):
     fluxrun.init(directory=tmp_path / "b", capture_key=keys.capture)
     fluxrun.shutdown()
     assert time.time is original
+
+
+def test_env_misses_inside_the_standard_library_are_neither_recorded_nor_reported(captured, monkeypatch, caplog):
+    import os
+
+    monkeypatch.delenv("HOME", raising=False)
+
+    @fluxrun.capture
+    def job():
+        os.path.expanduser("~")  # posixpath probes os.environ["HOME"] and handles the KeyError itself
+        raise RuntimeError("x")
+
+    with caplog.at_level(logging.WARNING, logger="fluxrun"), pytest.raises(RuntimeError):
+        job()
+    assert not [r for r in caplog.records if "stepped aside" in r.getMessage()]
+    assert captured.events("env") == []

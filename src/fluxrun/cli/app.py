@@ -1,0 +1,134 @@
+"""`fluxrun` commands. Errors print one clear line (what was wrong, what to do) and exit 1, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from fluxrun._version import __version__
+from fluxrun.errors import FluxRunError
+
+app = typer.Typer(
+    name="fluxrun",
+    help="FluxRun: turn one production failure into a fix and a regression guard.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Create and show the keys that seal and open bundles.", no_args_is_help=True)
+bundle_app = typer.Typer(help="Look inside captured bundles.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(bundle_app, name="bundle")
+
+# Tables need room: when the output is not a terminal (CI logs, files) assume a wide page, not 80 columns.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(func: F) -> F:
+    """Turn FluxRun's own errors and missing files into one readable line and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FluxRunError as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True)
+            raise typer.Exit(1) from None
+        except OSError as exc:
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            err.print(f"[bold red]error:[/] cannot read or write{where}: {exc.strerror or exc}", markup=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"fluxrun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """FluxRun: turn one production failure into a fix and a regression guard."""
+
+
+@keys_app.command("generate")
+@friendly
+def keys_generate(
+    directory: Annotated[Path, typer.Argument(help="Folder for capture.key and replay.key (created if missing).")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite key files that already exist.")] = False,
+) -> None:
+    """Write DIR/capture.key (for the app) and DIR/replay.key (for you, your tests and CI), mode 0600."""
+    from fluxrun.bundle import generate_keys, load_capture_key, load_replay_key
+
+    capture_path, replay_path = generate_keys(directory, force=force)
+    capture = load_capture_key(capture_path)
+    replay = load_replay_key(replay_path)
+    out.print(f"wrote {capture_path}  signing key {capture.signing_key_id}, seals to {capture.recipient_key_id}")
+    out.print(f"wrote {replay_path}  opens {', '.join(replay.recipients)}; keep it off the app's servers")
+    out.print(f"next: set FLUXRUN_CAPTURE_KEY={capture_path} where the app runs")
+
+
+@keys_app.command("public")
+@friendly
+def keys_public(
+    capture_key: Annotated[Path, typer.Argument(help="The app's capture.key.")],
+) -> None:
+    """Print the signing public key to register with a FluxRun server (as KEY_ID:BASE64)."""
+    from fluxrun.bundle import load_capture_key, signing_public_key
+
+    key_id, public = signing_public_key(load_capture_key(capture_key))
+    out.print(f"{key_id}:{public}")
+
+
+@bundle_app.command("inspect")
+@friendly
+def bundle_inspect(
+    file: Annotated[Path, typer.Argument(help="A .fluxrun bundle file.")],
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="replay.key: verify the signature and show the decrypted event timeline."),
+    ] = None,
+    show_secrets: Annotated[
+        bool, typer.Option("--show-secrets", help="With --key: show values the scrub rules would mask.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary (and payload with --key) as JSON.")] = False,
+) -> None:
+    """Print a bundle's summary and, with --key, its decrypted event timeline as a table."""
+    from fluxrun.cli.inspect import inspect_bundle
+
+    inspect_bundle(out, file, key, show_secrets=show_secrets, as_json=as_json)
+
+
+@app.command("demo")
+@friendly
+def demo(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where the demo keeps its keys and bundles.")
+    ] = Path("fluxrun-demo"),
+) -> None:
+    """Run a small shop that fails on one upstream answer, capture the failure, and open the bundle."""
+    from fluxrun_demo.run import run_demo
+
+    run_demo(out, directory)
+
+
+def main() -> None:
+    app(prog_name="fluxrun")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
