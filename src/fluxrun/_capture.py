@@ -40,7 +40,10 @@ def record_return(client: Client, recording: Recording, value: Any) -> None:
 def _request(client: Client, recording: Recording, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     try:
         limit = client.options.max_body_size
-        recording.request = {"args": encode(list(args), max_bytes=limit), "kwargs": encode(kwargs, max_bytes=limit)}
+        recording.request = {
+            "args": encode(list(args), max_bytes=limit),
+            "kwargs": encode(kwargs, max_bytes=limit),
+        }
     except Exception as exc:
         report_internal_error("recording arguments", exc)
 
@@ -84,7 +87,7 @@ def capture(func: Any = None, /, *, name: str | None = None) -> Any:
             def async_wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
                 return run_async(wrapped, args, kwargs)
 
-            return wrapt.FunctionWrapper(function, async_wrapper)  # type: ignore[no-any-return]
+            return wrapt.FunctionWrapper(function, async_wrapper)  # type: ignore[return-value]
 
         def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             started = begin("function", entry)
@@ -103,7 +106,7 @@ def capture(func: Any = None, /, *, name: str | None = None) -> Any:
             end(started)
             return result
 
-        return wrapt.FunctionWrapper(function, wrapper)  # type: ignore[no-any-return]
+        return wrapt.FunctionWrapper(function, wrapper)  # type: ignore[return-value]
 
     if func is not None:
         return decorate(func)

@@ -10,7 +10,6 @@ import random
 import sys
 import threading
 import uuid
-from collections.abc import Callable
 from contextvars import Token
 from typing import Any
 
@@ -34,7 +33,15 @@ from fluxrun.shipping.folder import FolderSink
 __all__ = ["Client", "begin", "end", "get_client", "install_client", "uninstall_client"]
 
 # HTTP clients FluxRun does not intercept yet: using one inside a captured execution is a gap.
-UNINTERCEPTED_HTTP_CLIENTS = ("requests", "urllib3", "aiohttp", "pycurl", "httplib2", "tornado.httpclient", "treq")
+UNINTERCEPTED_HTTP_CLIENTS = (
+    "requests",
+    "urllib3",
+    "aiohttp",
+    "pycurl",
+    "httplib2",
+    "tornado.httpclient",
+    "treq",
+)
 # The standard library's clients are imported by much else, so they count only when the app's own code uses them.
 STDLIB_HTTP_CLIENTS = ("urllib.request", "http.client")
 
@@ -215,5 +222,3 @@ def end(started: tuple[Client, Recording, Token[Scope | None]], *, reset: bool =
             client.worker.submit((recording, duration))
     except Exception as exc:
         report_internal_error("finishing a capture", exc)
-
-

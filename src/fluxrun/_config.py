@@ -50,7 +50,8 @@ def _number(name: str, raw: object, kind: type, low: float, high: float | None, 
     try:
         value = kind(raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}={raw!r} is not a {kind.__name__}; {hint}") from None
+        noun = "whole number" if kind is int else "number"
+        raise ConfigError(f"{name}={raw!r} is not a {noun}; {hint}") from None
     if value < low or (high is not None and value > high):
         raise ConfigError(f"{name}={raw!r} is out of range; {hint}")
     return value

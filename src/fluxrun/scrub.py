@@ -428,13 +428,9 @@ class Scrubber:
                 try:
                     patterns.append(re.compile(p))
                 except re.error as exc:
-                    raise ConfigError(
-                        f"extra_patterns: {p!r} is not a valid regular expression: {exc}"
-                    ) from None
+                    raise ConfigError(f"extra_patterns: {p!r} is not a valid regular expression: {exc}") from None
             else:
-                raise ConfigError(
-                    f"extra_patterns must be strings or compiled regexes, got {type(p).__name__}"
-                )
+                raise ConfigError(f"extra_patterns must be strings or compiled regexes, got {type(p).__name__}")
         self._extra_patterns = tuple(patterns)
         if not isinstance(max_depth, int) or max_depth < 1:
             raise ConfigError(f"max_depth must be a positive int, got {max_depth!r}")
@@ -627,14 +623,7 @@ class Scrubber:
         if _PROVIDER_GATE_RE.search(s):
             s = _PROVIDER_RE.sub(MASK, s)
         low = s.lower()
-        if (
-            "bearer" in low
-            or "basic" in low
-            or "token" in low
-            or "negotiate" in low
-            or "ntlm" in low
-            or "dpop" in low
-        ):
+        if "bearer" in low or "basic" in low or "token" in low or "negotiate" in low or "ntlm" in low or "dpop" in low:
             s = _mask_schemes(s, low)
         if "=" in s or ":" in s:
             s = self._kv(s)

@@ -65,7 +65,12 @@ def run_demo(console: Console, directory: Path) -> Path:
         step(f"1. generated keys in {keys_dir}: capture.key for the app, replay.key for you")
     else:
         step(f"1. reusing keys in {keys_dir}")
-    fluxrun.init(directory=bundles, capture_key=keys_dir / "capture.key", release="demo", in_app_include=["fluxrun_demo"])
+    fluxrun.init(
+        directory=bundles,
+        capture_key=keys_dir / "capture.key",
+        release="demo",
+        in_app_include=["fluxrun_demo"],
+    )
     before = set(bundles.glob("*.fluxrun")) if bundles.exists() else set()
     try:
         from fluxrun_demo import shop, upstream

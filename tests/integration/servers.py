@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -26,8 +27,12 @@ def free_port() -> int:
 @contextmanager
 def uvicorn_process(app: str, env: dict[str, str] | None = None, app_dir: Path = APPS) -> Iterator[str]:
     """Start `uvicorn app` on a free loopback port; yield its base URL; stop it at the end."""
+    with tempfile.TemporaryFile() as log:  # not a pipe: an unread pipe fills up and blocks the server
+        yield from _run(app, env, app_dir, log)
+
+
+def _run(app: str, env: dict[str, str] | None, app_dir: Path, log: Any) -> Iterator[str]:
     port = free_port()
-    log = tempfile.TemporaryFile()  # not a pipe: an unread pipe fills up and blocks the server
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir), "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning"],
@@ -58,4 +63,3 @@ def uvicorn_process(app: str, env: dict[str, str] | None = None, app_dir: Path =
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.close()

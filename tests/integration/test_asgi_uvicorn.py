@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import uvicorn_process
 
 from fluxrun.bundle import open_bundle, read_bundle
-from servers import uvicorn_process
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,10 @@ def test_a_5xx_answer_is_kept_with_bodies_and_the_summary_is_scrubbed(shop, keys
     response = httpx.post(
         f"{url}/checkout?token=s3cr3t-value",
         json={"card": card, "password": "hunter2"},
-        headers={"authorization": "Bearer abc.def.ghi", "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
+        headers={
+            "authorization": "Bearer abc.def.ghi",
+            "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        },
     )
     assert response.status_code == 502
     (path,) = set(wait_for_bundles(bundles, len(before) + 1)) - before

@@ -57,12 +57,18 @@ def client(captured):
 
 def test_an_exception_is_recorded_with_request_body_and_io(client, captured):
     # a WSGI server closes the response iterable when done; the execution ends there
-    with client.post("/signup?ref=ad", json={"email": "ada@example.test"}, headers={"X-Request-ID": "req-1"}) as response:
+    with client.post(
+        "/signup?ref=ad", json={"email": "ada@example.test"}, headers={"X-Request-ID": "req-1"}
+    ) as response:
         assert response.status_code == 500
     payload = captured.one()
     assert payload["execution"] == "wsgi"
     request_state = payload["request"]
-    assert (request_state["method"], request_state["path"], request_state["query_string"]) == ("POST", "/signup", "ref=ad")
+    assert (request_state["method"], request_state["path"], request_state["query_string"]) == (
+        "POST",
+        "/signup",
+        "ref=ad",
+    )
     assert request_state["request_id"] == "req-1"
     assert request_state["body"]["text"] == '{"email": "ada@example.test"}'
     assert [e["call"] for e in payload["events"]] == ["email.send", "env SIGNUP_PLAN", "ERROR shop_wsgi"]

@@ -56,9 +56,15 @@ def test_arguments_win_over_the_environment():
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"FLUXRUN_SAMPLE_RATE": "lots"}, "FLUXRUN_SAMPLE_RATE.*'lots' is not a float; use a fraction from 0"),
+        (
+            {"FLUXRUN_SAMPLE_RATE": "lots"},
+            "FLUXRUN_SAMPLE_RATE.*'lots' is not a number; use a fraction from 0",
+        ),
         ({"FLUXRUN_SAMPLE_RATE": "2"}, "out of range; use a fraction from 0"),
-        ({"FLUXRUN_MAX_BODY_SIZE": "1MB"}, "FLUXRUN_MAX_BODY_SIZE.*'1MB' is not a int; use a number of bytes"),
+        (
+            {"FLUXRUN_MAX_BODY_SIZE": "1MB"},
+            "FLUXRUN_MAX_BODY_SIZE.*'1MB' is not a whole number; use a number of bytes",
+        ),
         ({"FLUXRUN_DSN": "fluxrun.example/7"}, r"not a FluxRun DSN; expected https://TOKEN@host/PROJECT"),
         ({"FLUXRUN_ENABLED": "maybe"}, "FLUXRUN_ENABLED='maybe': use true or false"),
     ],

@@ -13,6 +13,14 @@ def test_all_is_exactly_the_sorted_public_names():
 
 
 def test_the_product_names_exist():
-    for name in ("init", "capture", "boundary", "flush", "shutdown", "FluxRunMiddleware", "FluxRunWSGIMiddleware"):
+    for name in (
+        "init",
+        "capture",
+        "boundary",
+        "flush",
+        "shutdown",
+        "FluxRunMiddleware",
+        "FluxRunWSGIMiddleware",
+    ):
         assert name in fluxrun.__all__
     assert issubclass(fluxrun.BundleError, fluxrun.FluxRunError)

@@ -90,9 +90,7 @@ def seeded_rng(seed: bytes) -> Callable[[int], bytes]:
 
 def vector_keys() -> tuple[CaptureKey, ReplayKey]:
     signing = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"fluxrun vector v1 signing key").digest())
-    recipient = X25519PrivateKey.from_private_bytes(
-        hashlib.sha256(b"fluxrun vector v1 recipient key").digest()
-    )
+    recipient = X25519PrivateKey.from_private_bytes(hashlib.sha256(b"fluxrun vector v1 recipient key").digest())
     return _keys_from_private(signing, recipient)
 
 

@@ -70,9 +70,7 @@ class CaptureKey:
 
     def __repr__(self) -> str:
         # Never let a private key reach a log line through a repr.
-        return (
-            f"CaptureKey(signing_key_id={self.signing_key_id!r}, recipient_key_id={self.recipient_key_id!r})"
-        )
+        return f"CaptureKey(signing_key_id={self.signing_key_id!r}, recipient_key_id={self.recipient_key_id!r})"
 
 
 @dataclass(frozen=True)
@@ -185,9 +183,7 @@ def _replay_document(key: ReplayKey) -> dict[str, Any]:
             {"key_id": key_id, "private": _b64(private.private_bytes_raw())}
             for key_id, private in key.recipients.items()
         ],
-        "signers": [
-            {"key_id": key_id, "public": _b64(_raw_public(public))} for key_id, public in key.signers.items()
-        ],
+        "signers": [{"key_id": key_id, "public": _b64(_raw_public(public))} for key_id, public in key.signers.items()],
     }
 
 
@@ -237,9 +233,7 @@ def _write_private_file(path: Path, data: bytes, *, force: bool) -> None:
         raise
 
 
-def _write_key_files(
-    directory: Path, capture: CaptureKey, replay: ReplayKey, *, force: bool
-) -> tuple[Path, Path]:
+def _write_key_files(directory: Path, capture: CaptureKey, replay: ReplayKey, *, force: bool) -> tuple[Path, Path]:
     directory = Path(directory)
     capture_path = directory / CAPTURE_KEY_FILENAME
     replay_path = directory / REPLAY_KEY_FILENAME
@@ -302,9 +296,7 @@ def _read_document(path: Path, *, expected_kind: str) -> dict[str, Any]:
         wanted = CAPTURE_KEY_FILENAME if expected_kind == _CAPTURE_KIND else REPLAY_KEY_FILENAME
         raise KeyFileError(f"{path} is a directory; pass the key file inside it ({path / wanted})") from exc
     except PermissionError as exc:
-        raise KeyFileError(
-            f"{path}: permission denied; run fluxrun as the user that owns the key file"
-        ) from exc
+        raise KeyFileError(f"{path}: permission denied; run fluxrun as the user that owns the key file") from exc
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read key file ({exc.strerror or exc})") from exc
 
@@ -330,9 +322,7 @@ def _read_document(path: Path, *, expected_kind: str) -> dict[str, Any]:
                 f"{path}: this is a replay key (it opens bundles; keep it out of the app); the app needs "
                 f"{CAPTURE_KEY_FILENAME} from the same `fluxrun keys generate` directory"
             )
-        raise KeyFileError(
-            f"{path}: unknown key file kind {kind!r} (expected {expected_kind!r}); {_GENERATE_HINT}"
-        )
+        raise KeyFileError(f"{path}: unknown key file kind {kind!r} (expected {expected_kind!r}); {_GENERATE_HINT}")
 
     version = document.get("version")
     if version != _KEY_FILE_VERSION:
@@ -423,17 +413,13 @@ def load_replay_key(path: Path) -> ReplayKey:
     document = _read_document(path, expected_kind=_REPLAY_KIND)
     recipients: dict[str, X25519PrivateKey] = {}
     for index, entry in enumerate(_entries(path, document, "recipients")):
-        private = X25519PrivateKey.from_private_bytes(
-            _field_key(path, entry, "private", where=f"recipients[{index}].")
-        )
+        private = X25519PrivateKey.from_private_bytes(_field_key(path, entry, "private", where=f"recipients[{index}]."))
         key_id = recipient_key_id(private.public_key())
         _check_id(path, entry.get("key_id"), key_id, f"recipients[{index}].key_id")
         recipients[key_id] = private
     signers: dict[str, Ed25519PublicKey] = {}
     for index, entry in enumerate(_entries(path, document, "signers")):
-        public = Ed25519PublicKey.from_public_bytes(
-            _field_key(path, entry, "public", where=f"signers[{index}].")
-        )
+        public = Ed25519PublicKey.from_public_bytes(_field_key(path, entry, "public", where=f"signers[{index}]."))
         key_id = signing_key_id(public)
         _check_id(path, entry.get("key_id"), key_id, f"signers[{index}].key_id")
         signers[key_id] = public

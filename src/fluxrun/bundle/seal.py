@@ -164,10 +164,7 @@ class Sealer:
     def _current_ephemeral(self) -> _Ephemeral:
         with self._lock:
             ephemeral = self._ephemeral
-            if (
-                self._uses >= EPHEMERAL_MAX_BUNDLES
-                or self._clock() - ephemeral.born >= EPHEMERAL_MAX_AGE_SECONDS
-            ):
+            if self._uses >= EPHEMERAL_MAX_BUNDLES or self._clock() - ephemeral.born >= EPHEMERAL_MAX_AGE_SECONDS:
                 ephemeral = self._ephemeral = self._new_ephemeral()
                 self._uses = 0
             self._uses += 1
@@ -401,9 +398,7 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
     if not isinstance(plain_size, int) or isinstance(plain_size, bool) or plain_size < 0:
         raise BundleError("malformed", "bundle header field 'plain_size' is missing or not a size")
     if header["cipher"] != CIPHER:
-        raise BundleError(
-            "malformed", f"bundle uses cipher {header['cipher']!r}; format v1 defines only {CIPHER!r}"
-        )
+        raise BundleError("malformed", f"bundle uses cipher {header['cipher']!r}; format v1 defines only {CIPHER!r}")
     if header["compression"] != COMPRESSION:
         raise BundleError(
             "malformed",
@@ -490,9 +485,7 @@ def _b64_field(sealed: SealedBundle, field: str, size: int) -> bytes:
     return raw
 
 
-def open_bundle(
-    data: bytes, key: ReplayKey, *, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE
-) -> OpenedBundle:
+def open_bundle(data: bytes, key: ReplayKey, *, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE) -> OpenedBundle:
     """Verify and decrypt a bundle with the owner's replay key.
 
     Nothing is decrypted before the signature is verified, and nothing larger than `max_payload_size`

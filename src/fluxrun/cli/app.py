@@ -105,7 +105,9 @@ def bundle_inspect(
     show_secrets: Annotated[
         bool, typer.Option("--show-secrets", help="With --key: show values the scrub rules would mask.")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary (and payload with --key) as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary (and payload with --key) as JSON.")
+    ] = False,
 ) -> None:
     """Print a bundle's summary and, with --key, its decrypted event timeline as a table."""
     from fluxrun.cli.inspect import inspect_bundle
@@ -116,9 +118,9 @@ def bundle_inspect(
 @app.command("demo")
 @friendly
 def demo(
-    directory: Annotated[
-        Path, typer.Option("--dir", help="Where the demo keeps its keys and bundles.")
-    ] = Path("fluxrun-demo"),
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo keeps its keys and bundles.")] = Path(
+        "fluxrun-demo"
+    ),
 ) -> None:
     """Run a small shop that fails on one upstream answer, capture the failure, and open the bundle."""
     from fluxrun_demo.run import run_demo
@@ -131,4 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

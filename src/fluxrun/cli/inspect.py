@@ -15,7 +15,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from fluxrun.bundle import OpenedBundle, SealedBundle, load_replay_key, open_bundle, read_bundle
-from fluxrun.errors import FluxRunError
 from fluxrun.model.values import UnreplayableValue, decode
 from fluxrun.scrub import Scrubber, default_scrubber
 
@@ -133,9 +132,8 @@ def _index_table(summary: dict[str, Any]) -> Table:
         table.add_column(column, justify="right" if column in ("#", "at ms", "dur ms") else "left")
     for e in summary.get("events", []):
         status = str(e.get("status") or e.get("error_type") or "")
-        table.add_row(
-            str(e["seq"]), f"{e['start_ms']:.3f}", f"{e['dur_ms']:.3f}", e["task"], e["kind"], escape(e["label"]), escape(status)
-        )  # fmt: skip
+        timing = (f"{e['start_ms']:.3f}", f"{e['dur_ms']:.3f}")
+        table.add_row(str(e["seq"]), *timing, e["task"], e["kind"], escape(e["label"]), escape(status))
     return table
 
 
@@ -144,8 +142,12 @@ def _timeline_table(payload: dict[str, Any], scrub: Scrubber | None) -> Table:
     for column in ("#", "at ms", "dur ms", "task", "kind", "call", "detail", "site"):
         table.add_column(column, justify="right" if column in ("#", "at ms", "dur ms") else "left")
     for e in payload["events"]:
-        call = e["call"] if e["kind"] != "http" or scrub is None else f"{e['call'].split(' ', 1)[0]} {scrub.url(e['call'].split(' ', 1)[1])}"
-        module, _function, line = (e["site"].rsplit(":", 2) + ["", ""])[:3]
+        call = (
+            e["call"]
+            if e["kind"] != "http" or scrub is None
+            else f"{e['call'].split(' ', 1)[0]} {scrub.url(e['call'].split(' ', 1)[1])}"
+        )
+        module, _function, line = [*e["site"].rsplit(":", 2), "", ""][:3]
         table.add_row(
             str(e["seq"]), f"{e['start_ns'] / 1e6:.3f}", f"{e['dur_ns'] / 1e6:.3f}", e["task"], e["kind"],
             escape(_short(call, 60)), escape(_detail(e, scrub)), escape(f"{module}:{line}"),
@@ -167,7 +169,9 @@ def _print_request_and_outcome(console: Console, payload: dict[str, Any], scrub:
             console.print(f"  body: {escape(_body(request['body'], ctype, scrub))}")
     elif "args" in request:
         call = f"args={_value(request['args'])} kwargs={_value(request['kwargs'])}"
-        console.print(f"[bold]called[/] {escape(str(payload.get('entry')))} {escape(scrub.text(call) if scrub else call)}")
+        console.print(
+            f"[bold]called[/] {escape(str(payload.get('entry')))} {escape(scrub.text(call) if scrub else call)}"
+        )
     error = payload["outcome"].get("error")
     if error:
         message = scrub.text(error["message"]) if scrub else error["message"]
@@ -210,5 +214,3 @@ def inspect_bundle(console: Console, file: Path, key: Path | None, *, show_secre
     console.print(_timeline_table(opened.payload, scrub))
     if scrub is not None:
         console.print("[dim]values the scrub rules consider sensitive are masked; --show-secrets shows them[/]")
-
-

@@ -21,9 +21,7 @@ KIND = "env"
 _Environ = type(os.environ)
 
 
-def _getitem_wrapper(
-    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
+def _getitem_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     scope = current()
     if scope is None or instance is not os.environ:
         return wrapped(*args, **kwargs)
@@ -36,9 +34,11 @@ def _getitem_wrapper(
         args,
         kwargs,
         lambda value: {"key": key, "present": True, "value": value},
-        on_error=lambda exc: {"type": "builtins:KeyError", "message": str(exc), "key": key, "present": False}
-        if isinstance(exc, KeyError)
-        else {"type": type(exc).__qualname__, "message": str(exc)},
+        on_error=lambda exc: (
+            {"type": "builtins:KeyError", "message": str(exc), "key": key, "present": False}
+            if isinstance(exc, KeyError)
+            else {"type": type(exc).__qualname__, "message": str(exc)}
+        ),
     )
 
 

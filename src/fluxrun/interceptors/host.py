@@ -74,7 +74,7 @@ def boundary(name: str) -> Callable[[F], F]:
                     return wrapped(*args, **kwargs)
                 return record_async(scope, wrapped, args, kwargs)
 
-            return wrapt.FunctionWrapper(func, async_wrapper)  # type: ignore[no-any-return]
+            return wrapt.FunctionWrapper(func, async_wrapper)  # type: ignore[return-value]
 
         def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             scope = current()
@@ -92,6 +92,6 @@ def boundary(name: str) -> Callable[[F], F]:
             _finish(event, scope, result)
             return result
 
-        return wrapt.FunctionWrapper(func, wrapper)  # type: ignore[no-any-return]
+        return wrapt.FunctionWrapper(func, wrapper)  # type: ignore[return-value]
 
     return decorate

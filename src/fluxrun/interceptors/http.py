@@ -45,9 +45,10 @@ class _Support:
         self.limit = limit
         support = self
 
-        class TeeStream(module.SyncByteStream):  # type: ignore[misc,name-defined]
+        class TeeStream(module.SyncByteStream):  # type: ignore[misc]
             def __init__(self, inner: Any, event: Event) -> None:
-                self.inner, self.event, self.chunks, self.size = inner, event, [], 0
+                self.inner, self.event, self.size = inner, event, 0
+                self.chunks: list[bytes] = []
 
             def __iter__(self) -> Iterator[bytes]:
                 for chunk in self.inner:
@@ -59,9 +60,10 @@ class _Support:
                 support.finish_stream(self)
                 self.inner.close()
 
-        class AsyncTeeStream(module.AsyncByteStream):  # type: ignore[misc,name-defined]
+        class AsyncTeeStream(module.AsyncByteStream):  # type: ignore[misc]
             def __init__(self, inner: Any, event: Event) -> None:
-                self.inner, self.event, self.chunks, self.size = inner, event, [], 0
+                self.inner, self.event, self.size = inner, event, 0
+                self.chunks: list[bytes] = []
 
             async def __aiter__(self) -> AsyncIterator[bytes]:
                 async for chunk in self.inner:
@@ -105,7 +107,11 @@ class _Support:
             if length is not None and length.isdigit() and int(length) <= self.limit():
                 request.read()  # buffers a known-small stream; httpx then sends the buffered copy
                 return body_snapshot(request.content, self.limit())
-            return {"bytes": b"", "size": int(length) if length and length.isdigit() else None, "streamed": True}
+            return {
+                "bytes": b"",
+                "size": int(length) if length and length.isdigit() else None,
+                "streamed": True,
+            }
 
     async def arequest_body(self, request: Any) -> None:
         """Async byte streams cannot be read synchronously; buffer small ones before `start`."""
@@ -136,7 +142,9 @@ class _Support:
                 content = None
             if stream and content is None:
                 recorded["body"] = {"bytes": b"", "size": 0, "encoding": "raw", "complete": False}
-                tee = self.AsyncTeeStream if isinstance(response.stream, self.module.AsyncByteStream) else self.TeeStream
+                tee = (
+                    self.AsyncTeeStream if isinstance(response.stream, self.module.AsyncByteStream) else self.TeeStream
+                )
                 response.stream = tee(response.stream, event)
             else:
                 recorded["body"] = {**body_snapshot(content or b"", self.limit()), "encoding": "decoded"}
@@ -237,7 +245,11 @@ class HttpInterceptor:
         for module in self.modules:
             support = _Support(module, self._limit)
             patches.append(
-                Patch(module.Client, "send", wrapt.FunctionWrapper(vars(module.Client)["send"], _sync_wrapper(support)))
+                Patch(
+                    module.Client,
+                    "send",
+                    wrapt.FunctionWrapper(vars(module.Client)["send"], _sync_wrapper(support)),
+                )
             )
             patches.append(
                 Patch(

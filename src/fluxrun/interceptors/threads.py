@@ -38,7 +38,11 @@ class ThreadsInterceptor:
 
     def patches(self) -> list[Patch]:
         return [
-            Patch(threading.Thread, "start", wrapt.FunctionWrapper(vars(threading.Thread)["start"], _start_wrapper)),
+            Patch(
+                threading.Thread,
+                "start",
+                wrapt.FunctionWrapper(vars(threading.Thread)["start"], _start_wrapper),
+            ),
             Patch(
                 ThreadPoolExecutor,
                 "submit",

@@ -31,7 +31,10 @@ def _sleep_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, 
 
 
 async def _record_async_sleep(
-    scope: Scope, wrapped: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    scope: Scope,
+    wrapped: Callable[..., Coroutine[Any, Any, Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> Any:
     here: Scope | None = None
     try:
@@ -75,4 +78,7 @@ class TimersInterceptor:
         return [Patch(time, "sleep", self._sleep), Patch(asyncio, "sleep", self._async_sleep)]
 
     def rebind(self) -> dict[int, Any]:
-        return {id(self._sleep.__wrapped__): self._sleep, id(self._async_sleep.__wrapped__): self._async_sleep}
+        return {
+            id(self._sleep.__wrapped__): self._sleep,
+            id(self._async_sleep.__wrapped__): self._async_sleep,
+        }

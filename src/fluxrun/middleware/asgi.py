@@ -119,7 +119,11 @@ class FluxRunMiddleware:
             route = scope.get("route")
             request["route"] = getattr(route, "path", None) or scope.get("path")
             body = b"".join(request_body)
-            request["body"] = {"bytes": body, "size": request_size, **({"truncated": True} if request_size > len(body) else {})}
+            request["body"] = {
+                "bytes": body,
+                "size": request_size,
+                **({"truncated": True} if request_size > len(body) else {}),
+            }
             if response:
                 out = b"".join(response_body)
                 response["body"] = {

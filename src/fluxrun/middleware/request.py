@@ -21,7 +21,12 @@ def parse_traceparent(value: str | None) -> dict[str, str] | None:
     match = _TRACEPARENT.match(value.strip().lower())
     if match is None or match.group(2) == "0" * 32 or match.group(3) == "0" * 16:
         return None
-    return {"version": match.group(1), "trace_id": match.group(2), "span_id": match.group(3), "flags": match.group(4)}
+    return {
+        "version": match.group(1),
+        "trace_id": match.group(2),
+        "span_id": match.group(3),
+        "flags": match.group(4),
+    }
 
 
 def request_id(incoming: str | None) -> str:

@@ -26,7 +26,8 @@ class _RecordedInput:
     """Tees `wsgi.input` reads up to the body limit."""
 
     def __init__(self, inner: Any, limit: int) -> None:
-        self.inner, self.limit, self.chunks, self.size = inner, limit, [], 0
+        self.inner, self.limit, self.size = inner, limit, 0
+        self.chunks: list[bytes] = []
 
     def _keep(self, data: bytes) -> bytes:
         try:
@@ -76,7 +77,9 @@ class FluxRunWSGIMiddleware:
         body_input: _RecordedInput | None = None
         try:
             headers = [
-                [key[5:].replace("_", "-").lower(), str(value)] for key, value in environ.items() if key.startswith("HTTP_")
+                [key[5:].replace("_", "-").lower(), str(value)]
+                for key, value in environ.items()
+                if key.startswith("HTTP_")
             ]
             for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
                 if environ.get(key):
@@ -126,7 +129,11 @@ class FluxRunWSGIMiddleware:
                         recording.request["body"]["truncated"] = True
                 if response:
                     out = b"".join(chunks)
-                    response["body"] = {"bytes": out, "size": size, **({"truncated": True} if size > len(out) else {})}
+                    response["body"] = {
+                        "bytes": out,
+                        "size": size,
+                        **({"truncated": True} if size > len(out) else {}),
+                    }
                     recording.outcome["response"] = response
                 if recording.entry is None:
                     recording.entry = self.entry or find_entry(self.app)

@@ -10,7 +10,7 @@ import base64
 import platform
 import sys
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fluxrun._version import __version__
@@ -61,7 +61,7 @@ def _event(event: Event) -> dict[str, Any]:
 
 
 def iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def build_payload(
@@ -136,7 +136,9 @@ def build_summary(payload: dict[str, Any], *, scrubber: Scrubber, duration_ns: i
         "request_id": request.get("request_id"),
         "trace_id": (request.get("traceparent") or {}).get("trace_id"),
         "events": [_index_entry(e, scrubber) for e in events],
-        "counts": {k: v for k, v in sorted(Counter(e["kind"] for e in events).items(), key=lambda kv: KINDS.index(kv[0]))},
+        "counts": {
+            k: v for k, v in sorted(Counter(e["kind"] for e in events).items(), key=lambda kv: KINDS.index(kv[0]))
+        },
         "sdk": payload["sdk"],
         "release": payload["release"],
         "environment": payload["environment"],

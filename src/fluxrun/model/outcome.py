@@ -52,7 +52,7 @@ def describe_exception(exc: BaseException, in_app: InApp, *, max_bytes: int) -> 
     """The recorded form of an exception: type, message, frames, fingerprint and its cause chain."""
     exc_type = type_path(type(exc))
     frames = _frames(exc.__traceback__, in_app)
-    chain = []
+    chain: list[dict[str, str]] = []
     seen = {id(exc)}
     inner = exc.__cause__ or exc.__context__
     while inner is not None and id(inner) not in seen and len(chain) < _MAX_CHAIN:

@@ -9,6 +9,7 @@ What cannot be rebuilt is kept as a `repr` marked `"$t": "repr"`, and replay say
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
@@ -67,10 +68,8 @@ def encode(value: Any, *, max_bytes: int = 1 << 20, _depth: int = 0) -> Any:
         return out
     if tp in (set, frozenset):
         items = [encode(v, max_bytes=max_bytes, _depth=depth) for v in value]
-        try:
+        with contextlib.suppress(Exception):  # a failing repr keeps iteration order
             items.sort(key=repr)
-        except Exception:  # pragma: no cover - repr of an element failed; keep iteration order
-            pass
         return {_TAG: tp.__name__, "v": items}
     return _encode_other(value, tp, max_bytes, depth)
 
@@ -89,7 +88,11 @@ def _encode_other(value: Any, tp: type, max_bytes: int, depth: int) -> Any:
     if isinstance(value, uuid.UUID):
         return {_TAG: "uuid", "v": str(value)}
     if isinstance(value, enum.Enum):
-        return {_TAG: "enum", "type": type_path(tp), "v": encode(value.value, max_bytes=max_bytes, _depth=depth)}
+        return {
+            _TAG: "enum",
+            "type": type_path(tp),
+            "v": encode(value.value, max_bytes=max_bytes, _depth=depth),
+        }
     if isinstance(value, BaseException):
         return {
             _TAG: "exception",
@@ -98,11 +101,19 @@ def _encode_other(value: Any, tp: type, max_bytes: int, depth: int) -> Any:
             "args": encode(list(value.args), max_bytes=max_bytes, _depth=depth),
         }
     if isinstance(value, (str, int, float, list, dict, tuple)):  # subclasses of builtins: keep the type
-        base = next(b for b in (str, int, float, list, dict, tuple) if isinstance(value, b))
-        return {_TAG: "object", "type": type_path(tp), "base": encode(base(value), max_bytes=max_bytes, _depth=depth)}
+        base: Any = next(b for b in (str, int, float, list, dict, tuple) if isinstance(value, b))
+        return {
+            _TAG: "object",
+            "type": type_path(tp),
+            "base": encode(base(value), max_bytes=max_bytes, _depth=depth),
+        }
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        state = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-        return {_TAG: "object", "type": type_path(tp), "state": encode(state, max_bytes=max_bytes, _depth=depth)}
+        state: Any = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return {
+            _TAG: "object",
+            "type": type_path(tp),
+            "state": encode(state, max_bytes=max_bytes, _depth=depth),
+        }
     model_dump = getattr(value, "model_dump", None)  # pydantic v2 models
     if callable(model_dump) and not isinstance(value, type):
         try:
@@ -110,10 +121,18 @@ def _encode_other(value: Any, tp: type, max_bytes: int, depth: int) -> Any:
         except Exception:
             state = None
         if isinstance(state, dict):
-            return {_TAG: "model", "type": type_path(tp), "v": encode(state, max_bytes=max_bytes, _depth=depth)}
+            return {
+                _TAG: "model",
+                "type": type_path(tp),
+                "v": encode(state, max_bytes=max_bytes, _depth=depth),
+            }
     state = getattr(value, "__dict__", None)
     if isinstance(state, dict) and not isinstance(value, type) and not callable(value):
-        return {_TAG: "object", "type": type_path(tp), "state": encode(state, max_bytes=max_bytes, _depth=depth)}
+        return {
+            _TAG: "object",
+            "type": type_path(tp),
+            "state": encode(state, max_bytes=max_bytes, _depth=depth),
+        }
     return {_TAG: "repr", "type": type_path(tp), "v": _safe_repr(value)}
 
 
@@ -153,7 +172,7 @@ def decode(data: Any) -> Any:
     tag = data.get(_TAG)
     if tag is None:
         return {k: decode(v) for k, v in data.items()}
-    v = data.get("v")
+    v: Any = data.get("v")
     simple = _SIMPLE_DECODERS.get(tag)
     if simple is not None:
         return simple(v)

@@ -118,9 +118,7 @@ def test_flipped_ciphertext_or_signature_byte(
         assert info.value.reason == "tampered"
 
 
-def test_recipient_id_edit_is_tampering_not_wrong_key(
-    bundle: bytes, key_pair: tuple[CaptureKey, ReplayKey]
-) -> None:
+def test_recipient_id_edit_is_tampering_not_wrong_key(bundle: bytes, key_pair: tuple[CaptureKey, ReplayKey]) -> None:
     capture, replay = key_pair
     damaged = bundle.replace(capture.recipient_key_id.encode(), b"rcp_0000000000000000")
     assert _reason(damaged, replay).reason == "tampered"
@@ -211,9 +209,7 @@ def test_wrong_key(bundle: bytes, key_pair: tuple[CaptureKey, ReplayKey], other_
     assert "another project" in message
 
 
-def test_unknown_signer(
-    bundle: bytes, key_pair: tuple[CaptureKey, ReplayKey], other_replay: ReplayKey
-) -> None:
+def test_unknown_signer(bundle: bytes, key_pair: tuple[CaptureKey, ReplayKey], other_replay: ReplayKey) -> None:
     capture, replay = key_pair
     only_recipient = ReplayKey(recipients=replay.recipients, signers=dict(other_replay.signers))
     error = _reason(bundle, only_recipient)
@@ -301,9 +297,7 @@ def _zero_bomb(size: int, *, declare_size: bool) -> bytes:
 
 
 @pytest.mark.parametrize("declare_size", [False, True], ids=["unknown-size", "declared-size"])
-def test_zip_bomb_is_refused_without_inflating_it(
-    key_pair: tuple[CaptureKey, ReplayKey], declare_size: bool
-) -> None:
+def test_zip_bomb_is_refused_without_inflating_it(key_pair: tuple[CaptureKey, ReplayKey], declare_size: bool) -> None:
     capture, replay = key_pair
     bomb = _zero_bomb(256 * 1024 * 1024, declare_size=declare_size)
     assert len(bomb) < 64 * 1024

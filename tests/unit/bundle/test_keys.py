@@ -245,9 +245,7 @@ def test_replay_key_without_usable_recipients(tmp_path: Path, recipients: object
 
 
 @posix_only
-def test_warns_when_private_key_is_readable_by_others(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_warns_when_private_key_is_readable_by_others(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _, replay_path = generate_keys(tmp_path)
     with caplog.at_level(logging.WARNING, logger="fluxrun"):
         load_replay_key(replay_path)

@@ -60,9 +60,7 @@ SUMMARY = {"route": "/checkout", "status": 500, "error": "ValueError: boom", "un
 def test_round_trip(key_pair: tuple[CaptureKey, ReplayKey], size: int) -> None:
     capture, replay = key_pair
     payload = _payload_of_size(size) if size else {"ok": True}
-    data = Sealer(capture, sdk="fluxrun-python/test").seal(
-        summary=SUMMARY, payload=payload, bundle_id=f"bnd_{size}"
-    )
+    data = Sealer(capture, sdk="fluxrun-python/test").seal(summary=SUMMARY, payload=payload, bundle_id=f"bnd_{size}")
     opened = open_bundle(data, replay)
     assert opened.payload == payload
     assert opened.summary == SUMMARY
@@ -187,9 +185,7 @@ def test_ephemeral_key_rotates_by_count(
     assert [open_bundle(data, replay).payload["i"] for data in bundles] == list(range(7))
 
 
-def test_sealer_is_thread_safe(
-    key_pair: tuple[CaptureKey, ReplayKey], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sealer_is_thread_safe(key_pair: tuple[CaptureKey, ReplayKey], monkeypatch: pytest.MonkeyPatch) -> None:
     capture, replay = key_pair
     monkeypatch.setattr(seal_module, "EPHEMERAL_MAX_BUNDLES", 17)  # rotate while threads race
     sealer = Sealer(capture, sdk="t")

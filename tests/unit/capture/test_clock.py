@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt_module
 import pickle
 import time
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from time import perf_counter as imported_perf_counter
 
 import pytest
@@ -17,14 +17,20 @@ import fluxrun
 _REAL = (type(dt_module.datetime.max), type(dt_module.date.max))
 
 
-
 def test_time_functions_record_the_values_the_code_saw(captured):
     seen = []
 
     @fluxrun.capture
     def job():
         seen.extend(
-            [time.time(), time.time_ns(), time.monotonic(), time.monotonic_ns(), time.perf_counter(), time.perf_counter_ns()]
+            [
+                time.time(),
+                time.time_ns(),
+                time.monotonic(),
+                time.monotonic_ns(),
+                time.perf_counter(),
+                time.perf_counter_ns(),
+            ]
         )
         raise RuntimeError("boom")
 
@@ -54,7 +60,7 @@ def test_datetime_reads_are_recorded_and_stay_real_datetimes(captured):
     @fluxrun.capture
     def job():
         seen["now"] = datetime.now()
-        seen["utc"] = datetime.now(timezone.utc)
+        seen["utc"] = datetime.now(dt_module.UTC)
         seen["today"] = date.today()
         seen["module_style"] = dt_module.datetime.now()
         raise ValueError("x")

@@ -46,7 +46,10 @@ def test_boundary_records_arguments_and_result(captured):
     with pytest.raises(PaymentDeclined):
         job()
     events = captured.events()
-    assert [(e["kind"], e["call"]) for e in events] == [("host", "payments.charge"), ("host", "payments.refund")]
+    assert [(e["kind"], e["call"]) for e in events] == [
+        ("host", "payments.charge"),
+        ("host", "payments.refund"),
+    ]
     first, second = events
     assert decode(first["data"]["args"]) == ["cus_1"]
     assert decode(first["data"]["kwargs"]) == {"amount": 1200}

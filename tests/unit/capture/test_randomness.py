@@ -80,7 +80,12 @@ def test_uuid_urandom_and_secrets_are_recorded_once_each(captured):
         job()
     events = captured.events("random")
     # uuid4 reads os.urandom and token_hex calls token_bytes: nested calls belong to the outer one
-    assert [e["call"] for e in events] == ["uuid.uuid4", "os.urandom", "secrets.token_hex", "secrets.randbelow"]
+    assert [e["call"] for e in events] == [
+        "uuid.uuid4",
+        "os.urandom",
+        "secrets.token_hex",
+        "secrets.randbelow",
+    ]
     assert [decode(e["data"]["value"]) for e in events] == seen
 
 

@@ -35,4 +35,7 @@ async def test_asyncio_sleep_is_recorded(captured):
     with pytest.raises(RuntimeError):
         await job()
     events = captured.events("timer")
-    assert [(e["call"], e["data"]["seconds"]) for e in events] == [("asyncio.sleep", 0.01), ("asyncio.sleep", 0)]
+    assert [(e["call"], e["data"]["seconds"]) for e in events] == [
+        ("asyncio.sleep", 0.01),
+        ("asyncio.sleep", 0),
+    ]

@@ -98,7 +98,7 @@ def test_inspect_errors_are_one_clear_line(failing_bundle, keys, make, message):
     key = make(failing_bundle, keys)
     result = run("bundle", "inspect", str(failing_bundle), "--key", str(key))
     assert result.exit_code == 1
-    assert "error:" in result.output and message in result.output.lower() or message in result.output
+    assert ("error:" in result.output and message in result.output.lower()) or message in result.output
     assert "Traceback" not in result.output
 
 
