@@ -37,6 +37,15 @@ Decisions on false positives (documented because every one is a trade-off):
 * ``cc`` is masked even though it is also an e-mail header: the addresses are PII anyway.
 * ``None``, booleans and empty strings under a sensitive key are kept: "the token was missing"
   is often the bug, and none of them can be a secret.
+* Cookie headers keep every cookie *name* and mask every *value*, whatever the name: cookie
+  values are session material by nature. Set-Cookie keeps the standard attributes.
+* URL userinfo is masked whole, username included (as Sentry does): ``https://TOKEN@host`` and
+  ``x-access-token:TOKEN@`` put the secret in the username.
+* Card numbers need a Luhn-valid 13-19 digit run with an issuer prefix 2-6, so 13-digit
+  millisecond timestamps and ~90% of long order ids are kept.
+
+What `Scrubber.text` cannot catch: a secret with no recognisable shape and no key in front of
+it ("the password is hunter2"), and generic high-entropy strings (hashes and ids look the same).
 """
 
 from __future__ import annotations
@@ -291,8 +300,9 @@ _REV_KEY_RE = re.compile(r"[:=][ \t]*(?:[\"']\\?)?([\w.\-]{1,64})")
 _QUOTED_VALUE = r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|\\"(?:(?!\\").)*\\\""""
 # after "=": up to whitespace or a delimiter (query strings, logfmt, cookies, CLI flags)
 _EQ_VALUE_RE = re.compile(r"[ \t]*(" + _QUOTED_VALUE + r"""|[^\s&;,"'<>{})\]]+)""")
-# after ":": to the end of the line or a delimiter ("password: correct horse battery staple")
-_COLON_VALUE_RE = re.compile(r"[ \t]*(" + _QUOTED_VALUE + r"""|[^\s,;"'<>{}\]][^\r\n,;"<>{}\]]*)""")
+# after ":": to the end of the line or a delimiter ("password: correct horse battery staple",
+# "Cookie: a=1; b=2" -- so ";" does not end it)
+_COLON_VALUE_RE = re.compile(r"[ \t]*(" + _QUOTED_VALUE + r"""|[^\s,;"'<>{}\]][^\r\n,"<>{}\]]*)""")
 # Gate for _PROVIDER_RE: the separator inside each key prefix (or the "A" of AWS/Google keys),
 # with the prefix checked by fixed-width lookbehinds. Starting at a rare character lets Python's
 # re skip ahead at C speed; the full provider regex (~4 µs per 200 chars) only runs on a hit.
@@ -486,6 +496,8 @@ class Scrubber:
             return False
         if norm in self._deny_norm:
             return True
+        if not _BENIGN_RE.sub("", norm):
+            return False  # entirely a known harmless name: max_tokens, token_count, sessions_count
         if self._deny_words_re is not None and self._deny_words_re.search(" ".join(_words(key))):
             return True
         if _SUBSTRING_RE.search(_BENIGN_RE.sub(" ", norm)):
@@ -513,7 +525,7 @@ class Scrubber:
         except Exception:
             return MASK
 
-    def headers(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    def headers(self, pairs: Iterable[tuple[str, str]] | Mapping[str, str]) -> list[tuple[str, str]]:
         """Scrub a header list (a Mapping works too); malformed entries are dropped, not raised."""
         items: Iterable[object] = pairs.items() if isinstance(pairs, Mapping) else pairs
         out: list[tuple[str, str]] = []
