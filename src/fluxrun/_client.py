@@ -17,14 +17,7 @@ from fluxrun._config import Options
 from fluxrun._context import Scope, scope_var
 from fluxrun._internal import InApp, logger, real_urandom, report_internal_error, wall_time
 from fluxrun.bundle import Sealer, load_capture_key
-from fluxrun.interceptors.base import Interceptor, Patch, Patcher
-from fluxrun.interceptors.clock import ClockInterceptor
-from fluxrun.interceptors.env import EnvInterceptor
-from fluxrun.interceptors.http import HttpInterceptor
-from fluxrun.interceptors.logs import LogsInterceptor
-from fluxrun.interceptors.randomness import RandomnessInterceptor
-from fluxrun.interceptors.threads import ThreadsInterceptor
-from fluxrun.interceptors.timers import TimersInterceptor
+from fluxrun.interceptors import install
 from fluxrun.model.export import SDK, build_payload, build_summary
 from fluxrun.model.recording import Recording
 from fluxrun.shipping.base import BackgroundWorker
@@ -64,20 +57,7 @@ class Client:
             )
         self.sink = FolderSink(options.directory)
         self.worker = BackgroundWorker(self._seal_and_write, max_queue=options.max_queue, name="fluxrun-shipper")
-        self.patcher = Patcher()
-        self.interceptors: list[Interceptor] = [
-            ClockInterceptor(),
-            TimersInterceptor(),
-            RandomnessInterceptor(),
-            EnvInterceptor(),
-            LogsInterceptor(),
-            HttpInterceptor(lambda: self.options.max_body_size),
-            ThreadsInterceptor(),
-        ]
-        self._rebind: dict[int, Any] = {}
-        self._scanned: set[str] = set()
-        self._modules_seen = 0
-        self._scan_lock = threading.Lock()
+        self.installation: install.Installation | None = None
         self._sampler = random.Random()
         self.written: list[str] = []  # file paths, newest last (bounded), for tests and the CLI
 
@@ -87,32 +67,9 @@ class Client:
 
     # -- install ----------------------------------------------------------------------------------
     def install(self) -> None:
-        for interceptor in self.interceptors:
-            self._rebind.update(interceptor.rebind())
-        for interceptor in self.interceptors:
-            for patch in interceptor.patches():
-                self.patcher.apply(patch)
-        self.rescan()
+        self.installation = install.acquire(self.in_app)
+        self.installation.body_limit = self.options.max_body_size
         self._report_gaps()
-
-    def rescan(self) -> None:
-        """Rebind `from time import time`-style names in the app's own modules (new ones only)."""
-        with self._scan_lock:
-            modules = list(sys.modules.items())
-            self._modules_seen = len(modules)
-            for name, module in modules:
-                if name in self._scanned or module is None:
-                    continue
-                self._scanned.add(name)
-                if not self.in_app.module(name, getattr(module, "__file__", None)):
-                    continue
-                try:
-                    for attr, value in list(vars(module).items()):
-                        replacement = self._rebind.get(id(value))
-                        if replacement is not None and not attr.startswith("__"):
-                            self.patcher.apply(Patch(module, attr, replacement))
-                except Exception as exc:
-                    report_internal_error(f"rebinding names in {name}", exc)
 
     def _report_gaps(self) -> None:
         gaps = [name for name in UNINTERCEPTED_HTTP_CLIENTS if name in sys.modules]
@@ -135,7 +92,9 @@ class Client:
             )
 
     def uninstall(self) -> None:
-        self.patcher.restore()
+        if self.installation is not None:
+            self.installation = None
+            install.release()
 
     # -- executions -------------------------------------------------------------------------------
     def keep(self, recording: Recording) -> bool:
@@ -197,8 +156,8 @@ def begin(execution: str, entry: str | None) -> tuple[Client, Recording, Token[S
     if client is None or not client.capturing:
         return None
     try:
-        if len(sys.modules) != client._modules_seen:
-            client.rescan()
+        if client.installation is not None:
+            client.installation.rescan_if_needed()
         recording = Recording(execution, entry, wall_time())
         token = scope_var.set(Scope.root(recording))
         return client, recording, token

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["BundleError", "ConfigError", "FluxRunError", "KeyFileError"]
+__all__ = ["BundleError", "ConfigError", "FluxRunError", "KeyFileError", "LiveIOBlocked", "ReplayDivergence"]
 
 
 class FluxRunError(Exception):
@@ -41,3 +41,26 @@ class BundleError(FluxRunError):
     def __init__(self, reason: BundleErrorReason, message: str) -> None:
         super().__init__(message)
         self.reason: BundleErrorReason = reason
+
+
+class ReplayDivergence(FluxRunError):
+    """The code under replay made a call the recording cannot answer.
+
+    The message names the call, where the code made it, the next recorded call on that channel with a
+    short diff, and how far through the recording replay got. Nothing falls through to the live world.
+    """
+
+    def __init__(self, message: str, *, call: str = "", site: str = "", kind: str = "") -> None:
+        super().__init__(message)
+        self.call = call
+        self.site = site
+        self.kind = kind
+
+
+class LiveIOBlocked(FluxRunError):
+    """Replay tried to reach the live world (a socket connection or a DNS lookup) and was stopped."""
+
+    def __init__(self, message: str, *, host: str = "", site: str = "") -> None:
+        super().__init__(message)
+        self.host = host
+        self.site = site
