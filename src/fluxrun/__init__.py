@@ -7,10 +7,11 @@ Capture what a failing request did into a sealed bundle that only the app's owne
     app.add_middleware(fluxrun.FluxRunMiddleware)
 """
 
+from fluxrun import replay
 from fluxrun._api import flush, init, shutdown
 from fluxrun._capture import capture
 from fluxrun._version import __version__
-from fluxrun.errors import BundleError, ConfigError, FluxRunError, KeyFileError
+from fluxrun.errors import BundleError, ConfigError, FluxRunError, KeyFileError, LiveIOBlocked, ReplayDivergence
 from fluxrun.interceptors.host import boundary
 from fluxrun.middleware.asgi import FluxRunMiddleware
 from fluxrun.middleware.wsgi import FluxRunWSGIMiddleware
@@ -22,10 +23,13 @@ __all__ = [
     "FluxRunMiddleware",
     "FluxRunWSGIMiddleware",
     "KeyFileError",
+    "LiveIOBlocked",
+    "ReplayDivergence",
     "__version__",
     "boundary",
     "capture",
     "flush",
     "init",
+    "replay",
     "shutdown",
 ]

@@ -11,7 +11,6 @@ import sys
 import threading
 import uuid
 from contextvars import Token
-from typing import Any
 
 from fluxrun._config import Options
 from fluxrun._context import Scope, scope_var
@@ -155,6 +154,9 @@ def begin(execution: str, entry: str | None) -> tuple[Client, Recording, Token[S
     client = _client
     if client is None or not client.capturing:
         return None
+    active = scope_var.get()
+    if active is not None and active.session is not None:
+        return None  # replaying: the replay runs the code, nothing is captured again
     try:
         if client.installation is not None:
             client.installation.rescan_if_needed()

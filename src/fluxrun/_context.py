@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fluxrun.model.recording import Recording
+    from fluxrun.replay.session import ReplaySession
 
 __all__ = ["Scope", "current", "scope_var"]
 
@@ -31,19 +32,26 @@ def _owner() -> tuple[int, int]:
 
 
 class Scope:
-    """The capture state of one task or thread inside one execution."""
+    """The capture (or replay) state of one task or thread inside one execution.
 
-    __slots__ = ("_children", "owner", "path", "recording")
+    While capturing, `recording` receives events and `session` is None. While replaying, `session`
+    answers each intercepted call from the recording; interceptors check it to choose their side.
+    """
 
-    def __init__(self, recording: Recording, path: str, owner: tuple[int, int]) -> None:
+    __slots__ = ("_children", "owner", "path", "recording", "session")
+
+    def __init__(
+        self, recording: Recording, path: str, owner: tuple[int, int], session: ReplaySession | None = None
+    ) -> None:
         self.recording = recording
         self.path = path
         self.owner = owner
+        self.session = session
         self._children = 0
 
     @classmethod
-    def root(cls, recording: Recording) -> Scope:
-        return cls(recording, "0", _owner())
+    def root(cls, recording: Recording, session: ReplaySession | None = None) -> Scope:
+        return cls(recording, "0", _owner(), session)
 
     def here(self) -> Scope:
         """The scope for the calling task or thread, creating (and entering) a child scope on first use."""
@@ -51,6 +59,6 @@ class Scope:
         if owner == self.owner:
             return self
         self._children += 1
-        child = Scope(self.recording, f"{self.path}.{self._children}", owner)
+        child = Scope(self.recording, f"{self.path}.{self._children}", owner, self.session)
         scope_var.set(child)
         return child

@@ -135,3 +135,43 @@ def loaded(module: str) -> Any:
         return importlib.import_module(module)
     except Exception:
         return None
+
+
+def serve_call(
+    scope: Scope,
+    kind: str,
+    call: str,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    answer: Callable[[dict[str, Any]], Any],
+) -> Any:
+    """The replay side of `record_call`: answer from the recording; the real function does not run.
+
+    The standard library's own internals keep the real functions at replay as they did at capture
+    (so asyncio's clock stays real and awaiting code never hangs).
+    """
+    frame = caller_frame(3)
+    if frame is None or frame_is_stdlib(frame):
+        return wrapped(*args, **kwargs)
+    here = scope.here()
+    site = site_of(frame)
+    assert here.session is not None
+    event = here.session.take(kind, call, here.path, frame, site)
+    here.recording.add(kind, call, here.path, site, {})
+    raise_recorded_error(event)
+    return answer(event)
+
+
+def raise_recorded_error(event: dict[str, Any]) -> None:
+    """Raise the exception a recorded call raised, rebuilt from the recording."""
+    error = event.get("error")
+    if error is None:
+        return
+    from fluxrun.model.values import RecordedException, decode
+
+    try:
+        exc = decode(error["exception"])
+    except Exception:
+        exc = RecordedException(error.get("type", "?"), error.get("message", ""))
+    raise exc

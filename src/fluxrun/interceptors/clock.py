@@ -1,5 +1,9 @@
 """Time: `time.time/time_ns/monotonic(_ns)/perf_counter(_ns)` and `datetime.now/utcnow/today`, `date.today`.
 
+Recorded with the values the code saw; at replay the same calls return those values, per task and
+call site. asyncio's own clock reads come from the standard library and stay real at replay, so the
+event loop's timers keep working (the freezegun/asyncio trap does not arise).
+
 The `time` functions are patched on the module with wrapt. `datetime` is a C type whose methods
 cannot be replaced, so app modules see `CapturedDatetime`/`CapturedDate`: subclasses whose
 constructors hand back real `datetime`/`date` objects (pickling, orjson and `type(x) is datetime`
@@ -18,8 +22,8 @@ from typing import Any
 import wrapt
 
 from fluxrun._context import current
-from fluxrun.interceptors.base import Patch, record_call
-from fluxrun.model.values import encode
+from fluxrun.interceptors.base import Patch, record_call, serve_call
+from fluxrun.model.values import decode, encode
 
 __all__ = ["CapturedDate", "CapturedDatetime", "ClockInterceptor"]
 
@@ -38,19 +42,31 @@ def _time_wrapper(call: str) -> Callable[..., Any]:
         scope = current()
         if scope is None:
             return wrapped(*args, **kwargs)
+        if scope.session is not None:
+            return serve_call(scope, KIND, call, wrapped, args, kwargs, _recorded_value)
         return record_call(scope, KIND, call, wrapped, args, kwargs, _value)
 
     return wrapper
+
+
+def _recorded_value(event: dict[str, Any]) -> Any:
+    return event["data"]["value"]
 
 
 def _encoded(result: Any) -> dict[str, Any]:
     return {"value": encode(result)}
 
 
+def _decoded(event: dict[str, Any]) -> Any:
+    return decode(event["data"]["value"])
+
+
 def _datetime_call(call: str, real: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     scope = current()
     if scope is None:
         return real(*args)
+    if scope.session is not None:
+        return serve_call(scope, KIND, call, real, args, {}, _decoded)
     return record_call(scope, KIND, call, real, args, {}, _encoded)
 
 

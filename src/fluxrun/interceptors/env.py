@@ -1,5 +1,8 @@
 """Env reads: `os.environ[...]`, `os.environ.get` and `os.getenv` all end in `_Environ.__getitem__`.
 
+At replay a read returns the recorded value even if the environment has changed since; the
+recording is a snapshot, so a variable read once and read again is answered both times.
+
 A read of a missing variable is recorded as absent (the KeyError `get` swallows), because "not set"
 is as much a part of what the code saw as a value.
 """
@@ -12,7 +15,8 @@ from typing import Any
 
 import wrapt
 
-from fluxrun._context import current
+from fluxrun._context import Scope, current
+from fluxrun._internal import caller_frame, frame_is_stdlib, site_of
 from fluxrun.interceptors.base import Patch, record_call
 
 __all__ = ["EnvInterceptor"]
@@ -26,6 +30,8 @@ def _getitem_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
     if scope is None or instance is not os.environ:
         return wrapped(*args, **kwargs)
     key = args[0]
+    if scope.session is not None:
+        return _replay_read(scope, key, wrapped, args, kwargs)
     return record_call(
         scope,
         KIND,
@@ -40,6 +46,22 @@ def _getitem_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
             else {"type": type(exc).__qualname__, "message": str(exc)}
         ),
     )
+
+
+def _replay_read(
+    scope: Scope, key: str, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Replay: the recorded value (or absence), whatever the environment holds now."""
+    frame = caller_frame(3)
+    if frame is None or frame_is_stdlib(frame):
+        return wrapped(*args, **kwargs)
+    here = scope.here()
+    assert here.session is not None
+    event = here.session.env_read(key, here.path, frame)
+    here.recording.add(KIND, f"env {key}", here.path, site_of(frame), {})
+    if not event["data"].get("present", "error" not in event):
+        raise KeyError(key)
+    return event["data"]["value"]
 
 
 class EnvInterceptor:

@@ -4,10 +4,17 @@ Every request method (`get`, `post`, `stream`, ...) ends in `send`, so one patch
 sees them all, streamed or not. The connection pool's own IO (clock reads, DNS) runs inside the
 call and is not recorded separately. Non-streamed responses are recorded decoded (as the app read
 them); streamed ones are teed chunk by chunk as the app reads them, raw, up to the body limit.
+
+At replay `send` is answered from the recording: matched by method, URL and body within the task
+that made it, the same request twice gets the recorded answers in order, and a recorded transport
+error is raised again as the same httpx exception. No connection is opened.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import datetime
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -15,8 +22,9 @@ import wrapt
 
 from fluxrun._context import Scope, current, scope_var
 from fluxrun._internal import caller_frame, perf_ns, report_internal_error, site_of
-from fluxrun.interceptors.base import Patch, error_fields, loaded
+from fluxrun.interceptors.base import Patch, error_fields, loaded, raise_recorded_error
 from fluxrun.model.recording import Event
+from fluxrun.replay.matchers import RequestView, http_matcher
 
 __all__ = ["HttpInterceptor", "body_snapshot"]
 
@@ -182,12 +190,89 @@ class _Support:
             report_internal_error("http stream capture", exc)
 
 
+def _replay_body(request: Any, module: Any) -> bytes | None:
+    try:
+        return bytes(request.content)
+    except module.RequestNotRead:
+        return None
+
+
+def _recorded_bytes(body: dict[str, Any]) -> bytes:
+    if "text" in body:
+        return str(body["text"]).encode()
+    if "base64" in body:
+        return base64.b64decode(body["base64"])
+    return b""
+
+
+class _Replayer:
+    """The replay side: answer `send` from the recording, matched by method, URL and body, per task."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def answer(self, scope: Scope, request: Any, body: bytes | None) -> Any:
+        frame = caller_frame(4)
+        here = scope.here()
+        site = site_of(frame)
+        session = here.session
+        assert session is not None
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        view = RequestView(request.method, str(request.url), headers, body)
+        call = f"{request.method} {request.url}"
+        event = session.take(KIND, call, here.path, frame, site, match=http_matcher(view))
+        here.recording.add(KIND, call, here.path, site, {})
+        error = event.get("error")
+        if error is not None:
+            raise self.rebuild_error(error, request)
+        recorded = event["data"]["response"]
+        content = recorded.get("body") or {}
+        if content.get("truncated") or (event["data"].get("stream") and not content.get("complete", True)):
+            raise session.refuse(
+                KIND, call, here.path, frame,
+                f"the recorded response body is incomplete ({content.get('size')} bytes arrived, "
+                f"{len(_recorded_bytes(content))} kept): raise max_body_size (FLUXRUN_MAX_BODY_SIZE) "
+                "where it is captured",
+            )  # fmt: skip
+        decoded = content.get("encoding", "decoded") == "decoded"
+        skip = {"content-length", "transfer-encoding"} | ({"content-encoding"} if decoded else set())
+        response = self.module.Response(
+            recorded["status"],
+            headers=[(k, v) for k, v in recorded.get("headers", []) if k.lower() not in skip],
+            content=_recorded_bytes(content),
+            request=request,
+            extensions={
+                "http_version": str(recorded.get("http_version") or "HTTP/1.1").encode(),
+                "reason_phrase": str(recorded.get("reason") or "").encode(),
+            },
+        )
+        response.elapsed = datetime.timedelta(microseconds=event.get("dur_ns", 0) / 1000)
+        return response
+
+    def rebuild_error(self, error: dict[str, Any], request: Any) -> BaseException:
+        module_name, _, qualname = str(error.get("type", "")).partition(":")
+        cls = getattr(self.module, qualname, None) if module_name.split(".")[0] == self.module.__name__ else None
+        if isinstance(cls, type) and issubclass(cls, self.module.RequestError):
+            return cls(error.get("message", ""), request=request)  # type: ignore[no-any-return]
+        try:
+            raise_recorded_error({"error": error})
+        except BaseException as exc:
+            return exc
+        return RuntimeError(error.get("message", ""))  # pragma: no cover - raise_recorded_error always raises
+
+
 def _sync_wrapper(support: _Support) -> Callable[..., Any]:
+    replayer = _Replayer(support.module)
+
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         scope = current()
         if scope is None:
             return wrapped(*args, **kwargs)
-        request = args[0] if args else kwargs.get("request")
+        request: Any = args[0] if args else kwargs.get("request")
+        if scope.session is not None:
+            with contextlib.suppress(Exception):  # nothing is sent at replay: buffering an upload is harmless
+                request.read()
+            return replayer.answer(scope, request, _replay_body(request, support.module))
         stream = bool(kwargs.get("stream", False))
         event = support.start(scope, request, stream)
         token = scope_var.set(None)
@@ -205,6 +290,14 @@ def _sync_wrapper(support: _Support) -> Callable[..., Any]:
 
 
 def _async_wrapper(support: _Support) -> Callable[..., Any]:
+    replayer = _Replayer(support.module)
+
+    async def replay(scope: Scope, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        request: Any = args[0] if args else kwargs.get("request")
+        with contextlib.suppress(Exception):
+            await request.aread()
+        return replayer.answer(scope, request, _replay_body(request, support.module))
+
     async def record(scope: Scope, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request = args[0] if args else kwargs.get("request")
         stream = bool(kwargs.get("stream", False))
@@ -228,6 +321,8 @@ def _async_wrapper(support: _Support) -> Callable[..., Any]:
         scope = current()
         if scope is None:
             return wrapped(*args, **kwargs)
+        if scope.session is not None:
+            return replay(scope, args, kwargs)
         return record(scope, wrapped, args, kwargs)
 
     return wrapper

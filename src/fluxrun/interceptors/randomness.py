@@ -16,8 +16,8 @@ from typing import Any
 import wrapt
 
 from fluxrun._context import current
-from fluxrun.interceptors.base import Patch, record_call
-from fluxrun.model.values import encode
+from fluxrun.interceptors.base import Patch, record_call, serve_call
+from fluxrun.model.values import decode, encode
 
 __all__ = ["RandomnessInterceptor"]
 
@@ -35,11 +35,17 @@ def _encoded(result: Any) -> dict[str, Any]:
     return {"value": encode(result)}
 
 
+def _decoded(event: dict[str, Any]) -> Any:
+    return decode(event["data"]["value"])
+
+
 def _wrapper(call: str) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         scope = current()
         if scope is None:
             return wrapped(*args, **kwargs)
+        if scope.session is not None:
+            return serve_call(scope, KIND, call, wrapped, args, kwargs, _decoded)
         return record_call(scope, KIND, call, wrapped, args, kwargs, _encoded)
 
     return wrapper
@@ -59,6 +65,15 @@ def _shuffle_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
     scope = current()
     if scope is None or kwargs or len(args) != 1:
         return wrapped(*args, **kwargs)
+    if scope.session is not None:
+        target = args[0]
+
+        def apply(event: dict[str, Any]) -> None:
+            items = [target[i] for i in event["data"]["permutation"]]
+            for position, item in enumerate(items):
+                target[position] = item
+
+        return serve_call(scope, KIND, "random.shuffle", wrapped, args, {}, apply)
     holder: dict[str, list[int]] = {}
 
     def shuffle(x: MutableSequence[Any]) -> None:

@@ -1,4 +1,4 @@
-"""Timers: `time.sleep` and `asyncio.sleep`. Recorded with the requested delay and how long it took."""
+"""Timers: `time.sleep` and `asyncio.sleep`. Recorded with the requested delay; at replay they return at once."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import wrapt
 
 from fluxrun._context import Scope, current, scope_var
 from fluxrun._internal import caller_frame, frame_is_stdlib, perf_ns, report_internal_error, site_of
-from fluxrun.interceptors.base import Patch, record_call
+from fluxrun.interceptors.base import Patch, raise_recorded_error, record_call, serve_call
 
 __all__ = ["TimersInterceptor"]
 
@@ -26,6 +26,8 @@ def _sleep_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, 
     scope = current()
     if scope is None:
         return wrapped(*args, **kwargs)
+    if scope.session is not None:  # replay: answered at once, the delay is not waited
+        return serve_call(scope, KIND, "time.sleep", wrapped, args, kwargs, lambda _: None)
     seconds = _delay(args, kwargs)
     return record_call(scope, KIND, "time.sleep", wrapped, args, kwargs, lambda _: {"seconds": seconds})
 
@@ -64,7 +66,26 @@ def _async_sleep_wrapper(
     scope = current()
     if scope is None:
         return wrapped(*args, **kwargs)
+    if scope.session is not None:
+        return _replay_async_sleep(scope, wrapped, args, kwargs)
     return _record_async_sleep(scope, wrapped, args, kwargs)
+
+
+async def _replay_async_sleep(
+    scope: Scope, wrapped: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Answered at once; still yields to the loop once, as `asyncio.sleep(0)` would, so other tasks run."""
+    frame = caller_frame(2)
+    if frame is None or frame_is_stdlib(frame):
+        return await wrapped(*args, **kwargs)
+    here = scope.here()
+    site = site_of(frame)
+    assert here.session is not None
+    event = here.session.take(KIND, "asyncio.sleep", here.path, frame, site)
+    here.recording.add(KIND, "asyncio.sleep", here.path, site, {})
+    raise_recorded_error(event)
+    result = kwargs.get("result", args[1] if len(args) > 1 else None)
+    return await wrapped(0, result)
 
 
 class TimersInterceptor:

@@ -1,0 +1,375 @@
+"""Run a recorded execution again: import its entry point, call it with the recorded request or
+arguments while every intercepted call is served from the recording, and compare the outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import io
+import os
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from fluxrun._context import Scope, scope_var
+from fluxrun._internal import InApp, wall_time
+from fluxrun.bundle import OpenedBundle, ReplayKey, load_replay_key, load_replay_keys, open_bundle
+from fluxrun.errors import FluxRunError, LiveIOBlocked, ReplayDivergence
+from fluxrun.interceptors import install
+from fluxrun.model.outcome import describe_exception
+from fluxrun.model.recording import Recording
+from fluxrun.model.values import decode
+from fluxrun.replay.result import Outcome, ReplayResult, classify, outcome_of
+from fluxrun.replay.session import ReplaySession
+from fluxrun.replay.sockets import blocking_sockets
+
+__all__ = ["ReplayExpectationError", "load_payload", "run"]
+
+Expect = Literal["fixed", "reproduce"]
+
+
+class ReplayExpectationError(FluxRunError, AssertionError):
+    """The replay ran cleanly but did not end the way the test expects (fixed, or reproduced)."""
+
+    def __init__(self, message: str, result: ReplayResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _replay_key(key: str | os.PathLike[str] | ReplayKey | None) -> ReplayKey:
+    if isinstance(key, ReplayKey):
+        return key
+    if key is None:
+        env = os.environ.get("FLUXRUN_REPLAY_KEY")
+        if not env:
+            raise FluxRunError(
+                "no replay key: set FLUXRUN_REPLAY_KEY=path/to/replay.key (or pass key=...); "
+                "it is the replay.key written by `fluxrun keys generate`"
+            )
+        return load_replay_keys([Path(p) for p in env.split(os.pathsep) if p])
+    return load_replay_key(Path(key))
+
+
+def load_payload(bundle: Any, key: Any = None) -> dict[str, Any]:
+    """A bundle as a path, bytes, an opened bundle, or an already-decrypted payload dict."""
+    if isinstance(bundle, dict):
+        return bundle
+    if isinstance(bundle, OpenedBundle):
+        return bundle.payload
+    if isinstance(bundle, (str, os.PathLike)):
+        path = Path(bundle)
+        if not path.exists():
+            raise FluxRunError(f"bundle {path} does not exist (pull it with `fluxrun pull`, or check the path)")
+        bundle = path.read_bytes()
+    return open_bundle(bytes(bundle), _replay_key(key)).payload
+
+
+def _resolve(entry: str) -> Any:
+    module_name, _, attr = entry.partition(":")
+    if not module_name or not attr:
+        raise FluxRunError(f"entry point {entry!r} is not in the form module:attribute")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # uvicorn resolves `module:app` from the working directory too
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise FluxRunError(
+            f"cannot import {module_name!r} to replay {entry}: {exc}. Run from the app's project folder, "
+            "or pass the app explicitly (app=... / --app module:attr)"
+        ) from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise FluxRunError(f"{module_name} has no attribute {attr!r} to replay (entry {entry})") from None
+    return obj
+
+
+def _run_async(factory: Callable[[], Awaitable[Any]]) -> Any:
+    """Run a coroutine to completion on a fresh loop, on another thread if this one already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())  # type: ignore[arg-type]
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(factory())  # type: ignore[arg-type]
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="fluxrun-replay")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class _Run:
+    """One replay: the session, the replay-side log, and the outcome."""
+
+    def __init__(self, payload: dict[str, Any], in_app: InApp) -> None:
+        self.payload = payload
+        self.session = ReplaySession(payload)
+        self.recording = Recording(payload["execution"], payload.get("entry"), wall_time())
+        self.in_app = in_app
+        self.error: BaseException | None = None
+        self.status: int | None = None
+        self.response: dict[str, Any] | None = None
+        self.value: Any = None
+
+    def enter(self) -> Any:
+        return scope_var.set(Scope.root(self.recording, self.session))
+
+    def outcome(self) -> Outcome:
+        if self.error is not None:
+            described = describe_exception(self.error, self.in_app, max_bytes=1 << 16)
+            return outcome_of({"status": self.status, "error": described})
+        return outcome_of({"status": self.status})
+
+    # -- ASGI --------------------------------------------------------------------------------------
+    async def asgi(self, app: Any) -> None:
+        request = self.payload["request"]
+        token = self.enter()
+        body = _body_bytes(request.get("body"))
+        done = asyncio.Event()
+        sent_body = False
+        chunks: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                self.response = {"status": message["status"], "headers": _text_headers(message.get("headers", []))}
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    done.set()
+
+        try:
+            await app(_asgi_scope(request), receive, send)
+        except BaseException as exc:
+            self.error = exc
+            if self.status is None:
+                self.status = 500
+        finally:
+            done.set()
+            scope_var.reset(token)
+            if self.response is not None:
+                self.response["body"] = b"".join(chunks)
+
+    # -- WSGI --------------------------------------------------------------------------------------
+    def wsgi(self, app: Any) -> None:
+        request = self.payload["request"]
+        token = self.enter()
+        chunks: list[bytes] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            self.status = int(status.split(" ", 1)[0])
+            self.response = {"status": self.status, "headers": [list(h) for h in headers]}
+            return chunks.append
+
+        try:
+            iterable = app(_wsgi_environ(request), start_response)
+            try:
+                chunks.extend(iterable)
+            finally:
+                close = getattr(iterable, "close", None)
+                if close is not None:
+                    close()
+        except BaseException as exc:
+            self.error = exc
+            if self.status is None:
+                self.status = 500
+        finally:
+            scope_var.reset(token)
+            if self.response is not None:
+                self.response["body"] = b"".join(chunks)
+
+    # -- functions ---------------------------------------------------------------------------------
+    def function(self, func: Any) -> None:
+        request = self.payload["request"]
+        args, kwargs = decode(request.get("args", [])), decode(request.get("kwargs", {}))
+        if asyncio.iscoroutinefunction(func):
+
+            async def call() -> None:
+                token = self.enter()
+                try:
+                    self.value = await func(*args, **kwargs)
+                except BaseException as exc:
+                    self.error = exc
+                finally:
+                    scope_var.reset(token)
+
+            _run_async(call)
+            return
+        token = self.enter()
+        try:
+            self.value = func(*args, **kwargs)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            scope_var.reset(token)
+
+
+def _body_bytes(body: dict[str, Any] | None) -> bytes:
+    import base64
+
+    if not body:
+        return b""
+    if "text" in body:
+        return str(body["text"]).encode()
+    if "base64" in body:
+        return base64.b64decode(body["base64"])
+    return b""
+
+
+def _text_headers(headers: Any) -> list[list[str]]:
+    return [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers]
+
+
+def _asgi_scope(request: dict[str, Any]) -> dict[str, Any]:
+    path = request.get("path") or "/"
+    query = request.get("query_string") or ""
+    server = request.get("server")
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": request.get("http_version") or "1.1",
+        "method": request.get("method") or "GET",
+        "scheme": request.get("scheme") or "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": request.get("root_path") or "",
+        "query_string": query.encode("latin-1") if isinstance(query, str) else bytes(query),
+        "headers": [(str(k).encode("latin-1"), str(v).encode("latin-1")) for k, v in request.get("headers", [])],
+        "server": tuple(server) if server else ("replay", 80),
+        "client": ("127.0.0.1", 0),
+        "state": {},
+    }
+
+
+def _wsgi_environ(request: dict[str, Any]) -> dict[str, Any]:
+    body = _body_bytes(request.get("body"))
+    server = request.get("server") or ["replay", "80"]
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": request.get("method") or "GET",
+        "SCRIPT_NAME": request.get("root_path") or "",
+        "PATH_INFO": request.get("path") or "/",
+        "QUERY_STRING": request.get("query_string") or "",
+        "SERVER_NAME": str(server[0]),
+        "SERVER_PORT": str(server[1]),
+        "SERVER_PROTOCOL": f"HTTP/{request.get('http_version') or '1.1'}",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": request.get("scheme") or "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for name, value in request.get("headers", []):
+        key = name.upper().replace("-", "_")
+        environ[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"] = value
+    return environ
+
+
+def run(
+    bundle: Any,
+    key: str | os.PathLike[str] | ReplayKey | None = None,
+    *,
+    app: Any = None,
+    expect: Expect | None = None,
+    strict: bool = True,
+) -> ReplayResult:
+    """Replay a captured execution against the code as it is now.
+
+    `bundle` is a path, bytes, an opened bundle or a payload; `key` a replay.key path (default
+    `FLUXRUN_REPLAY_KEY`). `app` overrides the entry point recorded in the bundle (an object or
+    `"module:attr"`). Raises `ReplayDivergence` when the code made a call the recording cannot answer,
+    `LiveIOBlocked` when it tried to reach the network, and, with `expect`, `ReplayExpectationError`
+    when the outcome is not the expected one. `strict=False` turns the reproduce-side failure for
+    recorded calls that were never made into a warning.
+    """
+    payload = load_payload(bundle, key)
+    entry = app if app is not None else payload.get("entry")
+    if entry is None:
+        raise FluxRunError("the bundle names no entry point to replay; pass app=... (an object or 'module:attr')")
+    target = _resolve(entry) if isinstance(entry, str) else entry
+    entry_name = entry if isinstance(entry, str) else payload.get("entry")
+    in_app = InApp()
+    state = _Run(payload, in_app)
+    blocked: list[LiveIOBlocked] = []
+    installation = install.acquire(in_app)
+    try:
+        installation.rescan_if_needed()
+        with blocking_sockets(blocked.append):
+            execution = payload["execution"]
+            if execution == "asgi":
+                _run_async(lambda: state.asgi(target))
+            elif execution == "wsgi":
+                state.wsgi(target)
+            else:
+                state.function(target)
+    finally:
+        install.release()
+    session = state.session
+    if session.divergences:
+        raise session.divergences[0]
+    if blocked:
+        raise blocked[0]
+    if isinstance(state.error, (ReplayDivergence, LiveIOBlocked)):  # raised outside the session's view
+        raise state.error
+    original, new = outcome_of(payload["outcome"]), state.outcome()
+    result = ReplayResult(
+        bundle_id=payload["bundle_id"],
+        entry=entry_name,
+        outcome=classify(original, new),
+        original=original,
+        new=new,
+        served=dict(session.served),
+        recorded_calls=session.total,
+        unconsumed=session.unconsumed(),
+        events=[(e.kind, e.call, e.task, e.site.rsplit(":", 1)[0]) for e in state.recording.events],
+        response=state.response,
+        value=state.value,
+    )
+    if expect is not None:
+        check(result, expect, strict=strict)
+    return result
+
+
+def check(result: ReplayResult, expect: Expect, *, strict: bool = True) -> None:
+    """Raise `ReplayExpectationError` unless the result is what a test expects."""
+    if expect == "fixed":
+        if result.outcome != "fixed":
+            raise ReplayExpectationError(
+                f"expected the failure to be fixed, but it is {result.outcome}\n{result.summary()}", result
+            )
+        return
+    if expect != "reproduce":
+        raise FluxRunError(f"expect={expect!r}: use 'fixed' or 'reproduce'")
+    if result.outcome != "reproduced":
+        raise ReplayExpectationError(
+            f"expected the failure to reproduce, but it is {result.outcome}\n{result.summary()}", result
+        )
+    if result.unconsumed:
+        message = (
+            f"the failure reproduced, but {len(result.unconsumed)} recorded calls were never made: "
+            "the code no longer does what it did when it failed"
+        )
+        if strict:
+            raise ReplayExpectationError(f"{message}\n{result.summary()}", result)
+        result.warnings.append(message)

@@ -1,0 +1,194 @@
+"""Replay serves every intercepted kind from the recording: values exactly, bodies never run, no network."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import time
+import uuid
+from datetime import datetime
+
+import httpx
+import pytest
+
+import fluxrun
+from fluxrun.replay import ReplayExpectationError
+
+CALLS = {"charge": 0, "transport": 0}
+MODE = {"version": "v1", "amount": 1200, "extra_fetch": False, "fixed": False, "sleep": 0.01}
+
+
+def upstream(request: httpx.Request) -> httpx.Response:
+    CALLS["transport"] += 1
+    if request.url.path.endswith("/flaky"):
+        return httpx.Response(429 if CALLS["transport"] == 1 else 200, json={"n": CALLS["transport"]})
+    return httpx.Response(200, json={"price": 10, "path": request.url.path})
+
+
+@fluxrun.boundary("payments.charge")
+def charge_card(order_id: int, amount: int) -> dict:
+    CALLS["charge"] += 1
+    return {"charge": f"ch_{order_id}", "amount": amount}
+
+
+@fluxrun.capture
+def checkout(order_id: int) -> dict:
+    currency = os.environ["SHOP_CURRENCY"]
+    region = os.environ.get("SHOP_REGION", "none")
+    stamp = time.time()
+    when = datetime.now()
+    jitter = random.random()
+    token = uuid.uuid4()
+    nonce = secrets.token_hex(4)
+    charge = charge_card(order_id, amount=MODE["amount"])
+    time.sleep(MODE["sleep"])  # a replay must not wait for this
+    with httpx.Client(transport=httpx.MockTransport(upstream)) as client:
+        first = client.get(f"https://pricing.test/{MODE['version']}/flaky")
+        second = client.get(f"https://pricing.test/{MODE['version']}/flaky")
+        if MODE["extra_fetch"]:
+            client.post("https://pricing.test/audit", json={"order": order_id})
+    if MODE["fixed"]:
+        return {"ok": True}
+    raise RuntimeError(
+        f"{currency} {region} {stamp} {when.isoformat()} {jitter} {token} {nonce} {charge} "
+        f"{first.status_code} {second.status_code}"
+    )
+
+
+@fluxrun.capture
+async def async_checkout(order_id: int) -> None:
+    async def fetch(client: httpx.AsyncClient, name: str) -> str:
+        await asyncio.sleep(1)
+        response = await client.get(f"https://pricing.test/items/{name}")
+        return f"{name}:{response.json()['path']}:{time.time()}"
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as client:
+        results = await asyncio.gather(fetch(client, "a"), fetch(client, "b"), fetch(client, "c"))
+    raise ValueError(" ".join(results))
+
+
+@pytest.fixture(autouse=True)
+def reset(monkeypatch):
+    CALLS.update(charge=0, transport=0)
+    MODE.update(version="v1", amount=1200, extra_fetch=False, fixed=False, sleep=0.01)
+    monkeypatch.setenv("SHOP_CURRENCY", "EUR")
+    monkeypatch.delenv("SHOP_REGION", raising=False)
+
+
+@pytest.fixture
+def bundle(captured):
+    with pytest.raises(RuntimeError) as raised:
+        checkout(42)
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    CALLS.update(charge=0, transport=0)
+    return path, str(raised.value)
+
+
+def test_every_kind_is_served_exactly_and_nothing_live_runs(captured, keys, monkeypatch):
+    MODE["sleep"] = 1.5
+    with pytest.raises(RuntimeError) as raised:
+        checkout(42)
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    CALLS.update(charge=0, transport=0)
+    original_message = str(raised.value)
+    monkeypatch.setenv("SHOP_CURRENCY", "USD")  # changed since the capture: replay still sees EUR
+    monkeypatch.setenv("SHOP_REGION", "eu")  # set now, absent then: replay still sees it absent
+    started = time.monotonic()
+    result = fluxrun.replay.run(path, keys.replay)
+    assert time.monotonic() - started < 1.0  # the 1.5 s sleep returned at once
+    assert result.outcome == "reproduced"
+    assert result.new.message == original_message  # time, datetime, random, uuid, secrets, env, http: identical
+    assert CALLS == {"charge": 0, "transport": 0}  # boundary body and transport never ran
+    assert "429 200" in original_message  # the same request twice got its answers in order
+    assert result.served == {"env": 2, "time": 2, "random": 3, "host": 1, "timer": 1, "http": 2}
+    assert result.unconsumed == []
+
+
+def test_replay_is_deterministic(bundle, keys):
+    path, _ = bundle
+    first = fluxrun.replay.run(path, keys.replay)
+    second = fluxrun.replay.run(path, keys.replay)
+    assert first.events == second.events and first.new == second.new
+
+
+def test_a_fixed_outcome_passes_expect_fixed_and_fails_expect_reproduce(bundle, keys):
+    path, _ = bundle
+    MODE["fixed"] = True
+    result = fluxrun.replay.run(path, keys.replay, expect="fixed")
+    assert result.outcome == "fixed"
+    with pytest.raises(ReplayExpectationError, match="expected the failure to reproduce, but it is fixed"):
+        fluxrun.replay.run(path, keys.replay, expect="reproduce")
+
+
+def test_a_different_url_is_a_divergence_with_a_diff(bundle, keys):
+    path, _ = bundle
+    MODE["version"] = "v2"
+    with pytest.raises(fluxrun.ReplayDivergence) as raised:
+        fluxrun.replay.run(path, keys.replay)
+    message = str(raised.value)
+    assert "GET https://pricing.test/v2/flaky has no recorded answer" in message
+    assert "test_replay_kinds.py" in message and "in checkout" in message  # where the code made the call
+    assert "next recorded http call: GET https://pricing.test/v1/flaky" in message
+    assert "url differs" in message and "- https://pricing.test/v1/flaky" in message
+    assert "+ https://pricing.test/v2/flaky" in message
+    assert "replay got through 9 of 11 recorded calls" in message
+
+
+def test_different_boundary_arguments_are_a_divergence(bundle, keys):
+    path, _ = bundle
+    MODE["amount"] = 999
+    with pytest.raises(fluxrun.ReplayDivergence, match=r"(?s)payments.charge has no recorded answer.*arguments differ"):
+        fluxrun.replay.run(path, keys.replay)
+    assert CALLS["charge"] == 0
+
+
+def test_an_extra_call_is_a_divergence_even_if_the_app_swallows_it(bundle, keys):
+    path, _ = bundle
+    MODE["extra_fetch"] = True
+    with pytest.raises(fluxrun.ReplayDivergence, match=r"POST https://pricing\.test/audit has no recorded answer"):
+        fluxrun.replay.run(path, keys.replay)
+
+
+def test_calls_never_made_fail_reproduce_strictly_and_warn_when_lenient(captured, keys):
+    MODE["extra_fetch"] = True
+    with pytest.raises(RuntimeError):
+        checkout(7)
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    MODE["extra_fetch"] = False
+    with pytest.raises(ReplayExpectationError, match="1 recorded calls were never made") as raised:
+        fluxrun.replay.run(path, keys.replay, expect="reproduce")
+    assert raised.value.result.unconsumed[0]["call"] == "POST https://pricing.test/audit"
+    lenient = fluxrun.replay.run(path, keys.replay, expect="reproduce", strict=False)
+    assert lenient.warnings and "never made" in lenient.warnings[0]
+    MODE["fixed"] = True
+    fixed = fluxrun.replay.run(path, keys.replay, expect="fixed")  # a fix may rightly make fewer calls
+    assert len(fixed.unconsumed) == 1
+
+
+def test_gathered_tasks_are_served_within_their_own_task(captured, keys):
+    with pytest.raises(ValueError) as raised:
+        asyncio.run(async_checkout(1))
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    result = fluxrun.replay.run(path, keys.replay)
+    assert result.outcome == "reproduced"
+    assert result.new.message == str(raised.value)
+    assert {task for _, _, task, _ in result.events} == {"0.1", "0.2", "0.3"}
+    assert CALLS["transport"] == 3  # only the capture reached the transport
+
+
+def test_replay_from_inside_a_running_loop(captured, keys):
+    with pytest.raises(ValueError):
+        asyncio.run(async_checkout(2))
+    (path,) = captured.files()
+    fluxrun.shutdown()
+
+    async def inside():
+        return fluxrun.replay.run(path, keys.replay)
+
+    assert asyncio.run(inside()).outcome == "reproduced"
