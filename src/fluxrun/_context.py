@@ -25,10 +25,10 @@ current = scope_var.get
 _get_ident = threading.get_ident
 
 
-def _owner() -> tuple[int, int]:
+def _owner() -> object:
+    """The running asyncio task, or the thread's id outside a loop."""
     loop = _get_running_loop()
-    task = current_task(loop) if loop is not None else None
-    return (_get_ident(), id(task) if task is not None else 0)
+    return current_task(loop) if loop is not None else _get_ident()
 
 
 class Scope:
@@ -40,9 +40,7 @@ class Scope:
 
     __slots__ = ("_children", "owner", "path", "recording", "session")
 
-    def __init__(
-        self, recording: Recording, path: str, owner: tuple[int, int], session: ReplaySession | None = None
-    ) -> None:
+    def __init__(self, recording: Recording, path: str, owner: object, session: ReplaySession | None = None) -> None:
         self.recording = recording
         self.path = path
         self.owner = owner
@@ -55,8 +53,9 @@ class Scope:
 
     def here(self) -> Scope:
         """The scope for the calling task or thread, creating (and entering) a child scope on first use."""
-        owner = _owner()
-        if owner == self.owner:
+        loop = _get_running_loop()  # _owner(), inlined: this runs for every recorded event
+        owner = current_task(loop) if loop is not None else _get_ident()
+        if owner is self.owner or owner == self.owner:
             return self
         self._children += 1
         child = Scope(self.recording, f"{self.path}.{self._children}", owner, self.session)

@@ -138,22 +138,25 @@ class InApp:
 # (os.getenv -> Mapping.get -> _Environ.__getitem__), so the caller is looked for above them.
 _PLUMBING_MODULES = ("os", "collections.abc", "_collections_abc", "random", "uuid", "secrets", "contextlib")
 _PLUMBING_PACKAGES = ("wrapt", "httpx", "httpx2", "httpcore", "httpcore2")
-_plumbing_cache: dict[CodeType, bool] = {}
+# Caches keyed by id(code): hashing a code object hashes its whole body on every call (~0.5 µs).
+# Each entry keeps the code object itself, so an id reused after garbage collection cannot match.
+_plumbing_cache: dict[int, tuple[CodeType, bool]] = {}
+_stdlib_code_cache: dict[int, tuple[CodeType, bool]] = {}
 
 
-def _is_plumbing(code: CodeType, module: str) -> bool:
-    cached = _plumbing_cache.get(code)
-    if cached is None:
-        cached = (
-            module in _PLUMBING_MODULES
-            or module.split(".", 1)[0] in _PLUMBING_PACKAGES
-            or is_fluxrun_file(code.co_filename)
-        )
-        _plumbing_cache[code] = cached
-    return cached
-
-
-_stdlib_code_cache: dict[CodeType, bool] = {}
+def _is_plumbing(frame: FrameType) -> bool:
+    code = frame.f_code
+    entry = _plumbing_cache.get(id(code))
+    if entry is not None and entry[0] is code:
+        return entry[1]
+    module = frame.f_globals.get("__name__", "")
+    result = (
+        module in _PLUMBING_MODULES
+        or module.split(".", 1)[0] in _PLUMBING_PACKAGES
+        or is_fluxrun_file(code.co_filename)
+    )
+    _plumbing_cache[id(code)] = (code, result)
+    return result
 
 
 def caller_frame(depth: int = 2) -> FrameType | None:
@@ -162,7 +165,7 @@ def caller_frame(depth: int = 2) -> FrameType | None:
         frame: FrameType | None = sys._getframe(depth)
     except ValueError:
         return None
-    while frame is not None and _is_plumbing(frame.f_code, frame.f_globals.get("__name__", "")):
+    while frame is not None and _is_plumbing(frame):
         frame = frame.f_back
     return frame
 
@@ -170,11 +173,52 @@ def caller_frame(depth: int = 2) -> FrameType | None:
 def frame_is_stdlib(frame: FrameType) -> bool:
     """True for standard-library internals (asyncio, logging, tempfile...): their IO is not the app's."""
     code = frame.f_code
-    cached = _stdlib_code_cache.get(code)
-    if cached is None:
-        cached = is_stdlib_file(code.co_filename)
-        _stdlib_code_cache[code] = cached
-    return cached
+    entry = _stdlib_code_cache.get(id(code))
+    if entry is not None and entry[0] is code:
+        return entry[1]
+    result = is_stdlib_file(code.co_filename)
+    _stdlib_code_cache[id(code)] = (code, result)
+    return result
+
+
+def app_caller(depth: int) -> FrameType | None:
+    """`caller_frame` and `frame_is_stdlib` in one pass (the hot path of every recorded call):
+    the calling frame, or None when the caller is the standard library's own internals."""
+    try:
+        frame: FrameType | None = sys._getframe(depth + 1)
+    except ValueError:
+        return None
+    while frame is not None:
+        code = frame.f_code
+        entry = _plumbing_cache.get(id(code))
+        if entry is None or entry[0] is not code:
+            if not _is_plumbing(frame):
+                break
+        elif not entry[1]:
+            break
+        frame = frame.f_back
+    if frame is None:
+        return None
+    code = frame.f_code
+    entry = _stdlib_code_cache.get(id(code))
+    if entry is not None and entry[0] is code:
+        return None if entry[1] else frame
+    return None if frame_is_stdlib(frame) else frame
+
+
+SiteRef = tuple[str, CodeType, int]
+
+
+def site_ref(frame: FrameType) -> SiteRef:
+    """What `site_of` needs, taken cheaply on the hot path; formatted only if the execution is kept."""
+    return (frame.f_globals.get("__name__", "?"), frame.f_code, frame.f_lineno)
+
+
+def format_site(site: str | SiteRef) -> str:
+    if isinstance(site, str):
+        return site
+    module, code, line = site
+    return f"{module}:{code.co_qualname}:{line}"
 
 
 def site_of(frame: FrameType | None) -> str:

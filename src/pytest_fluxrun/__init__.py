@@ -1,0 +1,1 @@
+"""pytest plugin for FluxRun: `@fluxrun.replay` tests and `--fluxrun-bundles` regression guards."""

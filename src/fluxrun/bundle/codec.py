@@ -18,8 +18,10 @@ from fluxrun.errors import BundleError
 
 __all__ = ["MAX_WINDOW_SIZE", "ZSTD_LEVEL", "decode_payload", "decode_sized", "encode_payload"]
 
-ZSTD_LEVEL = 3
-# zstd level 3 never uses a window larger than 2 MiB; refusing frames that ask for more bounds the
+# Level 1: on event logs it compresses within a few percent of level 3 at about half the time
+# (sealing runs for every kept execution).
+ZSTD_LEVEL = 1
+# zstd levels 1-3 never use a window larger than 2 MiB; refusing frames that ask for more bounds the
 # decoder's own working memory (a hostile frame could otherwise ask for up to 2 GiB).
 MAX_WINDOW_SIZE = 8 * 1024 * 1024
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

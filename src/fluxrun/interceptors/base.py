@@ -8,15 +8,30 @@ capture suspended, and append one event.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fluxrun._context import Scope, scope_var
-from fluxrun._internal import caller_frame, frame_is_stdlib, perf_ns, report_internal_error, site_of
+import wrapt
 
-__all__ = ["Interceptor", "Patch", "Patcher", "record_call"]
+from fluxrun._context import Scope, current, scope_var
+from fluxrun._internal import (
+    app_caller,
+    caller_frame,
+    frame_is_stdlib,
+    perf_ns,
+    report_internal_error,
+    site_of,
+    site_ref,
+)
+
+__all__ = ["Interceptor", "Patch", "Patcher", "record_call", "wrap", "wrap_method"]
+
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 _MISSING = object()
 
@@ -68,6 +83,41 @@ class Patcher:
         return len(self._applied)
 
 
+def wrap(original: Any, wrapper: Wrapper) -> Any:
+    """A replacement for a module-level function that calls `wrapper(wrapped, instance, args, kwargs)`.
+
+    wrapt's `FunctionWrapper` for builtins and bound methods (about 0.13 µs per idle call here). For
+    plain synchronous Python functions (`uuid.uuid4`, `secrets.token_hex`) wrapt's C wrapper costs
+    about 0.6 µs per call, over the idle budget, so a closure with the same contract stands in.
+    """
+    if inspect.isfunction(original) and not inspect.iscoroutinefunction(original):
+
+        @functools.wraps(original)
+        def patched(*args: Any, **kwargs: Any) -> Any:
+            if current() is None:
+                return original(*args, **kwargs)
+            return wrapper(original, None, args, kwargs)
+
+        return patched
+    return wrapt.FunctionWrapper(original, wrapper)
+
+
+def wrap_method(original: Callable[..., Any], wrapper: Wrapper) -> Callable[..., Any]:
+    """A replacement for a method set on a class (`_Environ.__getitem__`, `Logger.handle`).
+
+    A plain function binds through CPython's fast path; a wrapt wrapper on a class builds a bound
+    wrapper object on every call (about 0.7 µs), which env reads cannot afford.
+    """
+
+    @functools.wraps(original)
+    def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if current() is None:
+            return original(self, *args, **kwargs)
+        return wrapper(types.MethodType(original, self), self, args, kwargs)
+
+    return patched
+
+
 def record_call(
     scope: Scope,
     kind: str,
@@ -85,12 +135,12 @@ def record_call(
     tempfile's env reads) are not the app's IO and go straight through.
     """
     try:
-        frame = caller_frame(3)
-        if frame is None or frame_is_stdlib(frame):
+        frame = app_caller(2)
+        if frame is None:
             here = None
         else:
             here = scope.here()
-            event = here.recording.add(kind, call, here.path, site_of(frame), {})
+            event = here.recording.add(kind, call, here.path, site_ref(frame), {})
     except Exception as exc:
         report_internal_error(f"{kind} capture", exc)
         here = None
@@ -111,6 +161,40 @@ def record_call(
     try:
         event.dur_ns = perf_ns() - event.start_ns - here.recording.started_ns
         event.data = data(result)
+    except Exception as exc:
+        report_internal_error(f"{kind} capture", exc)
+    return result
+
+
+def record_value(
+    scope: Scope,
+    kind: str,
+    call: str,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    encoder: Callable[[Any], Any] | None = None,
+) -> Any:
+    """The lean path of `record_call` for calls that return a value and do no IO of their own
+    (clock reads, `random.random`): nothing to suspend, one event appended after the call."""
+    frame = app_caller(2)
+    if frame is None:
+        return wrapped(*args, **kwargs)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        try:
+            here = scope.here()
+            event = here.recording.add(kind, call, here.path, site_ref(frame), {})
+            event.error = error_fields(exc)
+        except Exception as internal:
+            report_internal_error(f"{kind} capture", internal)
+        raise
+    try:
+        here = scope.here()
+        here.recording.add(
+            kind, call, here.path, site_ref(frame), {"value": result if encoder is None else encoder(result)}
+        )
     except Exception as exc:
         report_internal_error(f"{kind} capture", exc)
     return result

@@ -22,7 +22,7 @@ from typing import Any
 import wrapt
 
 from fluxrun._context import current
-from fluxrun.interceptors.base import Patch, record_call, serve_call
+from fluxrun.interceptors.base import Patch, record_call, record_value, serve_call
 from fluxrun.model.values import decode, encode
 
 __all__ = ["CapturedDate", "CapturedDatetime", "ClockInterceptor"]
@@ -33,10 +33,6 @@ _real_datetime = _dt.datetime
 _real_date = _dt.date
 
 
-def _value(result: Any) -> dict[str, Any]:
-    return {"value": result}
-
-
 def _time_wrapper(call: str) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         scope = current()
@@ -44,7 +40,7 @@ def _time_wrapper(call: str) -> Callable[..., Any]:
             return wrapped(*args, **kwargs)
         if scope.session is not None:
             return serve_call(scope, KIND, call, wrapped, args, kwargs, _recorded_value)
-        return record_call(scope, KIND, call, wrapped, args, kwargs, _value)
+        return record_value(scope, KIND, call, wrapped, args, kwargs)
 
     return wrapper
 
@@ -67,6 +63,7 @@ def _datetime_call(call: str, real: Callable[..., Any], args: tuple[Any, ...]) -
         return real(*args)
     if scope.session is not None:
         return serve_call(scope, KIND, call, real, args, {}, _decoded)
+    # not the lean path: C's date.today() reads time.time() itself, which must not be recorded again
     return record_call(scope, KIND, call, real, args, {}, _encoded)
 
 

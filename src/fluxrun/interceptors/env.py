@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
-import wrapt
-
 from fluxrun._context import Scope, current
-from fluxrun._internal import caller_frame, frame_is_stdlib, site_of
-from fluxrun.interceptors.base import Patch, record_call
+from fluxrun._internal import app_caller, caller_frame, frame_is_stdlib, report_internal_error, site_of, site_ref
+from fluxrun.interceptors.base import Patch, wrap_method
 
 __all__ = ["EnvInterceptor"]
 
@@ -32,20 +31,30 @@ def _getitem_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
     key = args[0]
     if scope.session is not None:
         return _replay_read(scope, key, wrapped, args, kwargs)
-    return record_call(
-        scope,
-        KIND,
-        f"env {key}",
-        wrapped,
-        args,
-        kwargs,
-        lambda value: {"key": key, "present": True, "value": value},
-        on_error=lambda exc: (
-            {"type": "builtins:KeyError", "message": str(exc), "key": key, "present": False}
-            if isinstance(exc, KeyError)
-            else {"type": type(exc).__qualname__, "message": str(exc)}
-        ),
-    )
+    frame = app_caller(1)
+    if frame is None:
+        return wrapped(*args, **kwargs)
+    try:
+        value = wrapped(*args, **kwargs)  # a dict lookup: no IO of its own, nothing to suspend
+    except KeyError:
+        _record(scope, key, frame, None)
+        raise
+    _record(scope, key, frame, value)
+    return value
+
+
+def _record(scope: Scope, key: str, frame: FrameType, value: str | None) -> None:
+    try:
+        here = scope.here()
+        if value is None:
+            event = here.recording.add(KIND, f"env {key}", here.path, site_ref(frame), {})
+            event.error = {"type": "builtins:KeyError", "message": repr(key), "key": key, "present": False}
+        else:
+            here.recording.add(
+                KIND, f"env {key}", here.path, site_ref(frame), {"key": key, "present": True, "value": value}
+            )
+    except Exception as exc:
+        report_internal_error("env capture", exc)
 
 
 def _replay_read(
@@ -68,7 +77,7 @@ class EnvInterceptor:
     kind = KIND
 
     def __init__(self) -> None:
-        self._getitem = wrapt.FunctionWrapper(vars(_Environ)["__getitem__"], _getitem_wrapper)
+        self._getitem = wrap_method(vars(_Environ)["__getitem__"], _getitem_wrapper)
 
     def patches(self) -> list[Patch]:
         return [Patch(_Environ, "__getitem__", self._getitem)]

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import wrapt
 
 from fluxrun._context import Scope, current, scope_var
-from fluxrun._internal import caller_frame, perf_ns, report_internal_error, site_of
+from fluxrun._internal import caller_frame, perf_ns, report_internal_error, site_of, site_ref
 from fluxrun.interceptors.base import error_fields, raise_recorded_error
 from fluxrun.model.recording import Event
 from fluxrun.model.values import decode, encode
@@ -30,7 +30,8 @@ def _start(scope: Scope, name: str, args: tuple[Any, ...], kwargs: dict[str, Any
     try:
         here = scope.here()
         data = {"name": name, "args": encode(list(args)), "kwargs": encode(kwargs)}
-        return here.recording.add(KIND, name, here.path, site_of(caller_frame(3)), data)
+        frame = caller_frame(3)
+        return here.recording.add(KIND, name, here.path, site_ref(frame) if frame else "?:?:0", data)
     except Exception as exc:
         report_internal_error("boundary capture", exc)
         return None

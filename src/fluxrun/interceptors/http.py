@@ -21,7 +21,7 @@ from typing import Any
 import wrapt
 
 from fluxrun._context import Scope, current, scope_var
-from fluxrun._internal import caller_frame, perf_ns, report_internal_error, site_of
+from fluxrun._internal import caller_frame, perf_ns, report_internal_error, site_of, site_ref
 from fluxrun.interceptors.base import Patch, error_fields, loaded, raise_recorded_error
 from fluxrun.model.recording import Event
 from fluxrun.replay.matchers import RequestView, http_matcher
@@ -38,10 +38,6 @@ def body_snapshot(content: bytes, limit: int) -> dict[str, Any]:
     if len(content) > limit:
         out["truncated"] = True
     return out
-
-
-def _headers(headers: Any) -> list[list[str]]:
-    return [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers.raw]
 
 
 class _Support:
@@ -90,19 +86,20 @@ class _Support:
     def start(self, scope: Scope, request: Any, stream: bool) -> Event | None:
         try:
             here = scope.here()
+            frame = caller_frame(4)
+            # Raw parts only (the URL object is immutable, header pairs are bytes): the export formats
+            # them off the request path, and only for executions that are kept.
             data = {
                 "client": self.name,
                 "request": {
                     "method": request.method,
-                    "url": str(request.url),
-                    "headers": _headers(request.headers),
+                    "url": request.url,
+                    "headers": request.headers.raw,
                     "body": self.request_body(request),
                 },
                 "stream": stream,
             }
-            return here.recording.add(
-                KIND, f"{request.method} {request.url}", here.path, site_of(caller_frame(4)), data
-            )
+            return here.recording.add(KIND, None, here.path, site_ref(frame) if frame else "?:?:0", data)
         except Exception as exc:
             report_internal_error("http capture", exc)
             return None
@@ -136,11 +133,12 @@ class _Support:
             return
         try:
             event.dur_ns = perf_ns() - scope.recording.started_ns - event.start_ns
+            extensions = response.extensions
             recorded: dict[str, Any] = {
                 "status": response.status_code,
-                "reason": response.reason_phrase,
-                "http_version": response.http_version,
-                "headers": _headers(response.headers),
+                "reason": extensions.get("reason_phrase", b""),
+                "http_version": extensions.get("http_version", b"HTTP/1.1"),
+                "headers": response.headers.raw,
                 "redirects": len(response.history),
             }
             event.data["response"] = recorded
@@ -243,7 +241,7 @@ class _Replayer:
             request=request,
             extensions={
                 "http_version": str(recorded.get("http_version") or "HTTP/1.1").encode(),
-                "reason_phrase": str(recorded.get("reason") or "").encode(),
+                **({"reason_phrase": str(recorded["reason"]).encode()} if recorded.get("reason") else {}),
             },
         )
         response.elapsed = datetime.timedelta(microseconds=event.get("dur_ns", 0) / 1000)

@@ -10,11 +10,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import wrapt
-
 from fluxrun._context import Scope, current, scope_var
 from fluxrun._internal import report_internal_error
-from fluxrun.interceptors.base import Patch
+from fluxrun.interceptors.base import Patch, wrap_method
 
 __all__ = ["LogsInterceptor"]
 
@@ -57,7 +55,7 @@ class LogsInterceptor:
     kind = KIND
 
     def __init__(self) -> None:
-        self._handle = wrapt.FunctionWrapper(vars(logging.Logger)["handle"], _handle_wrapper)
+        self._handle = wrap_method(vars(logging.Logger)["handle"], _handle_wrapper)
 
     def patches(self) -> list[Patch]:
         return [Patch(logging.Logger, "handle", self._handle)]

@@ -13,10 +13,8 @@ import uuid
 from collections.abc import Callable, MutableSequence
 from typing import Any
 
-import wrapt
-
 from fluxrun._context import current
-from fluxrun.interceptors.base import Patch, record_call, serve_call
+from fluxrun.interceptors.base import Patch, record_call, record_value, serve_call, wrap
 from fluxrun.model.values import decode, encode
 
 __all__ = ["RandomnessInterceptor"]
@@ -39,14 +37,19 @@ def _decoded(event: dict[str, Any]) -> Any:
     return decode(event["data"]["value"])
 
 
-def _wrapper(call: str) -> Callable[..., Any]:
+def _wrapper(call: str, *, does_io: bool) -> Callable[..., Any]:
+    """`does_io`: the function reads other patched sources (uuid4 reads os.urandom) that must be
+    suspended while it runs; the random module's functions do not."""
+
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         scope = current()
         if scope is None:
             return wrapped(*args, **kwargs)
         if scope.session is not None:
             return serve_call(scope, KIND, call, wrapped, args, kwargs, _decoded)
-        return record_call(scope, KIND, call, wrapped, args, kwargs, _encoded)
+        if does_io:
+            return record_call(scope, KIND, call, wrapped, args, kwargs, _encoded)
+        return record_value(scope, KIND, call, wrapped, args, kwargs, encode)
 
     return wrapper
 
@@ -89,16 +92,16 @@ class RandomnessInterceptor:
         self._targets: list[tuple[Any, str, Any]] = []
         for name in RANDOM_FUNCTIONS:
             if hasattr(random, name):
-                self._add(random, name, _wrapper(f"random.{name}"))
+                self._add(random, name, _wrapper(f"random.{name}", does_io=False))
         self._add(random, "shuffle", _shuffle_wrapper)
         for name in ("uuid1", "uuid4"):
-            self._add(uuid, name, _wrapper(f"uuid.{name}"))
-        self._add(os, "urandom", _wrapper("os.urandom"))
+            self._add(uuid, name, _wrapper(f"uuid.{name}", does_io=True))
+        self._add(os, "urandom", _wrapper("os.urandom", does_io=False))
         for name in SECRETS_FUNCTIONS:
-            self._add(secrets, name, _wrapper(f"secrets.{name}"))
+            self._add(secrets, name, _wrapper(f"secrets.{name}", does_io=True))
 
     def _add(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
-        self._targets.append((owner, name, wrapt.FunctionWrapper(getattr(owner, name), wrapper)))
+        self._targets.append((owner, name, wrap(getattr(owner, name), wrapper)))
 
     def patches(self) -> list[Patch]:
         return [Patch(owner, name, replacement) for owner, name, replacement in self._targets]

@@ -13,10 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import wrapt
-
 from fluxrun._context import current
-from fluxrun.interceptors.base import Patch
+from fluxrun.interceptors.base import Patch, wrap_method
 
 __all__ = ["ThreadsInterceptor"]
 
@@ -38,16 +36,8 @@ class ThreadsInterceptor:
 
     def patches(self) -> list[Patch]:
         return [
-            Patch(
-                threading.Thread,
-                "start",
-                wrapt.FunctionWrapper(vars(threading.Thread)["start"], _start_wrapper),
-            ),
-            Patch(
-                ThreadPoolExecutor,
-                "submit",
-                wrapt.FunctionWrapper(vars(ThreadPoolExecutor)["submit"], _submit_wrapper),
-            ),
+            Patch(threading.Thread, "start", wrap_method(vars(threading.Thread)["start"], _start_wrapper)),
+            Patch(ThreadPoolExecutor, "submit", wrap_method(vars(ThreadPoolExecutor)["submit"], _submit_wrapper)),
         ]
 
     def rebind(self) -> dict[int, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 import wrapt
 
 from fluxrun._context import Scope, current, scope_var
-from fluxrun._internal import caller_frame, frame_is_stdlib, perf_ns, report_internal_error, site_of
+from fluxrun._internal import caller_frame, frame_is_stdlib, perf_ns, report_internal_error, site_of, site_ref
 from fluxrun.interceptors.base import Patch, raise_recorded_error, record_call, serve_call
 
 __all__ = ["TimersInterceptor"]
@@ -45,7 +45,7 @@ async def _record_async_sleep(
         if frame is not None and not frame_is_stdlib(frame):
             here = scope.here()
             event = here.recording.add(
-                KIND, "asyncio.sleep", here.path, site_of(frame), {"seconds": _delay(args, kwargs)}
+                KIND, "asyncio.sleep", here.path, site_ref(frame), {"seconds": _delay(args, kwargs)}
             )
     except Exception as exc:
         report_internal_error("timer capture", exc)

@@ -12,7 +12,7 @@ from typing import Any
 from fluxrun._capture import record_error
 from fluxrun._client import begin, end
 from fluxrun._internal import report_internal_error
-from fluxrun.middleware.request import find_entry, parse_traceparent, request_id
+from fluxrun.middleware.request import find_entry
 
 __all__ = ["FluxRunMiddleware"]
 
@@ -41,11 +41,6 @@ class FluxRunMiddleware:
         response_size = 0
         try:
             headers = scope.get("headers") or []
-            wanted = {b"x-request-id": None, b"traceparent": None}
-            for k, v in headers:
-                lk = k.lower()
-                if lk in wanted:
-                    wanted[lk] = v.decode("latin-1")
             recording.request = {
                 "method": scope.get("method"),
                 "path": scope.get("path"),
@@ -54,9 +49,7 @@ class FluxRunMiddleware:
                 "scheme": scope.get("scheme", "http"),
                 "http_version": scope.get("http_version"),
                 "server": list(scope["server"]) if scope.get("server") else None,
-                "headers": list(headers),
-                "request_id": request_id(wanted[b"x-request-id"]),
-                "traceparent": parse_traceparent(wanted[b"traceparent"]),
+                "headers": list(headers),  # request id and traceparent are read from these on export
             }
         except Exception as exc:
             report_internal_error("recording an ASGI request", exc)

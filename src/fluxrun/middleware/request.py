@@ -1,38 +1,13 @@
-"""Request state shared by the ASGI and WSGI middlewares: ids, trace context, entry point lookup."""
+"""Where the app lives: the `module:attr` the middlewares record so replay can import the app again."""
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Any
 
-from fluxrun._internal import real_urandom
+__all__ = ["find_entry"]
 
-__all__ = ["find_entry", "parse_traceparent", "request_id"]
-
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _entries: dict[int, str | None] = {}
-
-
-def parse_traceparent(value: str | None) -> dict[str, str] | None:
-    """W3C trace context: version-traceid-parentid-flags, or None when absent or malformed."""
-    if not value:
-        return None
-    match = _TRACEPARENT.match(value.strip().lower())
-    if match is None or match.group(2) == "0" * 32 or match.group(3) == "0" * 16:
-        return None
-    return {
-        "version": match.group(1),
-        "trace_id": match.group(2),
-        "span_id": match.group(3),
-        "flags": match.group(4),
-    }
-
-
-def request_id(incoming: str | None) -> str:
-    if incoming and len(incoming) <= 200:
-        return incoming
-    return real_urandom(16).hex()
 
 
 def find_entry(app: Any) -> str | None:

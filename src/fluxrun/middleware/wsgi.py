@@ -14,7 +14,7 @@ from fluxrun._capture import record_error
 from fluxrun._client import begin, end
 from fluxrun._context import scope_var
 from fluxrun._internal import report_internal_error
-from fluxrun.middleware.request import find_entry, parse_traceparent, request_id
+from fluxrun.middleware.request import find_entry
 
 __all__ = ["FluxRunWSGIMiddleware"]
 
@@ -93,8 +93,6 @@ class FluxRunWSGIMiddleware:
                 "http_version": str(environ.get("SERVER_PROTOCOL", "")).removeprefix("HTTP/"),
                 "server": [environ.get("SERVER_NAME"), environ.get("SERVER_PORT")],
                 "headers": headers,
-                "request_id": request_id(environ.get("HTTP_X_REQUEST_ID")),
-                "traceparent": parse_traceparent(environ.get("HTTP_TRACEPARENT")),
             }
             if "wsgi.input" in environ:
                 body_input = _RecordedInput(environ["wsgi.input"], limit)

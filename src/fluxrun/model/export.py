@@ -13,8 +13,10 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from fluxrun._internal import format_site
 from fluxrun._version import __version__
 from fluxrun.model.recording import KINDS, Event, Recording
+from fluxrun.model.request import request_identity
 from fluxrun.scrub import Scrubber
 
 __all__ = ["PAYLOAD_FORMAT", "SDK", "build_payload", "build_summary", "json_body"]
@@ -41,19 +43,25 @@ def json_body(value: Any) -> Any:
         return [json_body(v) for v in value]
     if isinstance(value, bytes):
         return value.decode("latin-1")
-    return value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)  # objects kept raw on the hot path, such as httpx.URL
 
 
 def _event(event: Event) -> dict[str, Any]:
+    data = json_body(event.data)
+    call = event.call
+    if call is None and event.kind == "http":
+        call = f"{data['request']['method']} {data['request']['url']}"
     out: dict[str, Any] = {
         "seq": event.seq,
         "kind": event.kind,
-        "call": event.call,
+        "call": call,
         "task": event.task,
-        "site": event.site,
+        "site": format_site(event.site),
         "start_ns": event.start_ns,
         "dur_ns": event.dur_ns,
-        "data": json_body(event.data),
+        "data": data,
     }
     if event.error is not None:
         out["error"] = event.error
@@ -67,13 +75,16 @@ def iso(wall: float) -> str:
 def build_payload(
     recording: Recording, *, bundle_id: str, release: str | None, environment: str | None
 ) -> dict[str, Any]:
+    request = json_body(recording.request)
+    if "headers" in request and "request_id" not in request:
+        request["request_id"], request["traceparent"] = request_identity(request["headers"], bundle_id)
     return {
         "format": PAYLOAD_FORMAT,
         "bundle_id": bundle_id,
         "execution": recording.execution,
         "entry": recording.entry,
         "started_at": iso(recording.started_wall),
-        "request": json_body(recording.request),
+        "request": request,
         "events": [_event(e) for e in sorted(recording.events, key=lambda e: e.seq)],
         "outcome": json_body(recording.outcome),
         "sdk": SDK,

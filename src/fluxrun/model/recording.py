@@ -24,7 +24,7 @@ class Event:
     __slots__ = ("call", "data", "dur_ns", "error", "kind", "seq", "site", "start_ns", "task")
 
     def __init__(
-        self, seq: int, kind: str, call: str, task: str, site: str, start_ns: int, data: dict[str, Any]
+        self, seq: int, kind: str, call: str | None, task: str, site: Any, start_ns: int, data: dict[str, Any]
     ) -> None:
         self.seq = seq
         self.kind = kind
@@ -52,7 +52,8 @@ class Recording:
         self.started_wall = started_wall
         self._seq = itertools.count()
 
-    def add(self, kind: str, call: str, task: str, site: str, data: dict[str, Any]) -> Event:
+    def add(self, kind: str, call: str | None, task: str, site: Any, data: dict[str, Any]) -> Event:
+        """Append an event; `site` is a `module:qualname:line` string or a `site_ref` tuple (formatted on export)."""
         event = Event(next(self._seq), kind, call, task, site, perf_ns() - self.started_ns, data)
         self.events.append(event)
         return event

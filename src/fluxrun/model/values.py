@@ -71,7 +71,19 @@ def encode(value: Any, *, max_bytes: int = 1 << 20, _depth: int = 0) -> Any:
         with contextlib.suppress(Exception):  # a failing repr keeps iteration order
             items.sort(key=repr)
         return {_TAG: tp.__name__, "v": items}
+    fast = _FAST.get(tp)
+    if fast is not None:
+        return fast(value)
     return _encode_other(value, tp, max_bytes, depth)
+
+
+# Exact types seen on hot paths (uuid4 results, datetime.now), checked before the isinstance chain.
+_FAST: dict[type, Any] = {
+    uuid.UUID: lambda v: {_TAG: "uuid", "v": str(v)},
+    dt.datetime: lambda v: {_TAG: "datetime", "v": v.isoformat()},
+    dt.date: lambda v: {_TAG: "date", "v": v.isoformat()},
+    decimal.Decimal: lambda v: {_TAG: "decimal", "v": str(v)},
+}
 
 
 def _encode_other(value: Any, tp: type, max_bytes: int, depth: int) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fluxrun._context import Scope, scope_var
-from fluxrun._internal import InApp, wall_time
+from fluxrun._internal import InApp, format_site, wall_time
 from fluxrun.bundle import OpenedBundle, ReplayKey, load_replay_key, load_replay_keys, open_bundle
 from fluxrun.errors import FluxRunError, LiveIOBlocked, ReplayDivergence
 from fluxrun.interceptors import install
@@ -326,8 +326,11 @@ def run(
     finally:
         install.release()
     session = state.session
+    actual = [(e.kind, e.call, e.task, format_site(e.site).rsplit(":", 1)[0]) for e in state.recording.events]
     if session.divergences:
-        raise session.divergences[0]
+        divergence = session.divergences[0]
+        divergence.actual = actual  # type: ignore[attr-defined]  # the replay-side timeline, for reports
+        raise divergence
     if blocked:
         raise blocked[0]
     if isinstance(state.error, (ReplayDivergence, LiveIOBlocked)):  # raised outside the session's view
@@ -342,7 +345,7 @@ def run(
         served=dict(session.served),
         recorded_calls=session.total,
         unconsumed=session.unconsumed(),
-        events=[(e.kind, e.call, e.task, e.site.rsplit(":", 1)[0]) for e in state.recording.events],
+        events=actual,
         response=state.response,
         value=state.value,
     )

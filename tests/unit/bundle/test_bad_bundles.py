@@ -35,6 +35,7 @@ from fluxrun.bundle import (
     read_bundle,
     verify_signature,
 )
+from fluxrun.bundle.seal import signing_message
 from fluxrun.errors import BundleError
 
 
@@ -278,7 +279,7 @@ def _craft(
     associated = b"FLXR\x01" + u32(len(header_bytes)) + header_bytes + u32(len(summary_bytes)) + summary_bytes
     ciphertext = AESGCM(data_key).encrypt(payload_nonce, compressed, associated)
     signed = associated + u32(len(ciphertext)) + ciphertext
-    return signed + capture.signing_private.sign(signed)
+    return signed + capture.signing_private.sign(signing_message(signed))
 
 
 def test_crafted_bundle_matches_the_sealer(key_pair: tuple[CaptureKey, ReplayKey]) -> None:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fluxrun.bundle import load_capture_key, load_replay_key, open_bundle, read_bundle, verify_signature
+from fluxrun.bundle.codec import ZSTD_LEVEL
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 
@@ -91,7 +92,7 @@ def test_resealing_reproduces_the_committed_bytes(make_vectors: ModuleType) -> N
     _, replay = make_vectors.vector_keys()
     [recipient] = replay.recipients.values()
     _, committed_frame = _open_by_the_spec((VECTORS / "bundle-v1.fluxrun").read_bytes(), recipient)
-    current_frame = zstandard.ZstdCompressor(level=3).compress(orjson.dumps(make_vectors.PAYLOAD))
+    current_frame = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(orjson.dumps(make_vectors.PAYLOAD))
     if current_frame != committed_frame:
         pytest.fail(
             f"zstd {zstandard.ZSTD_VERSION} compresses the vector payload differently from the committed "
