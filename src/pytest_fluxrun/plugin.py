@@ -58,8 +58,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        marked = item.get_closest_marker("fluxrun_replay") is not None and isinstance(item, pytest.Function)
-        if marked and "fluxrun_replay" not in item.fixturenames:
+        if not isinstance(item, pytest.Function) or item.get_closest_marker("fluxrun_replay") is None:
+            continue
+        if "fluxrun_replay" not in item.fixturenames:
             item.fixturenames.append("fluxrun_replay")
     folder = config.getoption("fluxrun_bundles") or config.getini("fluxrun_bundles")
     if folder:

@@ -326,7 +326,7 @@ def run(
     finally:
         install.release()
     session = state.session
-    actual = [(e.kind, e.call, e.task, format_site(e.site).rsplit(":", 1)[0]) for e in state.recording.events]
+    actual = [(e.kind, e.call or "", e.task, format_site(e.site).rsplit(":", 1)[0]) for e in state.recording.events]
     if session.divergences:
         divergence = session.divergences[0]
         divergence.actual = actual  # type: ignore[attr-defined]  # the replay-side timeline, for reports
