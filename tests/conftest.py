@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,9 @@ import pytest
 
 import fluxrun
 from fluxrun.bundle import ReplayKey, generate_keys, load_replay_key, open_bundle
+
+
+sys.path.insert(0, str(Path(__file__).parent / "support"))  # `servers`: real uvicorn processes for tests
 
 
 @dataclass(frozen=True)

@@ -111,12 +111,15 @@ def run_marked(item: pytest.Item, marker: pytest.Mark | None) -> Any:
     bundle = _resolve(config, str(bundle_arg), near)
     key_path = _key(config, marker.kwargs.get("key"))
     strict = not _lenient(config, marker.kwargs.get("strict"))
+    problem = None
     try:
         opened = open_bundle(bundle.read_bytes(), load_replay_keys([Path(p) for p in key_path.split(os.pathsep) if p]))
     except OSError as exc:
-        pytest.fail(f"FluxRun cannot read bundle {bundle}: {exc.strerror or exc}", pytrace=False)
+        problem = f"FluxRun cannot read bundle {bundle}: {exc.strerror or exc}"
     except FluxRunError as exc:
-        pytest.fail(f"FluxRun cannot open bundle {bundle}: {exc}", pytrace=False)
+        problem = f"FluxRun cannot open bundle {bundle}: {exc}"
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
     recorded = opened.payload["events"]
     repeat = config.getoption("fluxrun_repeat") or 1
     results = []
@@ -126,9 +129,11 @@ def run_marked(item: pytest.Item, marker: pytest.Mark | None) -> Any:
             results.append(result)
         check(results[0], expect, strict=strict)
     except (ReplayExpectationError, ReplayDivergence, LiveIOBlocked) as exc:
-        pytest.fail(render_failure(exc, str(bundle), recorded), pytrace=False)
+        problem = render_failure(exc, str(bundle), recorded)
     except FluxRunError as exc:
-        pytest.fail(f"FluxRun replay of {bundle}: {exc}", pytrace=False)
+        problem = f"FluxRun replay of {bundle}: {exc}"
+    if problem is not None:  # failed outside the except block: no "during handling" chain in the report
+        pytest.fail(problem, pytrace=False)
     for index, other in enumerate(results[1:], start=2):
         if other.events != results[0].events or other.new != results[0].new:
             from pytest_fluxrun._report import timeline

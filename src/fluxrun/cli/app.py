@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fluxrun._version import __version__
 from fluxrun.errors import FluxRunError
@@ -113,6 +114,60 @@ def bundle_inspect(
     from fluxrun.cli.inspect import inspect_bundle
 
     inspect_bundle(out, file, key, show_secrets=show_secrets, as_json=as_json)
+
+
+@app.command("replay")
+@friendly
+def replay_command(
+    file: Annotated[Path, typer.Argument(help="A .fluxrun bundle file.")],
+    key: Annotated[Path | None, typer.Option("--key", help="replay.key (default: FLUXRUN_REPLAY_KEY).")] = None,
+    app_entry: Annotated[
+        str | None,
+        typer.Option("--app", help="Replay against this entry point (module:attr) instead of the recorded one."),
+    ] = None,
+    expect: Annotated[
+        str | None, typer.Option("--expect", help="fixed or reproduce: exit 1 unless the replay ends that way.")
+    ] = None,
+    lenient: Annotated[
+        bool, typer.Option("--lenient", help="With --expect reproduce: recorded calls never made only warn.")
+    ] = False,
+) -> None:
+    """Replay a captured failure against the code in this folder, with no network, and say how it ended."""
+    from fluxrun.replay import ReplayExpectationError, check, run
+
+    if expect not in (None, "fixed", "reproduce"):
+        raise FluxRunError(f"--expect {expect!r}: use fixed or reproduce")
+    result = run(file, key, app=app_entry)
+    out.print(escape(result.summary()))
+    if expect is not None:
+        try:
+            check(result, expect, strict=not lenient)  # type: ignore[arg-type]
+        except ReplayExpectationError as exc:
+            err.print(f"[bold red]error:[/] {escape(str(exc).splitlines()[0])}")
+            raise typer.Exit(1) from None
+        for warning in result.warnings:
+            err.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+@app.command("export-test")
+@friendly
+def export_test(
+    file: Annotated[Path, typer.Argument(help="A .fluxrun bundle file (no key needed).")],
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where to write the test (default: test_<route>_<fingerprint>.py beside the bundle)."
+        ),
+    ] = None,
+    expect: Annotated[
+        str, typer.Option("--expect", help="fixed (a regression guard) or reproduce (the bug, before its fix).")
+    ] = "fixed",
+) -> None:
+    """Write a readable pytest file that replays the bundle, for people who prefer code."""
+    from fluxrun.cli.export import write_test
+
+    path = write_test(file, out_file, expect=expect)
+    out.print(f"wrote {path}; run it with FLUXRUN_REPLAY_KEY=path/to/replay.key pytest {path}")
 
 
 @app.command("demo")

@@ -12,7 +12,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-SHOP = '''
+SHOP = """
 import os
 import fluxrun
 
@@ -31,7 +31,7 @@ def checkout(sku):
         return {{"sku": sku, "region": region}}
     stock = reserve(sku)
     return stock["count"] / 0{padding}
-'''
+"""
 
 
 def write_shop(folder: Path, *, fixed: bool) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-APPS = Path(__file__).parent / "apps"
+APPS = Path(__file__).parent.parent / "integration" / "apps"
 
 
 def free_port() -> int:
