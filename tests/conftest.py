@@ -13,7 +13,6 @@ import pytest
 import fluxrun
 from fluxrun.bundle import ReplayKey, generate_keys, load_replay_key, open_bundle
 
-
 sys.path.insert(0, str(Path(__file__).parent / "support"))  # `servers`: real uvicorn processes for tests
 
 
