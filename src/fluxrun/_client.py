@@ -168,7 +168,9 @@ def begin(execution: str, entry: str | None) -> tuple[Client, Recording, Token[S
         return None
 
 
-def end(started: tuple[Client, Recording, Token[Scope | None]], *, reset: bool = True) -> None:
+def end(
+    started: tuple[Client, Recording, Token[Scope | None]], *, reset: bool = True, kept: bool | None = None
+) -> None:
     """Stop capturing; hand the recording to the background worker if it is worth keeping."""
     client, recording, token = started
     if reset:
@@ -179,7 +181,7 @@ def end(started: tuple[Client, Recording, Token[Scope | None]], *, reset: bool =
             scope_var.set(None)
     try:
         duration = recording.elapsed_ns()
-        if client.keep(recording):
+        if kept if kept is not None else client.keep(recording):
             client.worker.submit((recording, duration))
     except Exception as exc:
         report_internal_error("finishing a capture", exc)

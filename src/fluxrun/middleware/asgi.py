@@ -7,6 +7,7 @@ Add it with `app.add_middleware(FluxRunMiddleware)` or wrap any ASGI app: `FluxR
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fluxrun._capture import record_error
@@ -17,6 +18,15 @@ from fluxrun.middleware.request import find_entry
 __all__ = ["FluxRunMiddleware"]
 
 Scope = dict[str, Any]
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers") or ():
+        if name == b"content-length":
+            return value not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
 
 
 class FluxRunMiddleware:
@@ -36,6 +46,7 @@ class FluxRunMiddleware:
         limit = client.options.max_body_size
         request_body: list[bytes] = []
         request_size = 0
+        request_done = False
         response: dict[str, Any] = {}
         response_body: list[bytes] = []
         response_size = 0
@@ -55,7 +66,7 @@ class FluxRunMiddleware:
             report_internal_error("recording an ASGI request", exc)
 
         async def receive_recorded() -> Any:
-            nonlocal request_size
+            nonlocal request_size, request_done
             message = await receive()
             try:
                 if message.get("type") == "http.request":
@@ -63,6 +74,9 @@ class FluxRunMiddleware:
                     if request_size < limit:
                         request_body.append(chunk[: limit - request_size])
                     request_size += len(chunk)
+                    request_done = not message.get("more_body", False)
+                else:
+                    request_done = True
             except Exception as exc:
                 report_internal_error("recording an ASGI request body", exc)
             return message
@@ -84,18 +98,32 @@ class FluxRunMiddleware:
                 report_internal_error("recording an ASGI response", exc)
             await send(message)
 
+        async def drain_if_kept() -> bool:
+            """A kept execution needs the whole request body for replay, even the part the app never read."""
+            kept = client.keep(recording)
+            if kept and not request_done and _has_body(scope):
+                try:
+                    while not request_done and request_size < limit:
+                        if (await asyncio.wait_for(receive_recorded(), 2.0)).get("type") != "http.request":
+                            break
+                except Exception as exc:
+                    report_internal_error("reading the rest of an ASGI request body", exc)
+            return kept
+
         try:
             await self.app(scope, receive_recorded, send_recorded)
         except BaseException as exc:
             record_error(client, recording, exc)
             recording.outcome.setdefault("status", 500)  # what the server in front will answer
+            kept = await drain_if_kept()
             self._finish(scope, recording, request_body, request_size, response, response_body, response_size)
-            end(started)
+            end(started, kept=kept)
             raise
         if not recording.outcome.get("kind"):
             recording.outcome["kind"] = "ok" if recording.outcome.get("status", 500) < 500 else "http_5xx"
+        kept = await drain_if_kept()
         self._finish(scope, recording, request_body, request_size, response, response_body, response_size)
-        end(started)
+        end(started, kept=kept)
 
     def _finish(
         self,

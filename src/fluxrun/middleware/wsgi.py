@@ -45,6 +45,18 @@ class _RecordedInput:
     def readline(self, *args: Any) -> bytes:
         return self._keep(self.inner.readline(*args))
 
+    def drain(self, content_length: str | None) -> None:
+        """Read what the app left unread (up to the limit), so a kept execution has the whole body."""
+        if not content_length or not content_length.isdigit():
+            return
+        remaining = min(int(content_length), self.limit) - self.size
+        while remaining > 0:
+            data = self.inner.read(remaining)
+            if not data:
+                break
+            self._keep(data)
+            remaining -= len(data)
+
     def readinto(self, buffer: Any) -> int | None:
         count: int | None = self.inner.readinto(buffer)
         if count:
@@ -117,7 +129,10 @@ class FluxRunWSGIMiddleware:
                 recording.outcome.setdefault("status", 500)
             elif not recording.outcome.get("kind"):
                 recording.outcome["kind"] = "ok" if recording.outcome.get("status", 500) < 500 else "http_5xx"
+            kept = client.keep(recording)
             try:
+                if kept and body_input is not None:
+                    body_input.drain(environ.get("CONTENT_LENGTH"))
                 route = environ.get("fluxrun.route")
                 recording.request["route"] = route or recording.request.get("path")
                 if body_input is not None:
@@ -137,7 +152,7 @@ class FluxRunWSGIMiddleware:
                     recording.entry = self.entry or find_entry(self.app)
             except Exception as internal:
                 report_internal_error("finishing a WSGI capture", internal)
-            end(started, reset=reset)
+            end(started, reset=reset, kept=kept)
 
         try:
             iterable = self.app(environ, start_recorded)

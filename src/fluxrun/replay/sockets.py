@@ -42,7 +42,7 @@ def _app_line() -> str:
 def _blocked(host: object, what: str) -> LiveIOBlocked:
     where = _app_line()
     error = LiveIOBlocked(
-        f"replay blocked a {what} to {host} made at {where}: replay never reaches live systems. "
+        f"replay blocked a {what} {host} made at {where}: replay never reaches live systems. "
         "Intercept this call (use httpx/httpx2, or declare it with @fluxrun.boundary) so it is recorded and served.",
         host=str(host),
         site=where,
@@ -54,18 +54,18 @@ def _blocked(host: object, what: str) -> LiveIOBlocked:
 
 def _connect(self: socket.socket, address: Any, *args: Any) -> Any:
     if self.family in (socket.AF_INET, socket.AF_INET6):
-        raise _blocked(address[0] if isinstance(address, tuple) else address, "connection")
+        raise _blocked(address[0] if isinstance(address, tuple) else address, "connection to")
     return _real_connect(self, address, *args)
 
 
 def _connect_ex(self: socket.socket, address: Any, *args: Any) -> Any:
     if self.family in (socket.AF_INET, socket.AF_INET6):
-        raise _blocked(address[0] if isinstance(address, tuple) else address, "connection")
+        raise _blocked(address[0] if isinstance(address, tuple) else address, "connection to")
     return _real_connect_ex(self, address, *args)
 
 
 def _getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-    raise _blocked(host, "DNS lookup")
+    raise _blocked(host, "DNS lookup of")
 
 
 _real_connect = socket.socket.connect

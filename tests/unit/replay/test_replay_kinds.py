@@ -192,3 +192,57 @@ def test_replay_from_inside_a_running_loop(captured, keys):
         return fluxrun.replay.run(path, keys.replay)
 
     assert asyncio.run(inside()).outcome == "reproduced"
+
+
+@fluxrun.capture
+def dial(port: int) -> None:
+    import socket
+
+    if MODE["fixed"]:  # at replay only: a raw socket FluxRun cannot serve
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+    raise RuntimeError("dial failed")
+
+
+def test_live_io_is_blocked_and_named(captured, keys):
+    with pytest.raises(RuntimeError):
+        dial(9)
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    MODE["fixed"] = True
+    with pytest.raises(fluxrun.LiveIOBlocked) as raised:
+        fluxrun.replay.run(path, keys.replay)
+    message = str(raised.value)
+    assert "replay blocked a DNS lookup of 127.0.0.1" in message  # create_connection resolves first
+    assert "test_replay_kinds.py" in message and "in dial" in message
+    assert raised.value.host == "127.0.0.1"
+
+
+@fluxrun.capture
+def dial_socket(port: int) -> None:
+    import socket
+
+    if MODE["fixed"]:
+        with socket.socket() as sock:
+            sock.connect(("127.0.0.1", port))
+    raise RuntimeError("dial failed")
+
+
+def test_a_raw_connect_is_blocked(captured, keys):
+    with pytest.raises(RuntimeError):
+        dial_socket(9)
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    MODE["fixed"] = True
+    with pytest.raises(
+        fluxrun.LiveIOBlocked, match=r"replay blocked a connection to 127\.0\.0\.1 made at .*in dial_socket"
+    ):
+        fluxrun.replay.run(path, keys.replay)
+
+
+def test_missing_key_and_missing_bundle_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLUXRUN_REPLAY_KEY", raising=False)
+    with pytest.raises(fluxrun.FluxRunError, match="does not exist"):
+        fluxrun.replay.run(tmp_path / "nope.fluxrun")
+    (tmp_path / "x.fluxrun").write_bytes(b"FLXR")
+    with pytest.raises(fluxrun.FluxRunError, match="set FLUXRUN_REPLAY_KEY"):
+        fluxrun.replay.run(tmp_path / "x.fluxrun")
