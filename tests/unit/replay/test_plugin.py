@@ -159,3 +159,22 @@ def test_the_key_can_come_from_the_ini_file(pytester, project, keys, monkeypatch
     pytester.makeini(f"[pytest]\nfluxrun_replay_key = {keys.replay}\n")
     write_shop(project, fixed=True)
     pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fluxrun-bundles", "bundles").assert_outcomes(passed=1)
+
+
+def test_a_divergence_renders_the_recorded_and_actual_timeline(pytester, project, replay_key):
+    (project / "shop.py").write_text(
+        (project / "shop.py")
+        .read_text()
+        .replace('os.environ.get("SHOP_REGION", "eu")', 'os.environ.get("SHOP_ZONE", "eu")')
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fluxrun-bundles", "bundles")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*the code made a call the recording cannot answer (ReplayDivergence)*",
+            "*env SHOP_ZONE has no recorded answer*",
+            "*made at *shop.py:* in checkout*",
+            "*IO timeline:*",
+            "*recorded*|*replay*",
+        ]
+    )

@@ -246,3 +246,27 @@ def test_missing_key_and_missing_bundle_say_what_to_do(tmp_path, monkeypatch):
     (tmp_path / "x.fluxrun").write_bytes(b"FLXR")
     with pytest.raises(fluxrun.FluxRunError, match="set FLUXRUN_REPLAY_KEY"):
         fluxrun.replay.run(tmp_path / "x.fluxrun")
+
+
+@fluxrun.capture
+def configured() -> None:
+    os.environ.get("SHOP_CURRENCY")
+    if MODE["fixed"]:
+        os.environ.get("SHOP_NEW_SETTING")  # read only by the new code
+        time.perf_counter()  # a clock read the recording never saw
+    raise RuntimeError("x")
+
+
+def test_an_unrecorded_env_read_is_a_divergence(captured, keys):
+    with pytest.raises(RuntimeError):
+        configured()
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    MODE["fixed"] = True
+    with pytest.raises(fluxrun.ReplayDivergence) as raised:
+        fluxrun.replay.run(path, keys.replay)
+    message = str(raised.value)
+    assert "env SHOP_NEW_SETTING has no recorded answer" in message
+    assert (
+        "recorded env calls: env SHOP_CURRENCY" in message or "nearest recorded env call: env SHOP_CURRENCY" in message
+    )
