@@ -55,6 +55,8 @@ class ReplayDivergence(FluxRunError):
         self.call = call
         self.site = site
         self.kind = kind
+        # the calls replay made before it stopped, (kind, call, task, site): for recorded-vs-actual reports
+        self.actual: list[tuple[str, str, str, str]] = []
 
 
 class LiveIOBlocked(FluxRunError):

@@ -149,7 +149,11 @@ class FluxRunWSGIMiddleware:
                     }
                     recording.outcome["response"] = response
                 if recording.entry is None:
-                    recording.entry = self.entry or find_entry(self.app)
+                    # Flask and friends: the middleware wraps `app.wsgi_app`; replay calls `app` itself
+                    owner = getattr(self.app, "__self__", None)
+                    recording.entry = (
+                        self.entry or (find_entry(owner) if owner is not None else None) or find_entry(self.app)
+                    )
             except Exception as internal:
                 report_internal_error("finishing a WSGI capture", internal)
             end(started, reset=reset, kept=kept)

@@ -329,7 +329,7 @@ def run(
     actual = [(e.kind, e.call or "", e.task, format_site(e.site).rsplit(":", 1)[0]) for e in state.recording.events]
     if session.divergences:
         divergence = session.divergences[0]
-        divergence.actual = actual  # type: ignore[attr-defined]  # the replay-side timeline, for reports
+        divergence.actual = actual
         raise divergence
     if blocked:
         raise blocked[0]

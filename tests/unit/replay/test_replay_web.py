@@ -78,10 +78,11 @@ def test_a_wsgi_5xx_answer_replays(captured, keys, monkeypatch):
     (path,) = captured.files()
     fluxrun.shutdown()
     monkeypatch.setenv("SIGNUP_PLAN", "pro")  # replay still sees the recorded absence
-    result = fluxrun.replay.run(path, keys.replay, app=web.wsgi_app)
+    result = fluxrun.replay.run(path, keys.replay)  # the entry point is the Flask app at its module attribute
     assert result.outcome == "reproduced" and result.new.status == 503
+    assert result.entry.endswith(":web")
     STATE["fixed"] = True
-    fixed = fluxrun.replay.run(path, keys.replay, app=web.wsgi_app, expect="fixed")
+    fixed = fluxrun.replay.run(path, keys.replay, expect="fixed")
     assert b'"plan":"free"' in fixed.response["body"]
 
 
