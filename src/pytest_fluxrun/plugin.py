@@ -26,6 +26,7 @@ from pytest_fluxrun._collect import bundle_items
 from pytest_fluxrun._report import render_failure
 
 RESULT_KEY = pytest.StashKey[Any]()
+INSTALLED_KEY = pytest.StashKey[bool]()
 
 
 class FluxRunReplayWarning(UserWarning):
@@ -120,6 +121,14 @@ def run_marked(item: pytest.Item, marker: pytest.Mark | None) -> Any:
         problem = f"FluxRun cannot open bundle {bundle}: {exc}"
     if problem is not None:
         pytest.fail(problem, pytrace=False)
+    if not config.stash.get(INSTALLED_KEY, False):
+        # Keep the interceptors installed for the rest of the session: installing and restoring every
+        # patch around each replay would cost more than the replay itself (they are inert when idle).
+        from fluxrun.interceptors import install
+        from fluxrun.replay.runner import REPLAY_IN_APP
+
+        install.acquire(REPLAY_IN_APP)
+        config.stash[INSTALLED_KEY] = True
     recorded = opened.payload["events"]
     repeat = config.getoption("fluxrun_repeat") or 1
     results = []
@@ -148,6 +157,14 @@ def run_marked(item: pytest.Item, marker: pytest.Mark | None) -> Any:
         warnings.warn(FluxRunReplayWarning(f"{bundle}: {message}"), stacklevel=1)
     item.stash[RESULT_KEY] = results[0]
     return results[0]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.stash.get(INSTALLED_KEY, False):
+        from fluxrun.interceptors import install
+
+        install.release()
+        config.stash[INSTALLED_KEY] = False
 
 
 @pytest.fixture

@@ -183,6 +183,26 @@ def demo(
     run_demo(out, directory)
 
 
+def _add_server_commands() -> None:
+    """`fluxrun server ...` comes from the server package, installed with the `server` extra."""
+    try:
+        from fluxrun_server.cli import server_app
+    except ImportError as exc:
+        missing = exc.name or "a server dependency"
+
+        @app.command("server", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+        def server_missing() -> None:
+            """Run the FluxRun server (needs the server extra)."""
+            err.print(f"[bold red]error:[/] fluxrun server needs {missing}: pip install 'fluxrun[server]'")
+            raise typer.Exit(1)
+
+        return
+    app.add_typer(server_app, name="server")
+
+
+_add_server_commands()
+
+
 def main() -> None:
     app(prog_name="fluxrun")
 

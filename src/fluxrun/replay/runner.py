@@ -110,6 +110,10 @@ def _run_async(factory: Callable[[], Awaitable[Any]]) -> Any:
     return box["value"]
 
 
+# One in-app decision cache for every replay in the process (deciding costs a path lookup per module).
+REPLAY_IN_APP = InApp()
+
+
 class _Run:
     """One replay: the session, the replay-side log, and the outcome."""
 
@@ -309,7 +313,7 @@ def run(
         raise FluxRunError("the bundle names no entry point to replay; pass app=... (an object or 'module:attr')")
     target = _resolve(entry) if isinstance(entry, str) else entry
     entry_name = entry if isinstance(entry, str) else payload.get("entry")
-    in_app = InApp()
+    in_app = REPLAY_IN_APP
     state = _Run(payload, in_app)
     blocked: list[LiveIOBlocked] = []
     installation = install.acquire(in_app)
