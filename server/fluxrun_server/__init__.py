@@ -1,0 +1,1 @@
+"""FluxRun ingest and query server."""

@@ -1,0 +1,66 @@
+"""Request dependencies as `Annotated` aliases: the server state, the ingest project, the query workspace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from fluxrun_server.auth import API_KEY, INGEST_TOKEN, TokenError, check_token, token_prefix
+from fluxrun_server.state import ServerState
+
+__all__ = ["IngestProject", "Reader", "State", "Workspace"]
+
+
+def get_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.fluxrun
+    return state
+
+
+State = Annotated[ServerState, Depends(get_state)]
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value:
+        raise HTTPException(401, "missing credentials: send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+    return value.strip()
+
+
+def ingest_project(request: Request, state: State) -> int:
+    raw = _bearer(request)
+    try:
+        token = check_token(raw, INGEST_TOKEN)
+    except TokenError as exc:
+        raise HTTPException(401, f"invalid ingest token: {exc}", headers={"WWW-Authenticate": "Bearer"}) from None
+    project_id = state.project_for_token(token, token_prefix(token))
+    if project_id is None:
+        raise HTTPException(401, "ingest token is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
+    return project_id
+
+
+IngestProject = Annotated[int, Depends(ingest_project)]
+
+
+@dataclass(frozen=True)
+class Reader:
+    workspace_id: int
+    role: str
+
+
+def query_reader(request: Request, state: State) -> Reader:
+    raw = _bearer(request)
+    try:
+        token = check_token(raw, API_KEY)
+    except TokenError as exc:
+        status = 403 if raw.startswith("frt_") else 401
+        raise HTTPException(status, f"cannot read the query API: {exc}", headers={"WWW-Authenticate": "Bearer"}) from None
+    found = state.api_key(token, token_prefix(token))
+    if found is None:
+        raise HTTPException(401, "API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})
+    return Reader(*found)
+
+
+Workspace = Annotated[Reader, Depends(query_reader)]

@@ -1,0 +1,254 @@
+"""The query API the dashboard and CLI use. Every route needs a workspace API key and sees only that
+workspace's projects; an ingest token can never read here."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy import and_, or_
+from sqlmodel import Session, col, select
+
+from fluxrun_server.api.deps import Reader, State, Workspace
+from fluxrun_server.index.models import Execution, Issue, Project, RegressionRun, utcnow
+from fluxrun_server.storage.segments import Placement, read_payload
+
+router = APIRouter(tags=["query"])
+IssueStatus = Literal["open", "resolved", "regressed", "guarded"]
+
+
+def _project(session: Session, reader: Reader, project_id: int) -> Project:
+    project = session.get(Project, project_id)
+    if project is None or project.workspace_id != reader.workspace_id:
+        raise HTTPException(404, f"no project {project_id} in this workspace")
+    return project
+
+
+def _execution(session: Session, reader: Reader, bundle_id: str) -> Execution:
+    execution = session.get(Execution, bundle_id)
+    if execution is None:
+        raise HTTPException(404, f"no run {bundle_id}")
+    _project(session, reader, execution.project_id)  # 404 for another workspace's run, never 403
+    return execution
+
+
+def _run_item(e: Execution) -> dict[str, Any]:
+    return {
+        "bundle_id": e.bundle_id,
+        "project_id": e.project_id,
+        "issue_id": e.issue_id,
+        "started_at": e.started_at.isoformat(),
+        "received_at": e.received_at.isoformat(),
+        "route": e.route,
+        "method": e.method,
+        "status": e.status,
+        "outcome": e.outcome,
+        "error_type": e.error_type,
+        "error_message": e.error_message,
+        "fingerprint": e.fingerprint,
+        "duration_ms": e.duration_ms,
+        "release": e.release,
+        "environment": e.environment,
+        "request_id": e.request_id,
+        "trace_id": e.trace_id,
+        "event_count": e.event_count,
+    }
+
+
+def _cursor(e: Execution) -> str:
+    return base64.urlsafe_b64encode(json.dumps([e.started_at.isoformat(), e.bundle_id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        started, bundle_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(started), str(bundle_id)
+    except Exception:
+        raise HTTPException(400, "invalid cursor: pass back the next_cursor of the previous page unchanged") from None
+
+
+@router.get("/v1/projects", summary="Projects of the API key's workspace")
+def list_projects(state: State, reader: Workspace) -> dict[str, Any]:
+    with Session(state.engine) as session:
+        rows = session.exec(select(Project).where(Project.workspace_id == reader.workspace_id)).all()
+        return {"projects": [{"id": p.id, "name": p.name, "created_at": p.created_at.isoformat()} for p in rows]}
+
+
+@router.get("/v1/projects/{project_id}/runs", summary="Captured executions, newest first, with filters")
+def list_runs(
+    project_id: int,
+    state: State,
+    reader: Workspace,
+    outcome: str | None = None,
+    route: str | None = None,
+    error_type: str | None = None,
+    release: str | None = None,
+    issue_id: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    q: str | None = Query(None, description="text in the route, error type or message"),
+    cursor: str | None = None,
+    limit: int = Query(50, ge=1, le=500),
+) -> dict[str, Any]:
+    with Session(state.engine) as session:
+        _project(session, reader, project_id)
+        query = select(Execution).where(Execution.project_id == project_id)
+        for column, value in (
+            (Execution.outcome, outcome),
+            (Execution.route, route),
+            (Execution.error_type, error_type),
+            (Execution.release, release),
+            (Execution.issue_id, issue_id),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if since is not None:
+            query = query.where(Execution.started_at >= _aware(since))
+        if until is not None:
+            query = query.where(Execution.started_at < _aware(until))
+        if q:
+            pattern = f"%{q}%"
+            query = query.where(
+                or_(col(Execution.route).ilike(pattern), col(Execution.error_type).ilike(pattern), col(Execution.error_message).ilike(pattern))
+            )
+        if cursor:
+            started, bundle_id = _decode_cursor(cursor)
+            query = query.where(
+                or_(Execution.started_at < started, and_(Execution.started_at == started, col(Execution.bundle_id) < bundle_id))
+            )
+        rows = session.exec(
+            query.order_by(col(Execution.started_at).desc(), col(Execution.bundle_id).desc()).limit(limit + 1)
+        ).all()
+        page = rows[:limit]
+        return {
+            "runs": [_run_item(e) for e in page],
+            "next_cursor": _cursor(page[-1]) if len(rows) > limit else None,
+        }
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@router.get("/v1/runs/{bundle_id}", summary="One run: summary, IO event index and network list")
+def get_run(bundle_id: str, state: State, reader: Workspace) -> dict[str, Any]:
+    with Session(state.engine) as session:
+        e = _execution(session, reader, bundle_id)
+        events = e.summary.get("events") or []
+        return {
+            **_run_item(e),
+            "signing_key_id": e.signing_key_id,
+            "summary": e.summary,
+            "events": events,
+            "network": [
+                {"seq": ev.get("seq"), "label": ev.get("label"), "status": ev.get("status"), "error_type": ev.get("error_type"),
+                 "start_ms": ev.get("start_ms"), "dur_ms": ev.get("dur_ms")}
+                for ev in events
+                if ev.get("kind") == "http"
+            ],  # fmt: skip
+        }
+
+
+@router.get(
+    "/v1/runs/{bundle_id}/bundle",
+    summary="The sealed bundle (still encrypted) for the owner's agent, tests and `fluxrun pull`",
+    response_class=Response,
+    responses={200: {"content": {"application/x-fluxrun-bundle": {}}}},
+)
+def get_bundle(bundle_id: str, state: State, reader: Workspace) -> Response:
+    with Session(state.engine) as session:
+        e = _execution(session, reader, bundle_id)
+    placement = Placement(e.bundle_id, e.object_key, e.object_offset, e.object_length, e.object_sha256)
+    data = read_payload(state.store, placement)
+    return Response(data, media_type="application/x-fluxrun-bundle", headers={"Cache-Control": "private, no-store"})
+
+
+def _issue_item(i: Issue) -> dict[str, Any]:
+    return {
+        "id": i.id,
+        "project_id": i.project_id,
+        "fingerprint": i.fingerprint,
+        "error_type": i.error_type,
+        "message": i.message,
+        "route": i.route,
+        "count": i.count,
+        "first_seen": i.first_seen.isoformat(),
+        "last_seen": i.last_seen.isoformat(),
+        "status": i.status,
+    }
+
+
+@router.get("/v1/projects/{project_id}/issues", summary="Failures grouped by fingerprint")
+def list_issues(
+    project_id: int,
+    state: State,
+    reader: Workspace,
+    status: IssueStatus | None = None,
+    sort: Literal["last_seen", "first_seen", "count"] = "last_seen",
+    limit: int = Query(100, ge=1, le=1000),
+) -> dict[str, Any]:
+    with Session(state.engine) as session:
+        _project(session, reader, project_id)
+        query = select(Issue).where(Issue.project_id == project_id)
+        if status is not None:
+            query = query.where(Issue.status == status)
+        order = {"last_seen": Issue.last_seen, "first_seen": Issue.first_seen, "count": Issue.count}[sort]
+        rows = session.exec(query.order_by(col(order).desc(), col(Issue.id).desc()).limit(limit)).all()
+        return {"issues": [_issue_item(i) for i in rows]}
+
+
+def _issue(session: Session, reader: Reader, issue_id: int) -> Issue:
+    issue = session.get(Issue, issue_id)
+    if issue is None:
+        raise HTTPException(404, f"no issue {issue_id}")
+    _project(session, reader, issue.project_id)
+    return issue
+
+
+@router.get("/v1/issues/{issue_id}", summary="One issue with its per-hour series and regression runs")
+def get_issue(issue_id: int, state: State, reader: Workspace, hours: int = Query(24, ge=1, le=24 * 14)) -> dict[str, Any]:
+    with Session(state.engine) as session:
+        issue = _issue(session, reader, issue_id)
+        now = utcnow().replace(minute=0, second=0, microsecond=0)
+        start = now - timedelta(hours=hours - 1)
+        times = session.exec(
+            select(Execution.started_at).where(Execution.issue_id == issue_id, Execution.started_at >= start)
+        ).all()
+        buckets = {start + timedelta(hours=h): 0 for h in range(hours)}
+        for t in times:
+            hour = _aware(t).replace(minute=0, second=0, microsecond=0)
+            if hour in buckets:
+                buckets[hour] += 1
+        runs = session.exec(
+            select(RegressionRun).where(RegressionRun.issue_id == issue_id).order_by(col(RegressionRun.created_at).desc()).limit(50)
+        ).all()
+        return {
+            **_issue_item(issue),
+            "series": [{"hour": h.isoformat(), "count": n} for h, n in buckets.items()],
+            "regression_runs": [
+                {"bundle_id": r.bundle_id, "outcome": r.outcome, "ci": r.ci, "created_at": r.created_at.isoformat()} for r in runs
+            ],
+        }
+
+
+class StatusChange(BaseModel):
+    status: IssueStatus
+
+
+@router.patch("/v1/issues/{issue_id}", summary="Change an issue's status")
+def change_issue(issue_id: int, change: StatusChange, state: State, reader: Workspace) -> dict[str, Any]:
+    if reader.role == "viewer":
+        raise HTTPException(403, "viewers cannot change issues")
+    with Session(state.engine) as session:
+        issue = _issue(session, reader, issue_id)
+        issue.status = change.status
+        issue.status_changed_at = utcnow()
+        session.add(issue)
+        session.commit()
+        session.refresh(issue)
+        return _issue_item(issue)

@@ -1,0 +1,213 @@
+"""The data node's background worker: WAL records -> object-store segments + SQL index, then checkpoint.
+
+Order matters for crash safety: (1) write the segment object, (2) commit the index rows in one
+transaction (inserting an execution whose bundle id exists is a no-op, so a replayed WAL record is
+stored once), (3) checkpoint the WAL. A crash between any two steps replays the records on restart;
+at worst a segment object is written twice and one copy is never referenced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, select
+
+from fluxrun.bundle import read_bundle
+from fluxrun.errors import BundleError
+from fluxrun_server.index.models import Execution, Issue, utcnow
+from fluxrun_server.ingest.records import unpack_record
+from fluxrun_server.ingest.wal import WriteAheadLog
+from fluxrun_server.storage.base import ObjectStore
+from fluxrun_server.storage.segments import SegmentWriter
+
+__all__ = ["Aggregator", "issue_fingerprint"]
+
+log = logging.getLogger("fluxrun_server.aggregator")
+
+
+def issue_fingerprint(summary: dict[str, Any]) -> str:
+    """The SDK's fingerprint for exceptions; 5xx answers without one group by method, route and status."""
+    fingerprint = summary.get("fingerprint")
+    if fingerprint:
+        return str(fingerprint)[:64]
+    key = f"{summary.get('method')} {summary.get('route')} {summary.get('status')}"
+    return "status-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _text(value: Any, limit: int) -> str | None:
+    return None if value is None else str(value)[:limit]
+
+
+def _when(value: Any) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(str(value))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (TypeError, ValueError):
+        return utcnow()
+
+
+class Aggregator:
+    def __init__(
+        self,
+        wal: WriteAheadLog,
+        store: ObjectStore,
+        engine: Engine,
+        *,
+        batch: int = 2000,
+        interval_s: float = 0.05,
+        segment_target_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        self.wal = wal
+        self.store = store
+        self.engine = engine
+        self.batch = batch
+        self.interval_s = interval_s
+        self.segment_target_bytes = segment_target_bytes
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stored = 0
+        self.duplicates = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fluxrun-aggregator", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                moved = self.run_once()
+                self.last_error = None
+            except Exception as exc:  # keep going: the records stay in the WAL and are retried
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("aggregation failed; retrying")
+                moved = 0
+            if not moved:
+                self._wake.wait(self.interval_s)
+                self._wake.clear()
+
+    def run_once(self) -> int:
+        """Move one batch of WAL records into storage; return how many records were consumed."""
+        records = list(self.wal.read_from(self.wal.checkpointed_lsn, max_records=self.batch))
+        if not records:
+            return 0
+        fresh: dict[str, tuple[int, bytes, dict[str, Any], str]] = {}
+        for _lsn, record in records:
+            project_id, data = unpack_record(record)
+            try:
+                sealed = read_bundle(data)
+            except BundleError as exc:  # verified at ingest; a bad record here means disk damage
+                log.error("skipping an unreadable WAL record: %s", exc)
+                continue
+            fresh.setdefault(sealed.bundle_id, (project_id, data, sealed.summary, sealed.signing_key_id))
+        with Session(self.engine) as session:
+            known = set(session.exec(select(Execution.bundle_id).where(Execution.bundle_id.in_(list(fresh))))) if fresh else set()  # type: ignore[attr-defined]
+        self.duplicates += len(known)
+        new = {bundle_id: item for bundle_id, item in fresh.items() if bundle_id not in known}
+        if new:
+            writer = SegmentWriter(self.store, target_bytes=self.segment_target_bytes)
+            for bundle_id, (_project, data, _summary, _key) in new.items():
+                writer.add(bundle_id, data)
+            placements = {p.bundle_id: p for p in writer.flush()}
+            self._index(new, placements)
+            self.stored += len(new)
+        self.wal.checkpoint(records[-1][0])
+        return len(records)
+
+    def _index(self, new: dict[str, tuple[int, bytes, dict[str, Any], str]], placements: dict[str, Any]) -> None:
+        with Session(self.engine) as session:
+            groups: dict[tuple[int, str], list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+            for bundle_id, (project_id, _data, summary, _key) in new.items():
+                groups[(project_id, issue_fingerprint(summary))].append((bundle_id, summary))
+            issue_ids = {key: self._upsert_issue(session, key, items) for key, items in groups.items()}
+            rows = []
+            for (project_id, fingerprint), items in groups.items():
+                for bundle_id, summary in items:
+                    placement = placements[bundle_id]
+                    error = summary.get("error") or {}
+                    rows.append(
+                        {
+                            "bundle_id": bundle_id,
+                            "project_id": project_id,
+                            "issue_id": issue_ids[(project_id, fingerprint)],
+                            "received_at": utcnow(),
+                            "started_at": _when(summary.get("started_at")),
+                            "route": _text(summary.get("route"), 500),
+                            "method": _text(summary.get("method"), 16),
+                            "status": summary.get("status") if isinstance(summary.get("status"), int) else None,
+                            "outcome": _text(summary.get("outcome"), 32),
+                            "error_type": _text(error.get("type"), 300),
+                            "error_message": _text(error.get("message"), 2000),
+                            "fingerprint": fingerprint,
+                            "duration_ms": summary.get("duration_ms") if isinstance(summary.get("duration_ms"), (int, float)) else None,
+                            "release": _text(summary.get("release"), 200),
+                            "environment": _text(summary.get("environment"), 200),
+                            "request_id": _text(summary.get("request_id"), 200),
+                            "trace_id": _text(summary.get("trace_id"), 64),
+                            "signing_key_id": _text(new[bundle_id][3], 64),
+                            "event_count": len(summary.get("events") or []),
+                            "summary": summary,
+                            "object_key": placement.key,
+                            "object_offset": placement.offset,
+                            "object_length": placement.length,
+                            "object_sha256": placement.sha256,
+                        }
+                    )
+            insert = _insert(self.engine)(Execution).values(rows).on_conflict_do_nothing(index_elements=["bundle_id"])
+            session.execute(insert)
+            session.commit()
+
+    def _upsert_issue(self, session: Session, key: tuple[int, str], items: list[tuple[str, dict[str, Any]]]) -> int:
+        project_id, fingerprint = key
+        first = items[0][1]
+        error = first.get("error") or {}
+        seen = [_when(summary.get("started_at")) for _, summary in items]
+        session.execute(
+            _insert(self.engine)(Issue)
+            .values(
+                project_id=project_id,
+                fingerprint=fingerprint,
+                error_type=_text(error.get("type") or f"HTTP {first.get('status')}", 300),
+                message=_text(error.get("message"), 2000),
+                route=_text(first.get("route"), 500),
+                count=0,
+                first_seen=min(seen),
+                last_seen=max(seen),
+                status="open",
+            )
+            .on_conflict_do_nothing(index_elements=["project_id", "fingerprint"])
+        )
+        issue = session.exec(select(Issue).where(Issue.project_id == project_id, Issue.fingerprint == fingerprint)).one()
+        reappeared = issue.status in ("resolved", "guarded") and issue.count > 0
+        session.execute(
+            update(Issue)
+            .where(Issue.id == issue.id)  # type: ignore[arg-type]
+            .values(
+                count=Issue.count + len(items),
+                last_seen=func.max(Issue.last_seen, max(seen)) if self.engine.dialect.name == "sqlite" else func.greatest(Issue.last_seen, max(seen)),
+                **({"status": "regressed", "status_changed_at": utcnow()} if reappeared else {}),
+            )
+        )
+        assert issue.id is not None
+        return issue.id
+
+
+def _insert(engine: Engine) -> Any:
+    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert

@@ -1,0 +1,79 @@
+"""`create_app(settings)`: the FluxRun ingest and query server as a FastAPI app.
+
+Start-up runs the schema migrations, opens (and if needed repairs) the WAL, opens the object store
+and starts the aggregator; shutdown stops the aggregator and closes the WAL. Nothing here holds a
+key that opens a payload.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from fluxrun._version import __version__
+from fluxrun_server.api.routes import health, ingest, query, regressions
+from fluxrun_server.index.database import make_engine, migrate
+from fluxrun_server.ingest.aggregator import Aggregator
+from fluxrun_server.ingest.wal import WriteAheadLog
+from fluxrun_server.settings import ServerSettings
+from fluxrun_server.state import ServerState
+from fluxrun_server.storage.base import open_store
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("fluxrun_server")
+
+
+def open_state(settings: ServerSettings) -> ServerState:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    wal = WriteAheadLog(settings.wal_dir, segment_bytes=settings.wal_segment_bytes)
+    report = wal.open()
+    if report.truncated_bytes:
+        log.warning("WAL: truncated a torn tail of %d bytes; %d records recovered", report.truncated_bytes, report.records)
+    store = open_store(
+        settings.resolved_object_store_url,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+    )
+    aggregator = Aggregator(
+        wal,
+        store,
+        engine,
+        batch=settings.aggregate_batch,
+        interval_s=settings.aggregate_interval_s,
+        segment_target_bytes=settings.segment_target_bytes,
+    )
+    return ServerState(settings=settings, engine=engine, wal=wal, store=store, aggregator=aggregator)
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = open_state(settings)
+        app.state.fluxrun = state
+        state.aggregator.start()
+        try:
+            yield
+        finally:
+            state.aggregator.stop()
+            state.wal.close()
+            state.engine.dispose()
+
+    app = FastAPI(
+        title="FluxRun server",
+        version=__version__,
+        summary="Durable ingest of sealed bundles and the query API for triage. Payloads stay encrypted.",
+        lifespan=lifespan,
+    )
+    for module in (ingest, regressions, query, health):
+        app.include_router(module.router)
+    return app
