@@ -79,7 +79,9 @@ def find_project(session: Session, ref: str) -> Project:
         if not name:
             raise AdminError(f"{ref!r}: name a project as WORKSPACE/PROJECT (or by its id)")
         workspace = find_workspace(session, workspace_name)
-        project = session.exec(select(Project).where(Project.workspace_id == workspace.id, Project.name == name)).first()
+        project = session.exec(
+            select(Project).where(Project.workspace_id == workspace.id, Project.name == name)
+        ).first()
     if project is None:
         raise AdminError(f"no project {ref!r}; create it with `fluxrun server admin create-project WORKSPACE NAME`")
     return project
@@ -110,11 +112,14 @@ def register_key(session: Session, project_ref: str, public: str) -> SigningKey:
         key_id, key = parse_public_signing_key(public)
     except KeyFileError as exc:
         raise AdminError(str(exc)) from None
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     import base64
 
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     raw = base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
-    existing = session.exec(select(SigningKey).where(SigningKey.project_id == project.id, SigningKey.key_id == key_id)).first()
+    existing = session.exec(
+        select(SigningKey).where(SigningKey.project_id == project.id, SigningKey.key_id == key_id)
+    ).first()
     if existing is not None:
         if existing.revoked_at is not None:
             raise AdminError(f"signing key {key_id} was revoked for this project; generate new keys instead")
@@ -128,7 +133,9 @@ def register_key(session: Session, project_ref: str, public: str) -> SigningKey:
 
 def revoke_key(session: Session, project_ref: str, key_id: str) -> SigningKey:
     project = find_project(session, project_ref)
-    row = session.exec(select(SigningKey).where(SigningKey.project_id == project.id, SigningKey.key_id == key_id)).first()
+    row = session.exec(
+        select(SigningKey).where(SigningKey.project_id == project.id, SigningKey.key_id == key_id)
+    ).first()
     if row is None:
         raise AdminError(f"project {project_ref} has no signing key {key_id}")
     row.revoked_at = row.revoked_at or utcnow()
@@ -141,9 +148,12 @@ def create_api_key(session: Session, workspace_name: str, name: str, role: str =
     if role not in ROLES:
         raise AdminError(f"role {role!r}: use one of {', '.join(ROLES)}")
     workspace = find_workspace(session, workspace_name)
+    assert workspace.id is not None
     secret = new_token(API_KEY)
     session.add(
-        ApiKey(workspace_id=workspace.id, name=name, role=role, prefix=token_prefix(secret), token_hash=hash_token(secret))  # type: ignore[arg-type]
+        ApiKey(
+            workspace_id=workspace.id, name=name, role=role, prefix=token_prefix(secret), token_hash=hash_token(secret)
+        )
     )
     session.commit()
     return Issued(secret, token_prefix(secret))

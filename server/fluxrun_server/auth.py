@@ -56,9 +56,8 @@ def check_token(token: str, kind: str) -> str:
             else None
         )
         if other:
-            raise TokenError(
-                f"this is {other}; this endpoint needs {'an ingest token (frt_)' if kind == INGEST_TOKEN else 'an API key (fra_)'}"
-            )
+            wanted = "an ingest token (frt_)" if kind == INGEST_TOKEN else "an API key (fra_)"
+            raise TokenError(f"this is {other}; this endpoint needs {wanted}")
         raise TokenError(f"not a FluxRun token: expected one starting with {expected}")
     rest = token[len(expected) :]
     if len(rest) != _BODY + _CHECK or any(c not in _ALPHABET for c in rest):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,12 +22,14 @@ server_app = typer.Typer(help="Run the FluxRun ingest and query server.", invoke
 admin_app = typer.Typer(help="Workspaces, projects, ingest tokens, signing keys and API keys.", no_args_is_help=True)
 server_app.add_typer(admin_app, name="admin")
 
-SettingsFile = Annotated[Path | None, typer.Option("--settings", help="A settings file (KEY=VALUE lines, FLUXRUN_SERVER_*).")]
+SettingsFile = Annotated[
+    Path | None, typer.Option("--settings", help="A settings file (KEY=VALUE lines, FLUXRUN_SERVER_*).")
+]
 
 
 def _settings(settings_file: Path | None) -> ServerSettings:
     try:
-        return ServerSettings(_env_file=settings_file) if settings_file else ServerSettings()  # type: ignore[call-arg]
+        return ServerSettings(_env_file=settings_file) if settings_file else ServerSettings()
     except Exception as exc:
         err.print(f"[bold red]error:[/] invalid server settings: {exc}")
         raise typer.Exit(1) from None
@@ -48,10 +51,9 @@ def serve(
     from fluxrun_server.main import create_app
 
     settings = _settings(settings_file)
-    out.print(
-        f"FluxRun server on http://{host or settings.host}:{port or settings.port}  data {settings.data_dir.resolve()}  "
-        f"index {settings.resolved_database_url.split('@')[-1]}"
-    )
+    address = f"http://{host or settings.host}:{port or settings.port}"
+    index = settings.resolved_database_url.split("@")[-1]  # never print a database password
+    out.print(f"FluxRun server on {address}  data {settings.data_dir.resolve()}  index {index}")
     uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="warning")
 
 
@@ -62,7 +64,10 @@ def _session(ctx: typer.Context) -> Session:
     return Session(engine)
 
 
-def _run(action):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def _run(action: Callable[[], T]) -> T:
     try:
         return action()
     except admin.AdminError as exc:

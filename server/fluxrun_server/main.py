@@ -34,7 +34,9 @@ def open_state(settings: ServerSettings) -> ServerState:
     wal = WriteAheadLog(settings.wal_dir, segment_bytes=settings.wal_segment_bytes)
     report = wal.open()
     if report.truncated_bytes:
-        log.warning("WAL: truncated a torn tail of %d bytes; %d records recovered", report.truncated_bytes, report.records)
+        log.warning(
+            "WAL: truncated a torn tail of %d bytes; %d records recovered", report.truncated_bytes, report.records
+        )
     store = open_store(
         settings.resolved_object_store_url,
         endpoint_url=settings.s3_endpoint_url,

@@ -79,7 +79,9 @@ class ServerState:
         if cached is None or cached.until < now:
             with Session(self.engine) as session:
                 row = session.exec(select(ApiKey).where(ApiKey.prefix == prefix)).first()
-                value = None if row is None or row.revoked_at is not None else (row.workspace_id, row.role, row.token_hash)
+                value = (
+                    None if row is None or row.revoked_at is not None else (row.workspace_id, row.role, row.token_hash)
+                )
             cached = _Cached(value, now + CACHE_SECONDS)
             with self._lock:
                 self._api_keys[prefix] = cached

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from servers import free_port
 
 from fluxrun.bundle import load_capture_key, signing_public_key
-from servers import free_port
 
 PG_ADMIN = os.environ.get("FLUXRUN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -48,7 +48,7 @@ class Server:
 
     def start(self) -> None:
         if self.log is None:
-            self.log = tempfile.TemporaryFile()
+            self.log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open across restarts, closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fluxrun.cli.app", "server"],
             env={**os.environ, **self.env},
@@ -59,7 +59,9 @@ class Server:
         while True:
             if self.proc.poll() is not None:
                 self.log.seek(0)
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read().decode(errors='replace')}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}:\n{self.log.read().decode(errors='replace')}"
+                )
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code in (200, 503):
                     return
@@ -222,10 +224,17 @@ def seal(keys: Any) -> Any:
             "request_id": bundle_id[:8],
             "trace_id": None,
             "events": [
-                {"seq": 0, "kind": "http", "label": "GET https://pricing.test/price/sku-7", "task": "0",
-                 "start_ms": 1.0, "dur_ms": 3.5, "status": 200},
+                {
+                    "seq": 0,
+                    "kind": "http",
+                    "label": "GET https://pricing.test/price/sku-7",
+                    "task": "0",
+                    "start_ms": 1.0,
+                    "dur_ms": 3.5,
+                    "status": 200,
+                },
                 {"seq": 1, "kind": "env", "label": "env SHOP_CURRENCY", "task": "0", "start_ms": 0.2, "dur_ms": 0.0},
-            ],  # fmt: skip
+            ],
             "counts": {"http": 1, "env": 1},
             "sdk": {"name": "tests", "version": "0"},
             "release": release,

@@ -8,8 +8,8 @@ import secrets
 import httpx
 import pytest
 import zstandard
-from conftest import wait_until
 
+from conftest import wait_until
 from fluxrun_server.ingest.batch import encode_batch
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,12 @@ def post(server, bundles, *, token=None, headers=None, content=None):
 
 
 def api(server, path, *, token=None, **kwargs):
-    return httpx.get(f"{server.url}{path}", headers={"authorization": f"Bearer {token or server.tokens['api']}"}, timeout=30, **kwargs)
+    return httpx.get(
+        f"{server.url}{path}",
+        headers={"authorization": f"Bearer {token or server.tokens['api']}"},
+        timeout=30,
+        **kwargs,
+    )
 
 
 def project_id(server, token=None):
@@ -46,7 +51,14 @@ def test_a_batch_is_acknowledged_then_queryable_and_downloadable(server, seal):
     run = api(server, f"/v1/runs/{ids[0]}").json()
     assert run["route"] == "/orders/{order_id}" and run["error_type"] == "builtins:KeyError" and run["status"] == 500
     assert run["network"] == [
-        {"seq": 0, "label": "GET https://pricing.test/price/sku-7", "status": 200, "error_type": None, "start_ms": 1.0, "dur_ms": 3.5}
+        {
+            "seq": 0,
+            "label": "GET https://pricing.test/price/sku-7",
+            "status": 200,
+            "error_type": None,
+            "start_ms": 1.0,
+            "dur_ms": 3.5,
+        }
     ]
     assert api(server, f"/v1/runs/{ids[1]}/bundle").content == bundles[1]  # still sealed: only the owner opens it
     issues = api(server, f"/v1/projects/{project_id(server)}/issues").json()["issues"]
@@ -121,7 +133,7 @@ def test_size_limits_are_enforced_while_reading(server, seal):
     assert response.status_code == 413 and "decompresses to more than" in response.json()["detail"]
     gz_bomb = gzip.compress(b"\0" * (16 * 1024 * 1024))
     assert post(server, [], content=gz_bomb, headers={"content-encoding": "gzip"}).status_code == 413
-    bundle_id, big = seal(body_size=1_500_000)
+    _, big = seal(body_size=1_500_000)
     response = post(server, [big])
     assert response.status_code == 413 and "over the" in response.json()["detail"]
 
@@ -152,7 +164,9 @@ def test_a_retried_bundle_is_stored_once(server, seal):
     wait_until(lambda: False, timeout=0.5)  # let the aggregator pass over the duplicates too
     runs = api(server, f"/v1/projects/{pid}/runs", params={"q": "", "limit": 500}).json()["runs"]
     assert [r["bundle_id"] for r in runs].count(bundle_id) == 1
-    issue = next(i for i in api(server, f"/v1/projects/{pid}/issues").json()["issues"] if i["fingerprint"] == "fp-retry")
+    issue = next(
+        i for i in api(server, f"/v1/projects/{pid}/issues").json()["issues"] if i["fingerprint"] == "fp-retry"
+    )
     assert issue["count"] == 1
 
 
@@ -192,7 +206,9 @@ def test_runs_filter_and_paginate_with_a_cursor(server, seal):
         if cursor is None:
             break
     assert sorted(seen) == sorted(i for i, _ in ids) and len(seen) == 25
-    only = api(server, f"/v1/projects/{pid}/runs", params={"release": release, "route": "/items/1", "limit": 100}).json()
+    only = api(
+        server, f"/v1/projects/{pid}/runs", params={"release": release, "route": "/items/1", "limit": 100}
+    ).json()
     assert len(only["runs"]) == 12
     text = api(server, f"/v1/projects/{pid}/runs", params={"q": "'price", "release": release}).json()
     assert len(text["runs"]) == 25
@@ -226,12 +242,14 @@ def test_issue_status_changes_need_a_non_viewer(server, seal):
     assert wait_until(lambda: visible(server, bundle_id))
     issue_id = api(server, f"/v1/runs/{bundle_id}").json()["issue_id"]
     url = f"{server.url}/v1/issues/{issue_id}"
-    viewer = httpx.patch(url, json={"status": "resolved"}, headers={"authorization": f"Bearer {server.tokens['viewer']}"})
+    viewer = httpx.patch(
+        url, json={"status": "resolved"}, headers={"authorization": f"Bearer {server.tokens['viewer']}"}
+    )
     assert viewer.status_code == 403
     ok = httpx.patch(url, json={"status": "resolved"}, headers={"authorization": f"Bearer {server.tokens['api']}"})
     assert ok.json()["status"] == "resolved"
     # the same failure seen again in production: resolved -> regressed
-    again_id, again = seal(fingerprint=ok.json()["fingerprint"])
+    _, again = seal(fingerprint=ok.json()["fingerprint"])
     post(server, [again])
     assert wait_until(lambda: api(server, f"/v1/issues/{issue_id}").json()["status"] == "regressed")
 

@@ -9,11 +9,11 @@ import time
 
 import httpx
 import pytest
-from conftest import Server, wait_until
+from servers import free_port
 
+from conftest import Server, wait_until
 from fluxrun.bundle import load_capture_key, signing_public_key
 from fluxrun_server.ingest.batch import encode_batch
-from servers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,9 @@ def _bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value:
-        raise HTTPException(401, "missing credentials: send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, "missing credentials: send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"}
+        )
     return value.strip()
 
 
@@ -56,7 +58,9 @@ def query_reader(request: Request, state: State) -> Reader:
         token = check_token(raw, API_KEY)
     except TokenError as exc:
         status = 403 if raw.startswith("frt_") else 401
-        raise HTTPException(status, f"cannot read the query API: {exc}", headers={"WWW-Authenticate": "Bearer"}) from None
+        raise HTTPException(
+            status, f"cannot read the query API: {exc}", headers={"WWW-Authenticate": "Bearer"}
+        ) from None
     found = state.api_key(token, token_prefix(token))
     if found is None:
         raise HTTPException(401, "API key is unknown or revoked", headers={"WWW-Authenticate": "Bearer"})

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from fluxrun.bundle import read_bundle
 from fluxrun.errors import BundleError
@@ -118,7 +118,11 @@ class Aggregator:
                 continue
             fresh.setdefault(sealed.bundle_id, (project_id, data, sealed.summary, sealed.signing_key_id))
         with Session(self.engine) as session:
-            known = set(session.exec(select(Execution.bundle_id).where(Execution.bundle_id.in_(list(fresh))))) if fresh else set()  # type: ignore[attr-defined]
+            known = (
+                set(session.exec(select(Execution.bundle_id).where(col(Execution.bundle_id).in_(list(fresh)))))
+                if fresh
+                else set()
+            )
         self.duplicates += len(known)
         new = {bundle_id: item for bundle_id, item in fresh.items() if bundle_id not in known}
         if new:
@@ -156,7 +160,9 @@ class Aggregator:
                             "error_type": _text(error.get("type"), 300),
                             "error_message": _text(error.get("message"), 2000),
                             "fingerprint": fingerprint,
-                            "duration_ms": summary.get("duration_ms") if isinstance(summary.get("duration_ms"), (int, float)) else None,
+                            "duration_ms": summary.get("duration_ms")
+                            if isinstance(summary.get("duration_ms"), (int, float))
+                            else None,
                             "release": _text(summary.get("release"), 200),
                             "environment": _text(summary.get("environment"), 200),
                             "request_id": _text(summary.get("request_id"), 200),
@@ -194,14 +200,18 @@ class Aggregator:
             )
             .on_conflict_do_nothing(index_elements=["project_id", "fingerprint"])
         )
-        issue = session.exec(select(Issue).where(Issue.project_id == project_id, Issue.fingerprint == fingerprint)).one()
+        issue = session.exec(
+            select(Issue).where(Issue.project_id == project_id, Issue.fingerprint == fingerprint)
+        ).one()
         reappeared = issue.status in ("resolved", "guarded") and issue.count > 0
         session.execute(
             update(Issue)
             .where(Issue.id == issue.id)  # type: ignore[arg-type]
             .values(
                 count=Issue.count + len(items),
-                last_seen=func.max(Issue.last_seen, max(seen)) if self.engine.dialect.name == "sqlite" else func.greatest(Issue.last_seen, max(seen)),
+                last_seen=func.max(Issue.last_seen, max(seen))
+                if self.engine.dialect.name == "sqlite"
+                else func.greatest(Issue.last_seen, max(seen)),
                 **({"status": "regressed", "status_changed_at": utcnow()} if reappeared else {}),
             )
         )

@@ -55,17 +55,17 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     if encoding == "gzip":
         inflater = zlib.decompressobj(wbits=31)
         try:
-            out = inflater.decompress(body, limit + 1)
+            inflated = inflater.decompress(body, limit + 1)
         except zlib.error as exc:
             raise BatchError(f"body is not valid gzip: {exc}") from None
-        if len(out) > limit or inflater.unconsumed_tail:
+        if len(inflated) > limit or inflater.unconsumed_tail:
             raise TooLarge(f"batch decompresses to more than {limit} bytes")
-        return out
+        return inflated
     raise BatchError(f"Content-Encoding {encoding!r} is not supported; use zstd, gzip or none")
 
 
 def decode_batch(data: bytes, *, max_bundles: int, max_bundle_bytes: int) -> list[bytes]:
-    bundles = []
+    bundles: list[bytes] = []
     position = 0
     while position < len(data):
         if len(data) - position < _LENGTH.size:

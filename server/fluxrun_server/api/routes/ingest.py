@@ -33,7 +33,9 @@ SUPPORTED_VERSIONS = (1,)
 async def ingest(request: Request, state: State, project_id: IngestProject) -> JSONResponse:
     settings = state.settings
     if state.wal.backlog_bytes > settings.wal_backlog_bytes:
-        raise HTTPException(429, "the server is catching up on stored bundles; retry shortly", headers={"Retry-After": "2"})
+        raise HTTPException(
+            429, "the server is catching up on stored bundles; retry shortly", headers={"Retry-After": "2"}
+        )
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > settings.max_batch_bytes:
         raise HTTPException(413, f"request body is {length} bytes, over the {settings.max_batch_bytes} byte limit")
@@ -76,7 +78,9 @@ async def ingest(request: Request, state: State, project_id: IngestProject) -> J
         except WALFullError:
             raise HTTPException(503, "the server's disk is full; retry later", headers={"Retry-After": "30"}) from None
         except WALError as exc:
-            raise HTTPException(503, f"the server cannot store bundles durably right now ({exc}); try another node") from None
+            raise HTTPException(
+                503, f"the server cannot store bundles durably right now ({exc}); try another node"
+            ) from None
         state.aggregator.wake()
     return JSONResponse({"accepted": accepted, "rejected": rejected}, status_code=202)
 

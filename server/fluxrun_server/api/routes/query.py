@@ -114,12 +114,19 @@ def list_runs(
         if q:
             pattern = f"%{q}%"
             query = query.where(
-                or_(col(Execution.route).ilike(pattern), col(Execution.error_type).ilike(pattern), col(Execution.error_message).ilike(pattern))
+                or_(
+                    col(Execution.route).ilike(pattern),
+                    col(Execution.error_type).ilike(pattern),
+                    col(Execution.error_message).ilike(pattern),
+                )
             )
         if cursor:
             started, bundle_id = _decode_cursor(cursor)
             query = query.where(
-                or_(Execution.started_at < started, and_(Execution.started_at == started, col(Execution.bundle_id) < bundle_id))
+                or_(
+                    col(Execution.started_at) < started,
+                    and_(col(Execution.started_at) == started, col(Execution.bundle_id) < bundle_id),
+                )
             )
         rows = session.exec(
             query.order_by(col(Execution.started_at).desc(), col(Execution.bundle_id).desc()).limit(limit + 1)
@@ -146,11 +153,17 @@ def get_run(bundle_id: str, state: State, reader: Workspace) -> dict[str, Any]:
             "summary": e.summary,
             "events": events,
             "network": [
-                {"seq": ev.get("seq"), "label": ev.get("label"), "status": ev.get("status"), "error_type": ev.get("error_type"),
-                 "start_ms": ev.get("start_ms"), "dur_ms": ev.get("dur_ms")}
+                {
+                    "seq": ev.get("seq"),
+                    "label": ev.get("label"),
+                    "status": ev.get("status"),
+                    "error_type": ev.get("error_type"),
+                    "start_ms": ev.get("start_ms"),
+                    "dur_ms": ev.get("dur_ms"),
+                }
                 for ev in events
                 if ev.get("kind") == "http"
-            ],  # fmt: skip
+            ],
         }
 
 
@@ -211,7 +224,9 @@ def _issue(session: Session, reader: Reader, issue_id: int) -> Issue:
 
 
 @router.get("/v1/issues/{issue_id}", summary="One issue with its per-hour series and regression runs")
-def get_issue(issue_id: int, state: State, reader: Workspace, hours: int = Query(24, ge=1, le=24 * 14)) -> dict[str, Any]:
+def get_issue(
+    issue_id: int, state: State, reader: Workspace, hours: int = Query(24, ge=1, le=24 * 14)
+) -> dict[str, Any]:
     with Session(state.engine) as session:
         issue = _issue(session, reader, issue_id)
         now = utcnow().replace(minute=0, second=0, microsecond=0)
@@ -225,13 +240,17 @@ def get_issue(issue_id: int, state: State, reader: Workspace, hours: int = Query
             if hour in buckets:
                 buckets[hour] += 1
         runs = session.exec(
-            select(RegressionRun).where(RegressionRun.issue_id == issue_id).order_by(col(RegressionRun.created_at).desc()).limit(50)
+            select(RegressionRun)
+            .where(RegressionRun.issue_id == issue_id)
+            .order_by(col(RegressionRun.created_at).desc())
+            .limit(50)
         ).all()
         return {
             **_issue_item(issue),
             "series": [{"hour": h.isoformat(), "count": n} for h, n in buckets.items()],
             "regression_runs": [
-                {"bundle_id": r.bundle_id, "outcome": r.outcome, "ci": r.ci, "created_at": r.created_at.isoformat()} for r in runs
+                {"bundle_id": r.bundle_id, "outcome": r.outcome, "ci": r.ci, "created_at": r.created_at.isoformat()}
+                for r in runs
             ],
         }
 

@@ -38,7 +38,11 @@ def report(body: Report, state: State, project_id: IngestProject) -> dict[str, A
                 continue
             session.add(
                 RegressionRun(
-                    project_id=project_id, bundle_id=result.bundle_id, issue_id=execution.issue_id, outcome=result.outcome, ci=result.ci
+                    project_id=project_id,
+                    bundle_id=result.bundle_id,
+                    issue_id=execution.issue_id,
+                    outcome=result.outcome,
+                    ci=result.ci,
                 )
             )
             if execution.issue_id is not None:
