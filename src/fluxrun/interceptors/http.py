@@ -12,7 +12,6 @@ error is raised again as the same httpx exception. No connection is opened.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,6 +22,7 @@ import wrapt
 from fluxrun._context import Scope, current, scope_var
 from fluxrun._internal import caller_frame, perf_ns, report_internal_error, site_of, site_ref
 from fluxrun.interceptors.base import Patch, error_fields, loaded, raise_recorded_error
+from fluxrun.model.export import body_bytes
 from fluxrun.model.recording import Event
 from fluxrun.replay.matchers import RequestView, http_matcher
 
@@ -195,14 +195,6 @@ def _replay_body(request: Any, module: Any) -> bytes | None:
         return None
 
 
-def _recorded_bytes(body: dict[str, Any]) -> bytes:
-    if "text" in body:
-        return str(body["text"]).encode()
-    if "base64" in body:
-        return base64.b64decode(body["base64"])
-    return b""
-
-
 class _Replayer:
     """The replay side: answer `send` from the recording, matched by method, URL and body, per task."""
 
@@ -229,7 +221,7 @@ class _Replayer:
             raise session.refuse(
                 KIND, call, here.path, frame,
                 f"the recorded response body is incomplete ({content.get('size')} bytes arrived, "
-                f"{len(_recorded_bytes(content))} kept): raise max_body_size (FLUXRUN_MAX_BODY_SIZE) "
+                f"{len(body_bytes(content))} kept): raise max_body_size (FLUXRUN_MAX_BODY_SIZE) "
                 "where it is captured",
             )  # fmt: skip
         decoded = content.get("encoding", "decoded") == "decoded"
@@ -237,7 +229,7 @@ class _Replayer:
         response = self.module.Response(
             recorded["status"],
             headers=[(k, v) for k, v in recorded.get("headers", []) if k.lower() not in skip],
-            content=_recorded_bytes(content),
+            content=body_bytes(content),
             request=request,
             extensions={
                 "http_version": str(recorded.get("http_version") or "HTTP/1.1").encode(),

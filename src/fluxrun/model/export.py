@@ -19,7 +19,7 @@ from fluxrun.model.recording import KINDS, Event, Recording
 from fluxrun.model.request import request_identity
 from fluxrun.scrub import Scrubber
 
-__all__ = ["PAYLOAD_FORMAT", "SDK", "build_payload", "build_summary", "json_body"]
+__all__ = ["PAYLOAD_FORMAT", "SDK", "body_bytes", "build_payload", "build_summary", "json_body"]
 
 PAYLOAD_FORMAT = 1
 SDK = {"name": "fluxrun.python", "version": __version__}
@@ -46,6 +46,17 @@ def json_body(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)  # objects kept raw on the hot path, such as httpx.URL
+
+
+def body_bytes(body: dict[str, Any] | None) -> bytes:
+    """The bytes of a recorded body (`{"text": ...}` or `{"base64": ...}`), empty when none were kept."""
+    if not body:
+        return b""
+    if "text" in body:
+        return str(body["text"]).encode()
+    if "base64" in body:
+        return base64.b64decode(body["base64"])
+    return b""
 
 
 def _event(event: Event) -> dict[str, Any]:

@@ -6,7 +6,6 @@ order, form field order and multipart boundaries do not matter.
 
 from __future__ import annotations
 
-import base64
 import email.parser
 import email.policy
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from fluxrun.model.export import body_bytes
 from fluxrun.replay.diff import short_diff
 
 __all__ = ["MATCHERS", "RequestView", "http_matcher"]
@@ -39,11 +39,7 @@ class RequestView:
 def _recorded_body(body: dict[str, Any] | None) -> bytes | None:
     if not body or body.get("streamed"):
         return None  # a streamed upload was not recorded: nothing to compare
-    if "text" in body:
-        return str(body["text"]).encode()
-    if "base64" in body:
-        return base64.b64decode(body["base64"])
-    return b""
+    return body_bytes(body)
 
 
 def _recorded_header(request: dict[str, Any], name: str) -> str | None:

@@ -19,6 +19,7 @@ from fluxrun._internal import InApp, format_site, wall_time
 from fluxrun.bundle import OpenedBundle, ReplayKey, load_replay_key, load_replay_keys, open_bundle
 from fluxrun.errors import FluxRunError, LiveIOBlocked, ReplayDivergence
 from fluxrun.interceptors import install
+from fluxrun.model.export import body_bytes
 from fluxrun.model.outcome import describe_exception
 from fluxrun.model.recording import Recording
 from fluxrun.model.values import decode
@@ -140,7 +141,7 @@ class _Run:
     async def asgi(self, app: Any) -> None:
         request = self.payload["request"]
         token = self.enter()
-        body = _body_bytes(request.get("body"))
+        body = body_bytes(request.get("body"))
         done = asyncio.Event()
         sent_body = False
         chunks: list[bytes] = []
@@ -228,18 +229,6 @@ class _Run:
             scope_var.reset(token)
 
 
-def _body_bytes(body: dict[str, Any] | None) -> bytes:
-    import base64
-
-    if not body:
-        return b""
-    if "text" in body:
-        return str(body["text"]).encode()
-    if "base64" in body:
-        return base64.b64decode(body["base64"])
-    return b""
-
-
 def _text_headers(headers: Any) -> list[list[str]]:
     return [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers]
 
@@ -266,7 +255,7 @@ def _asgi_scope(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _wsgi_environ(request: dict[str, Any]) -> dict[str, Any]:
-    body = _body_bytes(request.get("body"))
+    body = body_bytes(request.get("body"))
     server = request.get("server") or ["replay", "80"]
     environ: dict[str, Any] = {
         "REQUEST_METHOD": request.get("method") or "GET",
