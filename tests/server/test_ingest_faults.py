@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import Session
 
 from fluxrun.bundle import load_capture_key, signing_public_key
 from fluxrun_server import admin
 from fluxrun_server.ingest.batch import encode_batch
 from fluxrun_server.main import create_app
 from fluxrun_server.settings import ServerSettings
-from sqlmodel import Session
 
 
 @pytest.fixture
