@@ -26,6 +26,7 @@ from pytest_fluxrun._collect import bundle_items
 from pytest_fluxrun._report import render_failure
 
 RESULT_KEY = pytest.StashKey[Any]()
+OUTCOMES_KEY = pytest.StashKey[list[dict[str, Any]]]()
 INSTALLED_KEY = pytest.StashKey[bool]()
 
 
@@ -139,6 +140,8 @@ def run_marked(item: pytest.Item, marker: pytest.Mark | None) -> Any:
         check(results[0], expect, strict=strict)
     except (ReplayExpectationError, ReplayDivergence, LiveIOBlocked) as exc:
         problem = render_failure(exc, str(bundle), recorded)
+        outcome = exc.result.outcome if isinstance(exc, ReplayExpectationError) else "changed"
+        _remember(config, opened.sealed.bundle_id, outcome, item.nodeid)
     except FluxRunError as exc:
         problem = f"FluxRun replay of {bundle}: {exc}"
     if problem is not None:  # failed outside the except block: no "during handling" chain in the report
@@ -153,10 +156,30 @@ def run_marked(item: pytest.Item, marker: pytest.Mark | None) -> Any:
                 + timeline([{"kind": k, "call": c, "task": t} for k, c, t, _ in results[0].events], other.events),
                 pytrace=False,
             )
+    _remember(config, opened.sealed.bundle_id, results[0].outcome, item.nodeid)
     for message in results[0].warnings:
         warnings.warn(FluxRunReplayWarning(f"{bundle}: {message}"), stacklevel=1)
     item.stash[RESULT_KEY] = results[0]
     return results[0]
+
+
+def _remember(config: pytest.Config, bundle_id: str, outcome: str, nodeid: str) -> None:
+    config.stash.setdefault(OUTCOMES_KEY, []).append({"bundle_id": bundle_id, "outcome": outcome, "test": nodeid})
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """With FLUXRUN_DSN set, report each replay's outcome to the server, so issues show guarded or regressed."""
+    outcomes = session.config.stash.get(OUTCOMES_KEY, [])
+    dsn = os.environ.get("FLUXRUN_DSN")
+    if not outcomes or not dsn:
+        return
+    from pytest_fluxrun._ci import report_outcomes
+
+    message = report_outcomes(dsn, outcomes)
+    if message:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(message)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

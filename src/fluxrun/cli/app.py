@@ -170,6 +170,24 @@ def export_test(
     out.print(f"wrote {path}; run it with FLUXRUN_REPLAY_KEY=path/to/replay.key pytest {path}")
 
 
+@app.command("pull")
+@friendly
+def pull_command(
+    ref: Annotated[str, typer.Argument(help="A run (bundle) id, or an issue id as issue:42.")],
+    to: Annotated[Path, typer.Option("--to", help="Folder for the bundles.")] = Path("tests/fluxrun"),
+    server: Annotated[str | None, typer.Option("--server", help="Server URL (FLUXRUN_SERVER).")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="A query API key (FLUXRUN_API_KEY).")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="For an issue: how many of its newest runs.")] = 20,
+) -> None:
+    """Download captured failures (still encrypted) into a folder of regression guards."""
+    from fluxrun.cli.pull import pull
+
+    written = pull(out, ref, to, server=server, api_key=api_key, limit=limit)
+    for path in written:
+        out.print(f"pulled {path}")
+    out.print(f"next: FLUXRUN_REPLAY_KEY=path/to/replay.key pytest --fluxrun-bundles {to}")
+
+
 @app.command("demo")
 @friendly
 def demo(
