@@ -22,7 +22,10 @@ Sections (every "added" number is the FluxRun run minus a baseline measured in t
    (d) sentry-sdk with traces_sample_rate=1.0, (e) OpenTelemetry FastAPI + HTTPX instrumentation with an
    SDK TracerProvider and an in-memory exporter (cleared between batches, untimed), and (f) FluxRun with
    the handler raising, so every request is kept and sealed in the background, against a plain app whose
-   handler raises the same way. Only FluxRun configurations decorate the boundary function.
+   handler raises the same way, and (g) the same with shipping on and the server down: `FLUXRUN_DSN`
+   points at a closed loopback port, so every bundle is sealed, its sends are refused, and it is
+   spooled, all on FluxRun's background threads while the requests are timed (against (f)'s baseline,
+   the plain app whose handler raises). Only FluxRun configurations decorate the boundary function.
 4. Seal and open time (`fluxrun.bundle.Sealer.seal` / `open_bundle`) for payloads of 4 KiB, 16 KiB and
    1 MiB (orjson length), shaped like a real payload: http events with JSON bodies, env/time/log events.
 
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -50,6 +54,7 @@ import os
 import platform
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -110,6 +115,7 @@ IDLE_TARGET_NS = 300
 CAPTURE_HTTP_TARGET_US = 15
 ASGI_P50_TARGET_US = 25
 ASGI_P99_TARGET_US = 100
+SHIP_DOWN_P99_TARGET_US = 1000  # (g): request-path cost with shipping on and the server unreachable
 SEAL_16K_TARGET_US = 100
 
 
@@ -332,6 +338,13 @@ ASGI_CONFIGS = (
     AsgiConfig("otel", "(e) OpenTelemetry FastAPI + HTTPX", "otel", "plain"),
     AsgiConfig("plain_fail", "plain FastAPI, handler raises (500)", "none", None, fail=True),
     AsgiConfig("fluxrun_fail", "(f) FluxRun, handler raises: kept + sealed", "fluxrun", "plain_fail", fail=True),
+    AsgiConfig(
+        "fluxrun_ship_down",
+        "(g) FluxRun + DSN, server down: kept, sealed, spooled",
+        "fluxrun_ship_down",
+        "plain_fail",
+        fail=True,
+    ),
 )
 CONFIG_BY_NAME = {config.name: config for config in ASGI_CONFIGS}
 EVENTS_PER_REQUEST = "3 env reads, 2 time.time, 1 uuid4, 1 random.random, 1 logging.info, 1 @boundary, 1 httpx GET"
@@ -416,6 +429,37 @@ def setup_fluxrun(config: AsgiConfig, args: argparse.Namespace) -> Setup:
     return app, lambda: None, finish
 
 
+def closed_loopback_port() -> int:
+    """A loopback port nothing listens on: bound once by the OS, then released, so a connect is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def setup_fluxrun_ship_down(config: AsgiConfig, args: argparse.Namespace) -> Setup:
+    """FluxRun shipping to a DSN whose server is down: the sender's retries and the spool run meanwhile."""
+    directory = Path(args.workdir) / f"ship-{config.name}-{args.round}"
+    dsn = f"http://frt_bench@127.0.0.1:{closed_loopback_port()}/bench"
+    fluxrun.init(dsn=dsn, directory=directory, capture_key=args.capture_key, sample_rate=0.0)
+
+    @fluxrun.capture
+    def fail_once() -> None:
+        raise RuntimeError("the first bundle walks the sender into its server-down state")
+
+    with contextlib.suppress(RuntimeError):
+        fail_once()
+    fluxrun.flush(timeout=10)  # three refused attempts with backoff, then the spool: the state timed below
+    app, _ = build_app(charge, config.fail)
+    app.add_middleware(fluxrun.FluxRunMiddleware)
+
+    def finish() -> dict[str, Any]:
+        fluxrun.shutdown(timeout=60)
+        stats = fluxrun.stats()
+        return {"shipping": {k: stats[k] for k in ("sealed", "sent", "retried", "spooled", "dropped")}}
+
+    return app, lambda: None, finish
+
+
 def setup_sentry(config: AsgiConfig, args: argparse.Namespace) -> Setup:
     import sentry_sdk
     from sentry_sdk.transport import Transport
@@ -472,6 +516,7 @@ def setup_otel(config: AsgiConfig, args: argparse.Namespace) -> Setup:
 SETUPS: dict[str, Callable[[AsgiConfig, argparse.Namespace], Setup]] = {
     "none": setup_none,
     "fluxrun": setup_fluxrun,
+    "fluxrun_ship_down": setup_fluxrun_ship_down,
     "sentry": setup_sentry,
     "sentry_traces": setup_sentry,
     "otel": setup_otel,
@@ -919,6 +964,11 @@ def asgi_notes(result: dict[str, Any]) -> str:
         kinds = next((n["events_by_kind"] for n in notes if n.get("events_by_kind")), None)
         if kinds:
             parts.append("events " + " ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
+    if any("shipping" in n for n in notes):
+        shipping = Counter[str]()
+        for n in notes:
+            shipping.update(n.get("shipping", {}))
+        parts.append(" ".join(f"{k} {v}" for k, v in shipping.items()) + f" of {total} req")
     if any("envelopes" in n for n in notes):
         parts.append(f"envelopes {sum(n['envelopes'] for n in notes)} for {total} req")
     if any("spans" in n for n in notes):
@@ -933,7 +983,7 @@ def asgi_table(results: dict[str, Any], settings: Settings) -> Table:
         caption=f"ASGI app called in-process (no sockets), one request at a time; per configuration "
         f"{settings.asgi_requests} requests pooled over {settings.asgi_rounds} interleaved round(s), each a fresh "
         f"subprocess with {settings.asgi_warmup} warm-up requests. added = configuration - plain (- plain_fail for "
-        "(f)). Only FluxRun configurations decorate the boundary function.",
+        "(f) and (g)). Only FluxRun configurations decorate the boundary function.",
         caption_justify="left",
     )
     for column in ("configuration", "p50 µs", "p99 µs", "added p50", "added p99", "p50 ratio", "target", "notes"):
@@ -946,6 +996,8 @@ def asgi_table(results: dict[str, Any], settings: Settings) -> Table:
                 f"p50 < {ASGI_P50_TARGET_US} {verdict(result['added_p50_us'], ASGI_P50_TARGET_US)}, "
                 f"p99 < {ASGI_P99_TARGET_US} {verdict(result['added_p99_us'], ASGI_P99_TARGET_US)}"
             )
+        elif name == "fluxrun_ship_down":
+            target = f"p99 < {SHIP_DOWN_P99_TARGET_US} {verdict(result['added_p99_us'], SHIP_DOWN_P99_TARGET_US)}"
         table.add_row(
             result["label"],
             f"{result['p50_us']:.1f}",
@@ -1004,6 +1056,8 @@ def collect_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     asgi = results["asgi"]["fluxrun"]
     add("ASGI FluxRun added p50", asgi["added_p50_us"], ASGI_P50_TARGET_US, "µs")
     add("ASGI FluxRun added p99", asgi["added_p99_us"], ASGI_P99_TARGET_US, "µs")
+    down = results["asgi"]["fluxrun_ship_down"]
+    add("ASGI shipping on, server down, added p99", down["added_p99_us"], SHIP_DOWN_P99_TARGET_US, "µs")
     seal_16k = next(row for row in results["seal"] if row["label"] == "16 KiB")
     add("seal 16 KiB", seal_16k["seal_us"], SEAL_16K_TARGET_US, "µs")
     return targets

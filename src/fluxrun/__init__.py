@@ -8,7 +8,7 @@ Capture what a failing request did into a sealed bundle that only the app's owne
 """
 
 from fluxrun import replay
-from fluxrun._api import flush, init, shutdown
+from fluxrun._api import flush, init, shutdown, stats
 from fluxrun._capture import capture
 from fluxrun._version import __version__
 from fluxrun.errors import BundleError, ConfigError, FluxRunError, KeyFileError, LiveIOBlocked, ReplayDivergence
@@ -32,4 +32,5 @@ __all__ = [
     "init",
     "replay",
     "shutdown",
+    "stats",
 ]

@@ -2,15 +2,18 @@
 
 `fluxrun.init` builds one and installs every interceptor; `fluxrun.shutdown` flushes and restores
 every patched function. Executions call `begin`/`end` (through the decorator and middlewares).
+Sealed bundles go to the server named by the DSN (`HttpSink`), else to the local folder (`FolderSink`).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import threading
 import uuid
 from contextvars import Token
+from time import monotonic  # bound at import: FluxRun's own bookkeeping never calls a patched clock
 
 from fluxrun._config import Options
 from fluxrun._context import Scope, scope_var
@@ -19,10 +22,18 @@ from fluxrun.bundle import Sealer, load_capture_key
 from fluxrun.interceptors import install
 from fluxrun.model.export import SDK, build_payload, build_summary
 from fluxrun.model.recording import Recording
-from fluxrun.shipping.base import BackgroundWorker
+from fluxrun.shipping.base import BackgroundWorker, Sink
 from fluxrun.shipping.folder import FolderSink
+from fluxrun.shipping.http import HttpSink, ShipConfig, parse_dsn
 
-__all__ = ["Client", "begin", "end", "get_client", "install_client", "uninstall_client"]
+__all__ = ["Client", "begin", "end", "get_client", "install_client", "stats", "uninstall_client"]
+
+# Counters `fluxrun.stats()` always has, zero until something happens; reasons appear as `dropped_<reason>`.
+STAT_NAMES = (
+    "queued", "sealed", "failed", "dropped_queue_full", "sent", "batches", "retried", "spooled",
+    "delivered_from_spool", "dropped", "pending", "spool_files", "spool_bytes",
+)  # fmt: skip
+
 
 # HTTP clients FluxRun does not intercept yet: using one inside a captured execution is a gap.
 UNINTERCEPTED_HTTP_CLIENTS = (
@@ -39,6 +50,15 @@ STDLIB_HTTP_CLIENTS = ("urllib.request", "http.client")
 
 _client: Client | None = None
 _client_lock = threading.Lock()
+_last_stats: dict[str, int] = {}  # the final counters of the client shut down last
+
+
+def make_sink(options: Options) -> Sink:
+    """The server when a DSN is set (spooling under the bundle folder), else the bundle folder itself."""
+    if options.dsn is None:
+        return FolderSink(options.directory)
+    config = ShipConfig(spool_dir=options.directory / "spool", max_queue=options.max_queue)
+    return HttpSink(parse_dsn(options.dsn), config)
 
 
 class Client:
@@ -54,7 +74,7 @@ class Client:
                 "Run `fluxrun keys generate DIR` and set FLUXRUN_CAPTURE_KEY=DIR/capture.key "
                 "(or fluxrun.init(capture_key=...))."
             )
-        self.sink = FolderSink(options.directory)
+        self.sink: Sink = make_sink(options)
         self.worker = BackgroundWorker(self._seal_and_write, max_queue=options.max_queue, name="fluxrun-shipper")
         self.installation: install.Installation | None = None
         self._sampler = random.Random()
@@ -116,9 +136,36 @@ class Client:
         summary = build_summary(payload, scrubber=self.options.scrubber, duration_ns=duration_ns)
         data = self.sealer.seal(summary=summary, payload=payload, bundle_id=bundle_id)
         path = self.sink.write(f"{payload['started_at'][:19].replace(':', '').replace('-', '')}-{bundle_id}", data)
-        self.worker.stats["written"] += 1
-        self.written.append(str(path))
-        del self.written[:-1000]
+        self.worker.stats["sealed"] += 1
+        if path is not None:
+            self.written.append(str(path))
+            del self.written[:-1000]
+
+    # -- delivery ---------------------------------------------------------------------------------
+    def flush(self, timeout: float) -> bool:
+        """Sealed, then delivered or spooled (the folder sink is done once sealed): False if `timeout` ran out."""
+        deadline = monotonic() + timeout
+        sealed = self.worker.flush(timeout)
+        return self.sink.flush(max(0.0, deadline - monotonic())) and sealed
+
+    def close(self, timeout: float) -> bool:
+        deadline = monotonic() + timeout
+        sealed = self.worker.close(timeout)
+        return self.sink.close(max(0.0, deadline - monotonic())) and sealed
+
+    def stats(self) -> dict[str, int]:
+        counts = dict.fromkeys(STAT_NAMES, 0)
+        counts.update(self.worker.stats)
+        counts.update(self.sink.stats())
+        counts["dropped"] = sum(v for k, v in counts.items() if k.startswith("dropped_"))
+        return counts
+
+    def _after_fork_in_child(self) -> None:
+        # The child would otherwise sample exactly like its siblings, and could inherit the sealer's
+        # lock held by the parent's sealing thread at the moment of the fork.
+        self._sampler.seed(real_urandom(16))
+        if self.sealer is not None and hasattr(self.sealer, "_lock"):
+            self.sealer._lock = threading.Lock()
 
 
 def get_client() -> Client | None:
@@ -128,25 +175,52 @@ def get_client() -> Client | None:
 def install_client(options: Options) -> Client:
     global _client
     with _client_lock:
+        client = Client(options)  # a bad DSN raises here, before the running client is touched
         if _client is not None:
-            _client.worker.close(2.0)
+            _client.close(2.0)
             _client.uninstall()
             _client = None
-        client = Client(options)
         client.install()
         _client = client
         return client
 
 
 def uninstall_client(timeout: float) -> bool:
-    global _client
+    global _client, _last_stats
     with _client_lock:
         client, _client = _client, None
     if client is None:
         return True
-    flushed = client.worker.close(timeout)
+    flushed = client.close(timeout)
     client.uninstall()
+    try:
+        _last_stats = client.stats()
+    except Exception as exc:
+        report_internal_error("reading the counters", exc)
     return flushed
+
+
+def stats() -> dict[str, int]:
+    """The current client's counters; after `shutdown`, the last client's final ones; zeros before `init`."""
+    client = _client
+    if client is not None:
+        try:
+            return client.stats()
+        except Exception as exc:
+            report_internal_error("reading the counters", exc)
+    return dict(_last_stats) if _last_stats else dict.fromkeys(STAT_NAMES, 0)
+
+
+def _after_fork_in_child() -> None:
+    global _client_lock
+    _client_lock = threading.Lock()  # another thread may have held it at the fork
+    client = _client
+    if client is not None:
+        client._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def begin(execution: str, entry: str | None) -> tuple[Client, Recording, Token[Scope | None]] | None:
