@@ -14,7 +14,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from fluxrun._version import __version__
-from fluxrun_server.api.routes import health, ingest, query, regressions
+from fluxrun_server.api.routes import grants, health, ingest, query, regressions
+from fluxrun_server.grants import load_or_create as load_grant_key
 from fluxrun_server.index.database import make_engine, migrate
 from fluxrun_server.ingest.aggregator import Aggregator
 from fluxrun_server.ingest.wal import WriteAheadLog
@@ -29,6 +30,7 @@ log = logging.getLogger("fluxrun_server")
 
 def open_state(settings: ServerSettings) -> ServerState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    load_grant_key(settings.data_dir)  # DATA_DIR/grant.key, created at first start; cached in fluxrun_server.grants
     engine = make_engine(settings.resolved_database_url)
     migrate(engine)
     wal = WriteAheadLog(settings.wal_dir, segment_bytes=settings.wal_segment_bytes)
@@ -76,6 +78,6 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         summary="Durable ingest of sealed bundles and the query API for triage. Payloads stay encrypted.",
         lifespan=lifespan,
     )
-    for module in (ingest, regressions, query, health):
+    for module in (ingest, regressions, query, grants, health):
         app.include_router(module.router)
     return app

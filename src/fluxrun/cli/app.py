@@ -188,6 +188,42 @@ def pull_command(
     out.print(f"next: FLUXRUN_REPLAY_KEY=path/to/replay.key pytest --fluxrun-bundles {to}")
 
 
+@app.command("agent")
+@friendly
+def agent_command(
+    host: Annotated[str | None, typer.Option("--host", help="Address (FLUXRUN_AGENT_HOST; 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (FLUXRUN_AGENT_PORT; 8401).")] = None,
+    replay_key: Annotated[Path | None, typer.Option("--replay-key", help="replay.key (FLUXRUN_REPLAY_KEY).")] = None,
+    grant_key: Annotated[
+        str | None, typer.Option("--grant-key", help="The server's grant key KEY_ID:BASE64 (FLUXRUN_AGENT_GRANT_KEY).")
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option("--server", help="Fetch the grant key from this server (FLUXRUN_AGENT_SERVER).")
+    ] = None,
+    project: Annotated[str | None, typer.Option("--project", help="Project served (FLUXRUN_AGENT_PROJECT).")] = None,
+    origin: Annotated[
+        str | None, typer.Option("--origin", help="Dashboard origin allowed by CORS (FLUXRUN_AGENT_ORIGIN).")
+    ] = None,
+    audit_log: Annotated[
+        Path | None, typer.Option("--audit-log", help="JSON lines audit log (FLUXRUN_AGENT_AUDIT_LOG).")
+    ] = None,
+) -> None:
+    """Run the agent: it alone holds the replay key and unlocks or replays bundles for server grants."""
+    from fluxrun.agent import serve
+
+    serve(
+        host,
+        port,
+        announce=lambda line: out.print(escape(line), soft_wrap=True),
+        replay_key=replay_key,
+        grant_key=grant_key,
+        server=server,
+        project=project,
+        origin=origin,
+        audit_log=audit_log,
+    )
+
+
 @app.command("demo")
 @friendly
 def demo(
