@@ -106,10 +106,13 @@ class Execution(SQLModel, table=True):
     """One captured execution: its plaintext summary columns and where its sealed bundle is stored."""
 
     __table_args__ = (
+        # Every runs-list filter leads into the sort key, so a page is an index walk (migration 0002).
         Index("ix_execution_project_started", "project_id", "started_at", "bundle_id"),
-        Index("ix_execution_project_issue", "project_id", "issue_id"),
-        Index("ix_execution_project_error", "project_id", "error_type"),
-        Index("ix_execution_project_route", "project_id", "route"),
+        Index("ix_execution_project_release_started", "project_id", "release", "started_at", "bundle_id"),
+        Index("ix_execution_project_error_started", "project_id", "error_type", "started_at", "bundle_id"),
+        Index("ix_execution_project_route_started", "project_id", "route", "started_at", "bundle_id"),
+        Index("ix_execution_project_issue_started", "project_id", "issue_id", "started_at", "bundle_id"),
+        Index("ix_execution_project_outcome_started", "project_id", "outcome", "started_at", "bundle_id"),
     )
 
     bundle_id: str = Field(primary_key=True)
