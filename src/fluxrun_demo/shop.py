@@ -1,4 +1,8 @@
-"""A small shop: prices an order through an upstream service and fails when the upstream's answer changes shape."""
+"""A small shop: prices an order through an upstream service and fails when the upstream's answer changes shape.
+
+`fluxrun demo` copies this file into its folder as `demo_shop.py`, serves it with uvicorn, and later applies
+the fix to that copy (`BUG` and `FIX` in run.py), the way a developer would edit their own code.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ from fastapi import FastAPI
 
 import fluxrun
 
+fluxrun.init()  # FLUXRUN_DSN, FLUXRUN_CAPTURE_KEY, FLUXRUN_DIR come from the environment
+
 log = logging.getLogger("shop")
 app = FastAPI(title="demo shop")
-app.add_middleware(fluxrun.FluxRunMiddleware, entry="fluxrun_demo.shop:app")
+app.add_middleware(fluxrun.FluxRunMiddleware)
 
 
 @fluxrun.boundary("db.load_order")

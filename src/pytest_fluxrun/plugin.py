@@ -27,6 +27,7 @@ from pytest_fluxrun._report import render_failure
 
 RESULT_KEY = pytest.StashKey[Any]()
 OUTCOMES_KEY = pytest.StashKey[list[dict[str, Any]]]()
+REPORT_KEY = pytest.StashKey[str]()
 INSTALLED_KEY = pytest.StashKey[bool]()
 
 
@@ -175,11 +176,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     from pytest_fluxrun._ci import report_outcomes
 
-    message = report_outcomes(dsn, outcomes)
+    session.config.stash[REPORT_KEY] = report_outcomes(dsn, outcomes)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The report's one line, after the results (the terminal reporter calls this after sessionfinish)."""
+    message = config.stash.get(REPORT_KEY, "")
     if message:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(message)
+        terminalreporter.write_line(message)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

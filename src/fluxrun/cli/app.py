@@ -227,14 +227,17 @@ def agent_command(
 @app.command("demo")
 @friendly
 def demo(
-    directory: Annotated[Path, typer.Option("--dir", help="Where the demo keeps its keys and bundles.")] = Path(
-        "fluxrun-demo"
-    ),
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Keep the demo's server data, keys, app and tests in this new folder.")
+    ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Keep the server, agent and shop running afterwards (until Ctrl-C).")
+    ] = False,
 ) -> None:
-    """Run a small shop that fails on one upstream answer, capture the failure, and open the bundle."""
+    """The whole loop on loopback: server, agent, a shop that fails, capture, ship, pull, replay, fix, guard."""
     from fluxrun_demo.run import run_demo
 
-    run_demo(out, directory)
+    run_demo(out, directory, serve=serve)
 
 
 def _add_server_commands() -> None:

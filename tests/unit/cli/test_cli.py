@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import stat
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -106,19 +104,3 @@ def test_inspect_a_missing_file(tmp_path):
     result = run("bundle", "inspect", str(tmp_path / "nope.fluxrun"))
     assert result.exit_code == 1
     assert "nope.fluxrun" in result.output and "Traceback" not in result.output
-
-
-@pytest.mark.slow
-def test_demo_captures_one_failure_and_opens_it(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "fluxrun.cli.app", "demo", "--dir", str(tmp_path / "demo")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert "GET /orders/7/total → 500" in out
-    assert "captured the failure, sealed and signed" in out
-    assert "signature verified" in out and "KeyError" in out and "db.load_order" in out
-    assert len(list((tmp_path / "demo" / "bundles").glob("*.fluxrun"))) == 1
