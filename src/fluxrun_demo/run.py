@@ -165,7 +165,7 @@ def run_demo(console: Console, directory: Path | None = None, *, serve: bool = F
         with ExitStack() as stack:
             keys = root / "keys"
             generate_keys(keys)
-            loop.step("keys", f"generated {keys / 'capture.key'} for the app and {keys / 'replay.key'} for you")
+            loop.step("keys", f"generated capture.key for the app and replay.key for you in {keys}")
 
             server_port, agent_port, shop_port = free_port(), free_port(), free_port()
             key_id = _provision(loop, root / "server", keys / "capture.key")

@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 STEPS = [
-    r" 1\. keys: generated .*capture\.key for the app and .*replay\.key for you",
+    r" 1\. keys: generated capture\.key for the app and replay\.key for you in ",
     r" 2\. server: `fluxrun server` at http://127\.0\.0\.1:\d+ \(embedded",
     r" 3\. project: workspace demo, project demo/shop with signing key sig_\w+, ingest token frt_",
     r" 4\. agent: `fluxrun agent` at http://127\.0\.0\.1:\d+: the only process holding replay\.key",
