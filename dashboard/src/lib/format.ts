@@ -1,0 +1,41 @@
+export function ago(iso: string | null | undefined, now = Date.now()): string {
+  if (!iso) return "—";
+  const seconds = Math.round((now - Date.parse(iso)) / 1000);
+  if (seconds < 60) return `${Math.max(seconds, 0)}s ago`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)}m ago`;
+  if (seconds < 86400) return `${Math.round(seconds / 3600)}h ago`;
+  return `${Math.round(seconds / 86400)}d ago`;
+}
+
+export function when(iso: string | null | undefined): string {
+  return iso ? new Date(iso).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "—";
+}
+
+export function ms(value: number | null | undefined): string {
+  if (value === null || value === undefined) return "—";
+  return value < 10 ? `${value.toFixed(2)} ms` : `${Math.round(value)} ms`;
+}
+
+export function shortType(type: string | null | undefined): string {
+  return type ? type.split(":").pop()! : "—";
+}
+
+export function pretty(value: unknown): string {
+  if (value === undefined) return "";
+  if (typeof value === "string") return value;
+  return JSON.stringify(value, null, 2);
+}
+
+/** A recorded body ({text} or {base64}, maybe truncated) as display text. */
+export function bodyText(body: any): string {
+  if (!body) return "";
+  if (typeof body.text === "string") {
+    try {
+      return JSON.stringify(JSON.parse(body.text), null, 2);
+    } catch {
+      return body.text;
+    }
+  }
+  if (typeof body.base64 === "string") return `(binary, ${body.size ?? "?"} bytes, base64) ${body.base64}`;
+  return "";
+}
