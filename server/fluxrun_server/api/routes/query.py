@@ -11,7 +11,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, func, or_
 from sqlmodel import Session, col, select
 
 from fluxrun_server.api.deps import Reader, State, Workspace
@@ -213,6 +213,42 @@ def list_issues(
         order = {"last_seen": Issue.last_seen, "first_seen": Issue.first_seen, "count": Issue.count}[sort]
         rows = session.exec(query.order_by(col(order).desc(), col(Issue.id).desc()).limit(limit)).all()
         return {"issues": [_issue_item(i) for i in rows]}
+
+
+def _hour_bucket(dialect: str) -> Any:
+    """SQL for "the hour a run started in", per dialect (SQLite keeps datetimes as ISO text)."""
+    if dialect == "sqlite":
+        return func.strftime("%Y-%m-%d %H:00:00", Execution.started_at)
+    return func.date_trunc("hour", Execution.started_at)
+
+
+@router.get(
+    "/v1/projects/{project_id}/issues/series",
+    summary="Hourly run counts per issue over the last hours (the issue list's sparklines), grouped in SQL",
+)
+def issue_series(
+    project_id: int, state: State, reader: Workspace, hours: int = Query(24, ge=1, le=24 * 14)
+) -> dict[str, Any]:
+    with Session(state.engine) as session:
+        _project(session, reader, project_id)
+        start = utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+        hour = _hour_bucket(state.engine.dialect.name).label("hour")
+        rows = session.execute(
+            select(Execution.issue_id, hour, func.count())
+            .where(
+                Execution.project_id == project_id,
+                col(Execution.started_at) >= start,
+                col(Execution.issue_id).is_not(None),
+            )
+            .group_by(col(Execution.issue_id), hour)
+        ).all()
+    series: dict[str, list[int]] = {}
+    for issue_id, bucket, count in rows:
+        at = _aware(bucket if isinstance(bucket, datetime) else datetime.fromisoformat(str(bucket)))
+        index = int((at - start).total_seconds() // 3600)
+        if 0 <= index < hours:
+            series.setdefault(str(issue_id), [0] * hours)[index] += int(count)
+    return {"start": start.isoformat(), "hours": hours, "series": series}
 
 
 def _issue(session: Session, reader: Reader, issue_id: int) -> Issue:
