@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from fluxrun._version import __version__
-from fluxrun_server.api.routes import grants, health, ingest, query, regressions
+from fluxrun_server.api.routes import dashboard, grants, health, ingest, query, regressions
 from fluxrun_server.grants import load_or_create as load_grant_key
 from fluxrun_server.index.database import make_engine, migrate
 from fluxrun_server.ingest.aggregator import Aggregator
@@ -78,6 +78,6 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         summary="Durable ingest of sealed bundles and the query API for triage. Payloads stay encrypted.",
         lifespan=lifespan,
     )
-    for module in (ingest, regressions, query, grants, health):
+    for module in (ingest, regressions, query, grants, health, dashboard):
         app.include_router(module.router)
     return app
