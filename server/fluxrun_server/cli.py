@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import date
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -11,6 +15,7 @@ from rich.console import Console
 from sqlmodel import Session
 
 from fluxrun_server import admin
+from fluxrun_server.control import ops
 from fluxrun_server.index.database import make_engine, migrate
 from fluxrun_server.settings import ServerSettings
 
@@ -19,7 +24,10 @@ __all__ = ["server_app"]
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 server_app = typer.Typer(help="Run the FluxRun ingest and query server.", invoke_without_command=True)
-admin_app = typer.Typer(help="Workspaces, projects, ingest tokens, signing keys and API keys.", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Workspaces, projects, ingest tokens, signing keys, API keys, members, plans, alert rules, audit, usage.",
+    no_args_is_help=True,
+)
 server_app.add_typer(admin_app, name="admin")
 
 SettingsFile = Annotated[
@@ -57,11 +65,16 @@ def serve(
     uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="warning")
 
 
-def _session(ctx: typer.Context) -> Session:
+@contextmanager
+def _session(ctx: typer.Context) -> Iterator[Session]:
     settings = _settings(ctx.obj)
     engine = make_engine(settings.resolved_database_url)
-    migrate(engine)
-    return Session(engine)
+    try:
+        migrate(engine)
+        with Session(engine) as session:
+            yield session
+    finally:
+        engine.dispose()  # no pooled connections left behind (the CLI may run inside a test process)
 
 
 T = TypeVar("T")
@@ -73,6 +86,10 @@ def _run(action: Callable[[], T]) -> T:
     except admin.AdminError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from None
+
+
+def _json(value: object) -> None:
+    out.print_json(json.dumps(value, default=str))
 
 
 @admin_app.command("create-workspace")
@@ -143,3 +160,200 @@ def revoke_api_key(ctx: typer.Context, prefix: str) -> None:
     with _session(ctx) as session:
         _run(lambda: admin.revoke_api_key(session, prefix))
         out.print(f"revoked API key {prefix[:12]}")
+
+
+# -- the rest of the management operations (the same ones GraphQL calls), as the operator -------------------
+
+OPERATOR = ops.Actor.operator()
+
+
+@admin_app.command("rotate-key")
+def rotate_key(
+    ctx: typer.Context,
+    project: Annotated[str, typer.Argument(help="WORKSPACE/PROJECT or id")],
+    old_key_id: str,
+    public_key: Annotated[str, typer.Argument(help="the new KEY_ID:BASE64")],
+) -> None:
+    """Register a new signing key and revoke the old one at once."""
+    with _session(ctx) as session:
+        row = _run(
+            lambda: ops.rotate_key(session, OPERATOR, admin.project_id(session, project), public_key, old_key_id)
+        )
+        out.print(f"rotated signing key {old_key_id} -> {row.key_id} for {project}")
+
+
+@admin_app.command("list-tokens")
+def list_tokens(
+    ctx: typer.Context,
+    project: Annotated[str | None, typer.Argument(help="WORKSPACE/PROJECT or id")] = None,
+    prefix: Annotated[str | None, typer.Option(help="only tokens starting with this")] = None,
+) -> None:
+    """Ingest tokens (prefixes, never secrets)."""
+    with _session(ctx) as session:
+        rows = _run(
+            lambda: ops.list_tokens(session, OPERATOR, admin.project_id(session, project) if project else None, prefix)
+        )
+        for t in rows:
+            out.print(f"{t.prefix}  project {t.project_id}  {'revoked' if t.revoked_at else 'active'}")
+
+
+@admin_app.command("add-member")
+def add_member(
+    ctx: typer.Context,
+    workspace: str,
+    email: str,
+    role: Annotated[str, typer.Option(help="owner, admin, member, viewer")],
+) -> None:
+    with _session(ctx) as session:
+        row = _run(lambda: ops.add_member(session, OPERATOR, email, role, admin.find_workspace(session, workspace).id))
+        out.print(f"added {row.email} to {workspace} as {row.role}")
+
+
+@admin_app.command("set-role")
+def set_role(ctx: typer.Context, workspace: str, email: str, role: str) -> None:
+    with _session(ctx) as session:
+        ws = _run(lambda: admin.find_workspace(session, workspace))
+        row = _run(lambda: ops.change_member_role(session, OPERATOR, email, role, ws.id))
+        out.print(f"{row.email} is now {row.role} in {workspace}")
+
+
+@admin_app.command("remove-member")
+def remove_member(ctx: typer.Context, workspace: str, email: str) -> None:
+    with _session(ctx) as session:
+        ws = _run(lambda: admin.find_workspace(session, workspace))
+        row = _run(lambda: ops.remove_member(session, OPERATOR, email, ws.id))
+        out.print(f"removed {row.email} from {workspace}")
+
+
+@admin_app.command("members")
+def members(ctx: typer.Context, workspace: str) -> None:
+    with _session(ctx) as session:
+        ws = _run(lambda: admin.find_workspace(session, workspace))
+        for row in _run(lambda: ops.list_members(session, OPERATOR, ws.id)):
+            out.print(f"{row.email}  {row.role}")
+
+
+@admin_app.command("create-plan")
+def create_plan(
+    ctx: typer.Context,
+    name: str,
+    bundles_per_day: Annotated[int | None, typer.Option(help="daily quota (429 once spent)")] = None,
+    retention_days: Annotated[int | None, typer.Option(help="the retention job deletes older runs")] = None,
+    max_payload_bytes: Annotated[int | None, typer.Option(help="largest sealed bundle accepted")] = None,
+    rate: Annotated[float | None, typer.Option(help="bundles per second per project")] = None,
+    burst: Annotated[int | None, typer.Option(help="token-bucket size (default twice the rate)")] = None,
+) -> None:
+    """Define (or change) a plan's limits; leave a limit out for none."""
+    limits = {
+        "bundles_per_day": bundles_per_day,
+        "retention_days": retention_days,
+        "max_payload_bytes": max_payload_bytes,
+        "rate_per_second": rate,
+        "burst": burst,
+    }
+    with _session(ctx) as session:
+        plan = _run(lambda: ops.create_plan(session, OPERATOR, name, **limits))
+        out.print(f"plan {plan.name} (id {plan.id})")
+
+
+@admin_app.command("plans")
+def plans(ctx: typer.Context) -> None:
+    with _session(ctx) as session:
+        _json([p.model_dump(exclude={"created_at"}) for p in ops.list_plans(session)])
+
+
+@admin_app.command("set-plan")
+def set_plan(
+    ctx: typer.Context, project: Annotated[str, typer.Argument(help="WORKSPACE/PROJECT or id")], plan: str
+) -> None:
+    with _session(ctx) as session:
+        row = _run(lambda: ops.set_project_plan(session, OPERATOR, admin.project_id(session, project), plan))
+        out.print(f"{project} is on plan {row.name}")
+
+
+@admin_app.command("add-alert-rule")
+def add_alert_rule(
+    ctx: typer.Context,
+    project: Annotated[str, typer.Argument(help="WORKSPACE/PROJECT or id")],
+    kind: Annotated[str, typer.Argument(help="new_issue, regression or spike")],
+    channel: Annotated[str, typer.Argument(help="webhook or email")],
+    target: Annotated[str, typer.Argument(help="URL or e-mail address")],
+    threshold: Annotated[int | None, typer.Option(help="spike: executions of one issue per hour")] = None,
+) -> None:
+    """Create an alert rule; a webhook rule prints its HMAC secret."""
+    with _session(ctx) as session:
+        rule = _run(
+            lambda: ops.create_alert_rule(
+                session, OPERATOR, admin.project_id(session, project), kind, channel, target, threshold
+            )
+        )
+        out.print(f"alert rule {rule.id}: {rule.kind} -> {rule.channel} {rule.target}")
+        if rule.secret:
+            out.print(f"webhook secret {rule.secret}")
+
+
+@admin_app.command("alert-rules")
+def alert_rules(ctx: typer.Context, project: Annotated[str, typer.Argument(help="WORKSPACE/PROJECT or id")]) -> None:
+    with _session(ctx) as session:
+        rows = _run(lambda: ops.list_alert_rules(session, OPERATOR, admin.project_id(session, project)))
+        _json([r.model_dump(exclude={"secret"}) for r in rows])
+
+
+@admin_app.command("delete-alert-rule")
+def delete_alert_rule(ctx: typer.Context, rule_id: int) -> None:
+    with _session(ctx) as session:
+        _run(lambda: ops.delete_alert_rule(session, OPERATOR, rule_id))
+        out.print(f"deleted alert rule {rule_id}")
+
+
+@admin_app.command("dead-letters")
+def dead_letters(
+    ctx: typer.Context,
+    project: Annotated[str | None, typer.Argument(help="WORKSPACE/PROJECT or id")] = None,
+    status: Annotated[str, typer.Option(help="dead, pending or delivered")] = "dead",
+) -> None:
+    """Alert deliveries that failed every attempt (or, with --status, pending or delivered ones)."""
+    with _session(ctx) as session:
+        rows = _run(
+            lambda: ops.deliveries(session, OPERATOR, status, admin.project_id(session, project) if project else None)
+        )
+        _json([r.model_dump(include={"id", "rule_id", "event_key", "status", "attempts", "last_error"}) for r in rows])
+
+
+@admin_app.command("retry-delivery")
+def retry_delivery(ctx: typer.Context, delivery_id: int) -> None:
+    with _session(ctx) as session:
+        _run(lambda: ops.retry_delivery(session, OPERATOR, delivery_id))
+        out.print(f"delivery {delivery_id} will be sent again")
+
+
+@admin_app.command("audit")
+def audit(
+    ctx: typer.Context,
+    workspace: Annotated[str | None, typer.Argument(help="only this workspace")] = None,
+    limit: int = 50,
+) -> None:
+    """Management changes, newest first: who, what, when, from where."""
+    with _session(ctx) as session:
+        ws = _run(lambda: admin.find_workspace(session, workspace)).id if workspace else None
+        rows = _run(lambda: ops.audit_log(session, OPERATOR, limit, None, ws))
+        _json([r.model_dump() for r in rows])
+
+
+@admin_app.command("usage")
+def usage(
+    ctx: typer.Context,
+    project: Annotated[str, typer.Argument(help="WORKSPACE/PROJECT or id")],
+    since: Annotated[str | None, typer.Option(help="YYYY-MM-DD (default 30 days ago)")] = None,
+    until: Annotated[str | None, typer.Option(help="YYYY-MM-DD (default today)")] = None,
+) -> None:
+    """Bundles accepted, rejected by reason, bytes stored and deleted, per UTC day."""
+    try:
+        first = date.fromisoformat(since) if since else None
+        last = date.fromisoformat(until) if until else None
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] {exc}: give dates as YYYY-MM-DD")
+        raise typer.Exit(1) from None
+    with _session(ctx) as session:
+        rows = _run(lambda: ops.usage(session, OPERATOR, admin.project_id(session, project), first, last))
+        _json([asdict(r) for r in rows])

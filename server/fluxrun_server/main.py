@@ -15,6 +15,9 @@ from fastapi import FastAPI
 
 from fluxrun._version import __version__
 from fluxrun_server.api.routes import dashboard, grants, health, ingest, query, regressions
+from fluxrun_server.control import graphql as control_graphql
+from fluxrun_server.control import routes as control_routes
+from fluxrun_server.control.runtime import ControlPlane
 from fluxrun_server.grants import load_or_create as load_grant_key
 from fluxrun_server.index.database import make_engine, migrate
 from fluxrun_server.ingest.aggregator import Aggregator
@@ -64,10 +67,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = open_state(settings)
         app.state.fluxrun = state
+        control = app.state.control = ControlPlane(state.engine, state.store)
         state.aggregator.start()
+        control.start()
         try:
             yield
         finally:
+            control.stop()
             state.aggregator.stop()
             state.wal.close()
             state.engine.dispose()
@@ -78,6 +84,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         summary="Durable ingest of sealed bundles and the query API for triage. Payloads stay encrypted.",
         lifespan=lifespan,
     )
+    app.include_router(control_graphql.router)
+    app.include_router(control_routes.router)
     for module in (ingest, regressions, query, grants, health, dashboard):
         app.include_router(module.router)
     return app

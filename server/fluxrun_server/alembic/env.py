@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
+from fluxrun_server.control import models as control_models  # noqa: F401  (the control-plane tables)
 from fluxrun_server.index import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 connection = context.config.attributes.get("connection")

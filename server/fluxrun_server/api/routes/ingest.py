@@ -10,28 +10,34 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
-from fluxrun.bundle import read_bundle, verify_signature
-from fluxrun.errors import BundleError
 from fluxrun_server.api.deps import IngestProject, State
+from fluxrun_server.control.runtime import IngestGate
 from fluxrun_server.ingest.batch import BatchError, TooLarge, decode_batch, decompress, read_limited
 from fluxrun_server.ingest.records import pack_record
+from fluxrun_server.ingest.verify import Verifier
 from fluxrun_server.ingest.wal import WALError, WALFullError
 
 router = APIRouter(tags=["ingest"])
-SUPPORTED_VERSIONS = (1,)
+# Signature checks of multi-bundle batches run in worker processes (Ed25519 holds the GIL); one pool per process.
+_verifier = Verifier()
 
 
 @router.post(
     "/v1/executions",
     status_code=202,
     summary="Ingest a batch of sealed bundles",
-    responses={413: {"description": "body or bundle over a limit"}, 429: {"description": "backlog full"}},
+    responses={
+        413: {"description": "body or bundle over a limit"},
+        429: {"description": "backlog full, project rate limit, or daily quota spent (the detail says which)"},
+    },
 )
-async def ingest(request: Request, state: State, project_id: IngestProject) -> JSONResponse:
+async def ingest(request: Request, state: State, project_id: IngestProject, gate: IngestGate) -> Response:
     settings = state.settings
+    gate.admit(project_id)  # 429 before the body is read: over the project's rate, or its daily quota is spent
     if state.wal.backlog_bytes > settings.wal_backlog_bytes:
         raise HTTPException(
             429, "the server is catching up on stored bundles; retry shortly", headers={"Retry-After": "2"}
@@ -50,28 +56,20 @@ async def ingest(request: Request, state: State, project_id: IngestProject) -> J
     except BatchError as exc:
         raise HTTPException(400, f"malformed batch: {exc}") from None
 
-    signers = state.signers(project_id)
+    verdicts = await _verifier.check(bundles, state.signers(project_id))
     accepted: list[str] = []
     records: list[bytes] = []
     rejected: list[dict[str, Any]] = []
-    for index, raw in enumerate(bundles):
-        try:
-            sealed = read_bundle(raw)
-            if sealed.version not in SUPPORTED_VERSIONS:  # read_bundle refuses unknown versions already
-                raise BundleError("unsupported_version", f"format version {sealed.version} is not accepted")
-            if not signers:
-                raise BundleError(
-                    "unknown_key_id",
-                    f"project has no registered signing keys; register {sealed.signing_key_id} with "
-                    "`fluxrun server admin add-key` (the key comes from `fluxrun keys public capture.key`)",
-                )
-            verify_signature(sealed, signers)
-        except BundleError as exc:
-            rejected.append({"index": index, "bundle_id": _bundle_id(raw), "reason": exc.reason, "message": str(exc)})
+    for index, (raw, verdict) in enumerate(zip(bundles, verdicts, strict=True)):
+        if verdict.reason is not None or verdict.bundle_id is None:
+            rejected.append(
+                {"index": index, "bundle_id": verdict.bundle_id, "reason": verdict.reason, "message": verdict.message}
+            )
             continue
-        accepted.append(sealed.bundle_id)
+        accepted.append(verdict.bundle_id)
         records.append(pack_record(project_id, raw))
 
+    gate.charge(project_id, accepted, records, rejected)  # quota and plan limits trim the batch; usage counts
     if records:
         try:
             await state.wal.append_async(records)
@@ -82,11 +80,6 @@ async def ingest(request: Request, state: State, project_id: IngestProject) -> J
                 503, f"the server cannot store bundles durably right now ({exc}); try another node"
             ) from None
         state.aggregator.wake()
-    return JSONResponse({"accepted": accepted, "rejected": rejected}, status_code=202)
-
-
-def _bundle_id(raw: bytes) -> str | None:
-    try:
-        return read_bundle(raw).bundle_id
-    except BundleError:
-        return None
+    return Response(
+        orjson.dumps({"accepted": accepted, "rejected": rejected}), status_code=202, media_type="application/json"
+    )
