@@ -15,7 +15,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, update
+from sqlalchemy import Engine, Table, and_, case, func, literal, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -136,87 +136,117 @@ class Aggregator:
         return len(records)
 
     def _index(self, new: dict[str, tuple[int, bytes, dict[str, Any], str]], placements: dict[str, Any]) -> None:
+        """Index one batch in one transaction: one multi-row issue upsert, then one executemany insert.
+
+        Statement counts do not grow with the number of issues a batch touches, and the execution rows
+        go through the driver's executemany (one prepared statement) rather than one giant VALUES list
+        that SQLAlchemy would have to compile with tens of thousands of parameters.
+        """
+        groups: dict[tuple[int, str], list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+        for bundle_id, (project_id, _data, summary, _key) in new.items():
+            groups[(project_id, issue_fingerprint(summary))].append((bundle_id, summary))
+        now = utcnow()
         with Session(self.engine) as session:
-            groups: dict[tuple[int, str], list[tuple[str, dict[str, Any]]]] = defaultdict(list)
-            for bundle_id, (project_id, _data, summary, _key) in new.items():
-                groups[(project_id, issue_fingerprint(summary))].append((bundle_id, summary))
-            issue_ids = {key: self._upsert_issue(session, key, items) for key, items in groups.items()}
+            issue_ids = self._upsert_issues(session, groups, now)
             rows = []
             for (project_id, fingerprint), items in groups.items():
+                issue_id = issue_ids[(project_id, fingerprint)]
                 for bundle_id, summary in items:
+                    rows.append(_execution_row(bundle_id, project_id, issue_id, fingerprint, summary, now))
+                    row = rows[-1]
                     placement = placements[bundle_id]
-                    error = summary.get("error") or {}
-                    rows.append(
-                        {
-                            "bundle_id": bundle_id,
-                            "project_id": project_id,
-                            "issue_id": issue_ids[(project_id, fingerprint)],
-                            "received_at": utcnow(),
-                            "started_at": _when(summary.get("started_at")),
-                            "route": _text(summary.get("route"), 500),
-                            "method": _text(summary.get("method"), 16),
-                            "status": summary.get("status") if isinstance(summary.get("status"), int) else None,
-                            "outcome": _text(summary.get("outcome"), 32),
-                            "error_type": _text(error.get("type"), 300),
-                            "error_message": _text(error.get("message"), 2000),
-                            "fingerprint": fingerprint,
-                            "duration_ms": summary.get("duration_ms")
-                            if isinstance(summary.get("duration_ms"), (int, float))
-                            else None,
-                            "release": _text(summary.get("release"), 200),
-                            "environment": _text(summary.get("environment"), 200),
-                            "request_id": _text(summary.get("request_id"), 200),
-                            "trace_id": _text(summary.get("trace_id"), 64),
-                            "signing_key_id": _text(new[bundle_id][3], 64),
-                            "event_count": len(summary.get("events") or []),
-                            "summary": summary,
-                            "object_key": placement.key,
-                            "object_offset": placement.offset,
-                            "object_length": placement.length,
-                            "object_sha256": placement.sha256,
-                        }
-                    )
-            insert = _insert(self.engine)(Execution).values(rows).on_conflict_do_nothing(index_elements=["bundle_id"])
-            session.execute(insert)
+                    row["signing_key_id"] = _text(new[bundle_id][3], 64)
+                    row["object_key"] = placement.key
+                    row["object_offset"] = placement.offset
+                    row["object_length"] = placement.length
+                    row["object_sha256"] = placement.sha256
+            table: Table = Execution.__table__  # type: ignore[attr-defined]
+            insert = _insert(self.engine)(table).on_conflict_do_nothing(index_elements=["bundle_id"])
+            session.connection().execute(insert, rows)  # Core executemany: no ORM bulk-insert bookkeeping
             session.commit()
 
-    def _upsert_issue(self, session: Session, key: tuple[int, str], items: list[tuple[str, dict[str, Any]]]) -> int:
-        project_id, fingerprint = key
-        first = items[0][1]
-        error = first.get("error") or {}
-        seen = [_when(summary.get("started_at")) for _, summary in items]
-        session.execute(
-            _insert(self.engine)(Issue)
-            .values(
-                project_id=project_id,
-                fingerprint=fingerprint,
-                error_type=_text(error.get("type") or f"HTTP {first.get('status')}", 300),
-                message=_text(error.get("message"), 2000),
-                route=_text(first.get("route"), 500),
-                count=0,
-                first_seen=min(seen),
-                last_seen=max(seen),
-                status="open",
+    def _upsert_issues(
+        self, session: Session, groups: dict[tuple[int, str], list[tuple[str, dict[str, Any]]]], now: datetime
+    ) -> dict[tuple[int, str], int]:
+        """Insert new issues and bump existing ones in one statement per chunk; returns their ids by key.
+
+        Keys are sorted so concurrent aggregators (several ingest nodes on one PostgreSQL) lock issue rows
+        in the same order and cannot deadlock each other. An issue that was resolved or guarded and is
+        seen again becomes regressed.
+        """
+        values = []
+        for project_id, fingerprint in sorted(groups):
+            items = groups[(project_id, fingerprint)]
+            first = items[0][1]
+            error = first.get("error") or {}
+            seen = [_when(summary.get("started_at")) for _, summary in items]
+            values.append(
+                {
+                    "project_id": project_id,
+                    "fingerprint": fingerprint,
+                    "error_type": _text(error.get("type") or f"HTTP {first.get('status')}", 300),
+                    "message": _text(error.get("message"), 2000),
+                    "route": _text(first.get("route"), 500),
+                    "count": len(items),
+                    "first_seen": min(seen),
+                    "last_seen": max(seen),
+                    "status": "open",
+                }
             )
-            .on_conflict_do_nothing(index_elements=["project_id", "fingerprint"])
-        )
-        issue = session.exec(
-            select(Issue).where(Issue.project_id == project_id, Issue.fingerprint == fingerprint)
-        ).one()
-        reappeared = issue.status in ("resolved", "guarded") and issue.count > 0
-        session.execute(
-            update(Issue)
-            .where(Issue.id == issue.id)  # type: ignore[arg-type]
-            .values(
-                count=Issue.count + len(items),
-                last_seen=func.max(Issue.last_seen, max(seen))
-                if self.engine.dialect.name == "sqlite"
-                else func.greatest(Issue.last_seen, max(seen)),
-                **({"status": "regressed", "status_changed_at": utcnow()} if reappeared else {}),
-            )
-        )
-        assert issue.id is not None
-        return issue.id
+        ids: dict[tuple[int, str], int] = {}
+        if not values:
+            return ids
+        table: Table = Issue.__table__  # type: ignore[attr-defined]
+        issue = table.c
+        greatest = func.max if self.engine.dialect.name == "sqlite" else func.greatest
+        statement = _insert(self.engine)(table)
+        excluded = statement.excluded
+        reappeared = and_(or_(issue.status == "resolved", issue.status == "guarded"), issue.count > 0)
+        statement = statement.on_conflict_do_update(
+            index_elements=["project_id", "fingerprint"],
+            set_={
+                "count": issue.count + excluded["count"],
+                "last_seen": greatest(issue.last_seen, excluded.last_seen),
+                "status": case((reappeared, "regressed"), else_=issue.status),
+                "status_changed_at": case(
+                    (reappeared, literal(now, issue.status_changed_at.type)), else_=issue.status_changed_at
+                ),
+            },
+        ).returning(issue.id, issue.project_id, issue.fingerprint)
+        # executemany with RETURNING: SQLAlchemy's "insertmanyvalues" sends it as a few multi-row statements
+        # from one cached compilation.
+        for issue_id, project_id, fingerprint in session.connection().execute(statement, values):
+            ids[(project_id, fingerprint)] = issue_id
+        return ids
+
+
+def _execution_row(
+    bundle_id: str, project_id: int, issue_id: int, fingerprint: str, summary: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    error = summary.get("error") or {}
+    status = summary.get("status")
+    duration = summary.get("duration_ms")
+    return {
+        "bundle_id": bundle_id,
+        "project_id": project_id,
+        "issue_id": issue_id,
+        "received_at": now,
+        "started_at": _when(summary.get("started_at")),
+        "route": _text(summary.get("route"), 500),
+        "method": _text(summary.get("method"), 16),
+        "status": status if isinstance(status, int) else None,
+        "outcome": _text(summary.get("outcome"), 32),
+        "error_type": _text(error.get("type"), 300),
+        "error_message": _text(error.get("message"), 2000),
+        "fingerprint": fingerprint,
+        "duration_ms": duration if isinstance(duration, (int, float)) else None,
+        "release": _text(summary.get("release"), 200),
+        "environment": _text(summary.get("environment"), 200),
+        "request_id": _text(summary.get("request_id"), 200),
+        "trace_id": _text(summary.get("trace_id"), 64),
+        "event_count": len(summary.get("events") or []),
+        "summary": summary,
+    }
 
 
 def _insert(engine: Engine) -> Any:
