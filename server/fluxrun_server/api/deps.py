@@ -13,7 +13,8 @@ from fluxrun_server.state import ServerState
 __all__ = ["IngestProject", "Reader", "State", "Workspace"]
 
 
-def get_state(request: Request) -> ServerState:
+# `async def` dependencies run on the event loop; a plain `def` would hop to the threadpool for every request.
+async def get_state(request: Request) -> ServerState:
     state: ServerState = request.app.state.fluxrun
     return state
 
@@ -31,7 +32,8 @@ def _bearer(request: Request) -> str:
     return value.strip()
 
 
-def ingest_project(request: Request, state: State) -> int:
+async def ingest_project(request: Request, state: State) -> int:
+    """The project of the request's ingest token (cached for CACHE_SECONDS, so the database is rarely asked)."""
     raw = _bearer(request)
     try:
         token = check_token(raw, INGEST_TOKEN)
