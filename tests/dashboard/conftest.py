@@ -217,20 +217,34 @@ def ingest(server: FluxRunServer, bundle: bytes) -> str:
     return str(bundle_id)
 
 
-def capture_charge(keys: Any, directory: Path) -> bytes:
-    """A real capture of `fluxrun_dashboard_jobs.charge` failing with KeyError: the bundle file's bytes."""
+def capture_jobs(keys: Any, directory: Path) -> dict[str, bytes]:
+    """Real captures from `fluxrun_dashboard_jobs`, as bundle bytes: `charge` fails with KeyError (and still
+    does in the agent), `convert` failed in code the agent has since fixed, and `refund` ran code older than
+    the agent's, which now makes a call the recording never saw."""
     sys.path.insert(0, str(HERE))
-    import fluxrun_dashboard_jobs
+    import fluxrun_dashboard_jobs as jobs
 
-    fluxrun.init(directory=directory, capture_key=keys.capture)
+    out: dict[str, bytes] = {}
+    jobs.RATES_FIXED = jobs.SENDS_RECEIPT = False
     try:
-        with pytest.raises(KeyError):
-            fluxrun_dashboard_jobs.charge(7, 100)
-        assert fluxrun.flush(5.0)
+        for name, call, error in (
+            ("charge", lambda: jobs.charge(7, 100), KeyError),
+            ("convert", lambda: jobs.convert(100), KeyError),
+            ("refund", lambda: jobs.refund(12), ValueError),
+        ):
+            folder = directory / name
+            fluxrun.init(directory=folder, capture_key=keys.capture)
+            try:
+                with pytest.raises(error):
+                    call()
+                assert fluxrun.flush(5.0)
+            finally:
+                fluxrun.shutdown()
+            [path] = folder.glob("*.fluxrun")
+            out[name] = path.read_bytes()
     finally:
-        fluxrun.shutdown()
-    [path] = directory.glob("*.fluxrun")
-    return path.read_bytes()
+        jobs.RATES_FIXED = jobs.SENDS_RECEIPT = True
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -258,7 +272,8 @@ def seeded(server: FluxRunServer, keys: Any, tmp_path_factory: pytest.TempPathFa
             ingest(server, sealer.seal(summary=summary, payload=payload, bundle_id=bundle_id))
             seeded.runs[f"{name}{i}"] = bundle_id
             seeded.markers[f"{name}{i}"] = marker
-    seeded.runs["charge"] = ingest(server, capture_charge(keys, tmp_path_factory.mktemp("captured")))
+    for name, bundle in capture_jobs(keys, tmp_path_factory.mktemp("captured")).items():
+        seeded.runs[name] = ingest(server, bundle)
     for run in server.runs():
         for name, bundle_id in seeded.runs.items():
             if run["bundle_id"] == bundle_id and run["issue_id"] is not None:

@@ -22,3 +22,30 @@ def charge(account_id: int, amount: int) -> int:
     currency = os.environ.get("SHOP_CURRENCY", "EUR")
     logging.getLogger("billing").warning("charging %s in %s", account_id, currency)
     return amount * account["rates"][currency]  # the bug: accounts no longer carry rates -> KeyError
+
+
+# The code the agent runs now, against bundles captured from older code: the tests flip these flags off
+# while capturing, so the agent's replay finds the failure fixed, or the code making a call the recording
+# never saw (a divergence).
+RATES_FIXED = True
+SENDS_RECEIPT = True
+
+
+@fluxrun.boundary("email.send")
+def send_receipt(order_id: int) -> None:
+    """A declared host call that newer code added."""
+
+
+@fluxrun.capture
+def convert(amount: int) -> int:
+    account = load_account(8)
+    if RATES_FIXED:
+        return amount
+    return amount * account["rates"]["EUR"]  # the old bug
+
+
+@fluxrun.capture
+def refund(order_id: int) -> int:
+    if SENDS_RECEIPT:
+        send_receipt(order_id)
+    raise ValueError(f"order {order_id} was already refunded")

@@ -43,7 +43,7 @@ def test_sign_in_refuses_bad_keys_then_lists_issues(dashboard: Dashboard, shot: 
     expect(page.get_by_role("alert")).to_contain_text("The server refused this API key")
 
     dashboard.sign_in()
-    expect(issue_rows(dashboard)).to_have_count(4)  # login, checkout, search, and the captured job
+    expect(issue_rows(dashboard)).to_have_count(6)  # login, checkout, search, and the three captured jobs
     assert "fra_" not in page.url, "the API key must never land in the URL"
 
 
@@ -51,7 +51,7 @@ def test_issues_filter_sort_keyboard_and_shareable_url(dashboard: Dashboard, see
     page = dashboard.page
     dashboard.sign_in()
     rows = issue_rows(dashboard)
-    expect(rows).to_have_count(4)
+    expect(rows).to_have_count(6)
     sparkline = re.compile(r"Hourly failures of issue \d+: 3 in the last 24 hours")
     expect(page.get_by_role("img", name=sparkline)).to_be_visible()
     shot(page, "issues")
@@ -91,7 +91,7 @@ def test_issues_filter_sort_keyboard_and_shareable_url(dashboard: Dashboard, see
     page.get_by_label("Route").select_option("/checkout")
     expect(rows).to_have_count(1)
     page.get_by_label("Route").select_option("")
-    expect(rows).to_have_count(4)
+    expect(rows).to_have_count(6)
     rows.first.focus()
     page.keyboard.press("ArrowDown")
     expect(rows.nth(1)).to_be_focused()
@@ -118,12 +118,12 @@ def test_runs_filters_and_cursor_pages(dashboard: Dashboard, seeded: Seeded, sho
     page.get_by_label("Error type").fill("builtins:KeyError")
     page.get_by_label("Route").fill("")
     page.get_by_role("button", name="Apply").click()
-    expect(table).to_have_count(4)  # three /login runs and the captured job
+    expect(table).to_have_count(5)  # three /login runs, and the captured charge and convert jobs
 
     # Cursor pages of two, newest first, without repeats, back and forth.
     page.goto(f"{dashboard.server.url}/#/runs?limit=2")
     seen: list[str] = []
-    for _ in range(4):
+    for _ in range(10):
         expect(table.first).to_be_visible()
         ids = [row.get_attribute("data-run") for row in table.all()]
         assert ids and not set(ids) & set(seen)
@@ -135,7 +135,7 @@ def test_runs_filters_and_cursor_pages(dashboard: Dashboard, seeded: Seeded, sho
         expect(table.first).not_to_have_attribute("data-run", ids[0])
     assert sorted(seen) == sorted(seeded.runs.values())
     page.get_by_role("button", name="← Newer").click()
-    expect(table.first).to_have_attribute("data-run", seen[-3])  # the page before the last (7 runs: 2,2,2,1)
+    expect(table.first).to_have_attribute("data-run", seen[-3])  # the page before the last (9 runs: 2,2,2,2,1)
 
     page.get_by_label("Text").fill("nothing matches this text")
     page.get_by_role("button", name="Apply").click()
@@ -159,6 +159,7 @@ def test_unlock_through_agent_masked_and_protected_plaintext_never_reaches_serve
     expect(page.get_by_test_id("unlock-state")).to_contain_text("masked")
     expect(page.get_by_test_id("response-body")).to_contain_text(marker)
     expect(page.get_by_test_id("response-body")).to_contain_text("[Filtered]")  # the upstream access_token
+    expect(page.get_by_role("tabpanel")).to_contain_text("Authorization: Bearer [Filtered]")
     shot(page, "run-network")
 
     page.get_by_role("tab", name="Env").click()
@@ -226,9 +227,23 @@ def test_replay_readiness_and_replay_via_agent(dashboard: Dashboard, seeded: See
     expect(checklist).to_contain_text("The agent holds key rcp_")
     page.get_by_role("button", name="Replay", exact=True).click()
     expect(page.get_by_test_id("replay-outcome")).to_have_text("reproduced", timeout=60_000)
-    expect(page.get_by_test_id("replay-result")).to_contain_text("builtins:KeyError")
+    result = page.get_by_test_id("replay-result")
+    expect(result).to_contain_text("The failure still happens on the code your agent runs.")
+    expect(result).to_contain_text("builtins:KeyError: 'rates'")
+    expect(result).to_contain_text(re.compile(r"(\d+) of \1 recorded calls served\s+\(1 host"))
     shot(page, "replay")
     assert any(e["action"] == "replay" and e.get("replay") == "reproduced" for e in dashboard.agent.audit())
+
+    # The agent runs code where `convert` is fixed, and where `refund` makes a call its recording never saw.
+    page.goto(f"{dashboard.server.url}/#/runs/{seeded.runs['convert']}")
+    page.get_by_role("button", name="Replay", exact=True).click()
+    expect(page.get_by_test_id("replay-outcome")).to_have_text("fixed", timeout=60_000)
+    expect(page.get_by_test_id("replay-result")).to_contain_text("The failure no longer happens")
+    page.goto(f"{dashboard.server.url}/#/runs/{seeded.runs['refund']}")
+    page.get_by_role("button", name="Replay", exact=True).click()
+    expect(page.get_by_test_id("replay-outcome")).to_have_text("divergence", timeout=60_000)
+    expect(page.get_by_test_id("replay-result")).to_contain_text("email.send")
+    shot(page, "replay-divergence")
     grants = [r for r in dashboard.to_server() if r["url"].endswith("/v1/grants")]
     assert json.loads(grants[-1]["body"])["action"] == "replay"
 

@@ -39,3 +39,16 @@ export function bodyText(body: any): string {
   if (typeof body.base64 === "string") return `(binary, ${body.size ?? "?"} bytes, base64) ${body.base64}`;
   return "";
 }
+
+/** Recorded headers ([[name, value], ...]) as "name: value" lines. */
+export function headerLines(headers: unknown): string {
+  if (!Array.isArray(headers) || headers.length === 0) return "(no headers)";
+  return headers.map((h) => (Array.isArray(h) ? `${h[0]}: ${h[1]}` : String(h))).join("\n");
+}
+
+/** One side of a replay's comparison: "HTTP 500, builtins:KeyError: 'rates'". */
+export function outcomeLine(o: Record<string, any> | undefined): string {
+  if (!o) return "—";
+  const parts = [o.status ? `HTTP ${o.status}` : "", o.error_type ? `${o.error_type}: ${o.message ?? ""}` : ""];
+  return parts.filter(Boolean).join(", ") || (o.kind === "ok" ? "returned normally" : String(o.kind ?? "—"));
+}

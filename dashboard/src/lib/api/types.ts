@@ -98,7 +98,7 @@ export interface ReplayResult {
   outcome?: "reproduced" | "fixed" | "changed";
   original?: Record<string, any>;
   new?: Record<string, any>;
-  served?: number;
+  served?: Record<string, number>;
   recorded_calls?: number;
   unconsumed?: unknown[];
   warnings?: unknown[];
