@@ -9,15 +9,22 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
+import secrets
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import httpx
-from server_process import FluxRunServer
+import psycopg
+import pytest
+from server_process import FluxRunServer, fluxrun_server
 
-from conftest import Seeded
+from conftest import Seeded, ingest, web_payload
+from fluxrun.bundle import Sealer, load_capture_key
+from fluxrun.model.export import build_summary
+from fluxrun.scrub import default_scrubber
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = REPO / "dashboard"
@@ -105,3 +112,32 @@ def test_issue_series_counts_runs_per_hour(server: FluxRunServer, seeded: Seeded
     assert sum(body["series"][str(seeded.issues["checkout"])]) == 2
     assert server.api(f"/v1/projects/{project}/issues/series", hours=0).status_code == 422
     assert server.api("/v1/projects/999999/issues/series").status_code == 404
+
+
+def test_issue_series_on_postgresql(tmp_path: Path, keys: Any) -> None:
+    """The sparkline query groups by hour in SQL, which differs per dialect: check PostgreSQL too."""
+    admin_url = os.environ.get("FLUXRUN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"fluxrun_dash_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {admin_url} is required (.ci/run starts it): {exc}")
+    try:
+        env = {"FLUXRUN_SERVER_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"}
+        with fluxrun_server(tmp_path / "data", keys.capture, env) as server:
+            sealer = Sealer(load_capture_key(keys.capture), sdk="tests")
+            for minutes in (3, 70, 71):
+                bundle_id = secrets.token_hex(16)
+                payload = web_payload(
+                    bundle_id, "m", route="/pay", error="builtins:KeyError", message="'x'", minutes_ago=minutes
+                )
+                summary = build_summary(payload, scrubber=default_scrubber(), duration_ns=1_000_000)
+                ingest(server, sealer.seal(summary=summary, payload=payload, bundle_id=bundle_id))
+            body = server.api(f"/v1/projects/{server.project_id()}/issues/series", hours=5).json()
+            [series] = body["series"].values()
+            assert len(series) == 5 and sum(series) == 3
+            assert series[-1] + series[-2] >= 1 and series[-2] + series[-3] >= 2  # 3 min ago; 70 and 71 min ago
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
