@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,16 @@ def test_runs_filters_and_cursor_pages(dashboard: Dashboard, seeded: Seeded, sho
     page.get_by_role("button", name="← Newer").click()
     expect(table.first).to_have_attribute("data-run", seen[-3])  # the page before the last (9 runs: 2,2,2,2,1)
 
+    # A time range (the inputs are UTC): 60 to 25 minutes ago holds the runs seeded 30 and 40 minutes ago.
+    page.get_by_role("button", name="Clear").click()
+    expect(table).to_have_count(len(seeded.runs))
+    now = datetime.now(UTC)
+    page.get_by_label("Since (UTC)").fill((now - timedelta(minutes=60)).strftime("%Y-%m-%dT%H:%M"))
+    page.get_by_label("Until (UTC)").fill((now - timedelta(minutes=25)).strftime("%Y-%m-%dT%H:%M"))
+    page.get_by_role("button", name="Apply").click()
+    expect(table).to_have_count(2)
+    assert {row.get_attribute("data-run") for row in table.all()} == {seeded.runs["search0"], seeded.runs["login1"]}
+
     page.get_by_label("Text").fill("nothing matches this text")
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_role("status").filter(has_text="No runs match these filters.")).to_be_visible()
@@ -217,7 +228,7 @@ def test_unlock_through_agent_masked_and_protected_plaintext_never_reaches_serve
     assert any(e.get("protected") for e in allowed) and any(not e.get("protected") for e in allowed)
 
 
-def test_replay_readiness_and_replay_via_agent(dashboard: Dashboard, seeded: Seeded, shot: Shot) -> None:
+def test_replay_readiness_and_replay_via_agent(dashboard: Dashboard, seeded: Seeded, keys: Any, shot: Shot) -> None:
     page = dashboard.page
     dashboard.sign_in()
     page.goto(f"{dashboard.server.url}/#/runs/{seeded.runs['charge']}")
@@ -246,6 +257,10 @@ def test_replay_readiness_and_replay_via_agent(dashboard: Dashboard, seeded: See
     shot(page, "replay-divergence")
     grants = [r for r in dashboard.to_server() if r["url"].endswith("/v1/grants")]
     assert json.loads(grants[-1]["body"])["action"] == "replay"
+    private = [k["private"] for k in json.loads(Path(keys.replay).read_text())["recipients"]]
+    for r in dashboard.requests:  # the replay key stays in the agent: it is in no request, to anyone
+        wire = r["url"] + json.dumps(r["headers"]) + r["body"].decode("latin-1")
+        assert not any(p in wire for p in private), r["url"]
 
 
 def test_create_regression_test_shows_a_pull_command_that_works(
