@@ -253,7 +253,8 @@ def test_replay_readiness_and_replay_via_agent(dashboard: Dashboard, seeded: See
     page.goto(f"{dashboard.server.url}/#/runs/{seeded.runs['refund']}")
     page.get_by_role("button", name="Replay", exact=True).click()
     expect(page.get_by_test_id("replay-outcome")).to_have_text("divergence", timeout=60_000)
-    expect(page.get_by_test_id("replay-result")).to_contain_text("email.send")
+    expect(page.get_by_test_id("replay-result")).to_contain_text("email.send has no recorded answer")
+    expect(page.get_by_test_id("replay-result")).to_contain_text("it changed since the capture")
     shot(page, "replay-divergence")
     grants = [r for r in dashboard.to_server() if r["url"].endswith("/v1/grants")]
     assert json.loads(grants[-1]["body"])["action"] == "replay"
