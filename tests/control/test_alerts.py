@@ -302,7 +302,7 @@ def test_alerts_are_at_least_once_across_crashes(
     backend: str, make_server: Any, receiver: Receiver, keys: Any, seal: Any
 ) -> None:
     """Killed right after the ingest ack, and again while the receiver is failing: the alert still arrives."""
-    server: Server = make_server(backend, alert_max_attempts="50")
+    server: Server = make_server(backend, alert_max_attempts="50", webhook_timeout_s="1")  # an 8 s lease
     provision(server, keys.capture)
     server.start()
     project_id, token, name = new_project(server, keys)
@@ -316,7 +316,7 @@ def test_alerts_are_at_least_once_across_crashes(
     server.stop(kill=True)
     receiver.down.clear()
     server.start()
-    assert wait_until(lambda: deliveries(server, "delivered", project_id), timeout=20)
+    assert wait_until(lambda: deliveries(server, "delivered", project_id), timeout=30)
     bodies = [json.loads(body) for _, _, body in receiver.to(path)]
     assert {b["issue"]["fingerprint"] for b in bodies} == {"fp-crash"}
     assert len({b["delivery_id"] for b in bodies}) == 1  # retries of one delivery, never a second alert

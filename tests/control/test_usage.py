@@ -134,7 +134,8 @@ def test_rate_limit_keeps_one_flooding_project_from_starving_another(
     accepted_requests = noisy_status.count(202)
     limited = noisy_status.count(429)
     assert limited > accepted_requests, (accepted_requests, limited)  # the flood was held back...
-    assert accepted_requests * 5 <= 20 * elapsed + 20 + 10  # ...to the plan's rate plus the burst
+    # ...to the plan's rate plus the burst, plus what the 6 flooders had in flight (admitted, not yet charged)
+    assert accepted_requests * 5 <= 20 * elapsed + 20 + 6 * 5
     assert all(status == 202 for status, _ in during), [s for s, _ in during]  # the quiet project kept its share
     base_p95 = _p95([t for _, t in baseline])
     flood_p95 = _p95([t for _, t in during])

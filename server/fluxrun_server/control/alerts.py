@@ -39,7 +39,6 @@ __all__ = ["Alerts", "sign", "verify"]
 log = logging.getLogger("fluxrun_server.alerts")
 SIGNATURE_HEADER = "X-FluxRun-Signature"
 _NEW_ISSUE_WINDOW = 1000  # ids below the cursor re-scanned, for issues whose transactions committed late
-_LEASE_S = 60.0
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -209,7 +208,8 @@ class Alerts:
             rows = session.exec(query).all()
             out = []
             for row in rows:
-                row.next_attempt_at = now + timedelta(seconds=_LEASE_S + 2 * self.settings.webhook_timeout_s)
+                # the lease: if this process dies mid-send, another pass sends the row again after it runs out
+                row.next_attempt_at = now + timedelta(seconds=3 * self.settings.webhook_timeout_s + 5)
                 session.add(row)
                 out.append((row.id or 0, session.get(AlertRule, row.rule_id), dict(row.payload), row.attempts))
             session.commit()

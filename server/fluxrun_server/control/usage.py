@@ -172,7 +172,9 @@ class Gate:
             if limits.rate_per_second:
                 bucket = self._bucket(project_id, limits)
                 bucket.refill(time.monotonic())
-                bucket.tokens = max(-bucket.burst, bucket.tokens - bundles)
+                # Concurrent requests are admitted on one token and charged here for their whole batch: the debt
+                # (negative tokens) keeps the long-run rate exact; it is capped at a minute's worth.
+                bucket.tokens = max(-60 * bucket.rate, bucket.tokens - bundles)
         accepted[:] = keep_ids
         records[:] = keep_records
 
