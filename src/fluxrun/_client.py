@@ -232,8 +232,9 @@ def begin(execution: str, entry: str | None) -> tuple[Client, Recording, Token[S
     if active is not None and active.session is not None:
         return None  # replaying: the replay runs the code, nothing is captured again
     try:
-        if client.installation is not None:
-            client.installation.rescan_if_needed()
+        installation = client.installation
+        if installation is not None and len(sys.modules) != installation.modules_seen:
+            installation.rescan()  # rebind `from time import time` in app modules imported since
         recording = Recording(execution, entry, wall_time())
         token = scope_var.set(Scope.root(recording))
         return client, recording, token
@@ -254,8 +255,7 @@ def end(
             report_internal_error("ending a capture", exc)
             scope_var.set(None)
     try:
-        duration = recording.elapsed_ns()
         if kept if kept is not None else client.keep(recording):
-            client.worker.submit((recording, duration))
+            client.worker.submit((recording, recording.elapsed_ns()))
     except Exception as exc:
         report_internal_error("finishing a capture", exc)

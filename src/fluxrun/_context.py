@@ -8,11 +8,12 @@ records an event it gets its own child scope, so each event carries its lineage 
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from asyncio import current_task
 from asyncio.events import _get_running_loop
+from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fluxrun.model.recording import Recording
@@ -24,11 +25,19 @@ scope_var: ContextVar[Scope | None] = ContextVar("fluxrun_scope", default=None)
 current = scope_var.get
 _get_ident = threading.get_ident
 
+_task_of: Callable[[Any], object]
+try:  # the running task of a loop, without asyncio.current_task's Python frame (CPython 3.11-3.13)
+    from asyncio.tasks import _current_tasks  # type: ignore[attr-defined]
+
+    _task_of = _current_tasks.get
+except ImportError:  # pragma: no cover - other interpreters and later versions
+    _task_of = asyncio.current_task
+
 
 def _owner() -> object:
     """The running asyncio task, or the thread's id outside a loop."""
     loop = _get_running_loop()
-    return current_task(loop) if loop is not None else _get_ident()
+    return _task_of(loop) if loop is not None else _get_ident()
 
 
 class Scope:
@@ -54,7 +63,7 @@ class Scope:
     def here(self) -> Scope:
         """The scope for the calling task or thread, creating (and entering) a child scope on first use."""
         loop = _get_running_loop()  # _owner(), inlined: this runs for every recorded event
-        owner = current_task(loop) if loop is not None else _get_ident()
+        owner = _task_of(loop) if loop is not None else _get_ident()
         if owner is self.owner or owner == self.owner:
             return self
         self._children += 1

@@ -208,6 +208,58 @@ def app_caller(depth: int) -> FrameType | None:
 
 SiteRef = tuple[str, CodeType, int]
 
+# Per code object, in one dict lookup (the hot path of every recorded call): (code, verdict, module).
+_PLUMBING, _STDLIB, _APP = 0, 1, 2
+_verdicts: dict[int, tuple[CodeType, int, str]] = {}
+
+
+def _verdict(frame: FrameType) -> tuple[CodeType, int, str]:
+    code = frame.f_code
+    if _is_plumbing(frame):
+        verdict = _PLUMBING
+    else:
+        verdict = _STDLIB if frame_is_stdlib(frame) else _APP
+    entry = (code, verdict, frame.f_globals.get("__name__", "?"))
+    _verdicts[id(code)] = entry
+    return entry
+
+
+def app_site(depth: int) -> SiteRef | None:
+    """`app_caller` and `site_ref` in one pass: the caller's site, or None for the standard library's internals."""
+    try:
+        frame: FrameType | None = sys._getframe(depth + 1)
+    except ValueError:
+        return None
+    while frame is not None:
+        code = frame.f_code
+        entry = _verdicts.get(id(code))
+        if entry is None or entry[0] is not code:
+            entry = _verdict(frame)
+        verdict = entry[1]
+        if verdict == _APP:
+            return (entry[2], code, frame.f_lineno)
+        if verdict == _STDLIB:
+            return None
+        frame = frame.f_back
+    return None
+
+
+def caller_site(depth: int) -> SiteRef | str:
+    """`site_ref(caller_frame(depth))` in one pass: the standard library counts as a caller here."""
+    try:
+        frame: FrameType | None = sys._getframe(depth + 1)
+    except ValueError:
+        return "?:?:0"
+    while frame is not None:
+        code = frame.f_code
+        entry = _verdicts.get(id(code))
+        if entry is None or entry[0] is not code:
+            entry = _verdict(frame)
+        if entry[1] != _PLUMBING:
+            return (entry[2], code, frame.f_lineno)
+        frame = frame.f_back
+    return "?:?:0"
+
 
 def site_ref(frame: FrameType) -> SiteRef:
     """What `site_of` needs, taken cheaply on the hot path; formatted only if the execution is kept."""

@@ -8,25 +8,27 @@ capture suspended, and append one event.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import inspect
 import sys
 import types
+import uuid
+from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import wrapt
 
-from fluxrun._context import Scope, current, scope_var
+from fluxrun._context import Scope, _get_ident, _task_of, current, scope_var
 from fluxrun._internal import (
-    app_caller,
+    app_site,
     caller_frame,
     frame_is_stdlib,
     perf_ns,
     report_internal_error,
     site_of,
-    site_ref,
 )
 
 __all__ = ["Interceptor", "Patch", "Patcher", "record_call", "wrap", "wrap_method"]
@@ -118,6 +120,28 @@ def wrap_method(original: Callable[..., Any], wrapper: Wrapper) -> Callable[...,
     return patched
 
 
+# Results that cannot change after the call returns: recorded as they are, formatted only if kept.
+_IMMUTABLE = frozenset({float, int, bool, str, bytes, type(None), uuid.UUID, datetime.datetime, datetime.date})
+
+
+def _as_value(value: Any) -> dict[str, Any]:
+    return {"value": value}
+
+
+def _encoded_value(value: Any) -> dict[str, Any]:
+    from fluxrun.model.values import encode
+
+    return {"value": encode(value)}
+
+
+def _as_data(data: dict[str, Any]) -> dict[str, Any]:
+    return data
+
+
+def _no_data(_: Any) -> dict[str, Any]:
+    return {}
+
+
 def record_call(
     scope: Scope,
     kind: str,
@@ -132,15 +156,18 @@ def record_call(
     """Run `wrapped` and record it as one event of `kind` whose fields `data(result)` builds.
 
     Calls made by the standard library's own internals (asyncio's clock, logging's timestamps,
-    tempfile's env reads) are not the app's IO and go straight through.
+    tempfile's env reads) are not the app's IO and go straight through. `data(result)` runs when
+    the execution is sealed if the result is immutable, else at once (a snapshot).
     """
     try:
-        frame = app_caller(2)
-        if frame is None:
+        site = app_site(2)
+        if site is None:
             here = None
         else:
             here = scope.here()
-            event = here.recording.add(kind, call, here.path, site_ref(frame), {})
+            # a list, filled in when the call returns; its place in the log is the call's start
+            entry: list[Any] = [kind, call, here.path, site, perf_ns(), 0, _no_data, None, None]
+            here.recording.log.append(entry)  # type: ignore[arg-type]
     except Exception as exc:
         report_internal_error(f"{kind} capture", exc)
         here = None
@@ -152,15 +179,18 @@ def record_call(
     except BaseException as exc:
         scope_var.reset(token)
         try:
-            event.dur_ns = perf_ns() - event.start_ns - here.recording.started_ns
-            event.error = on_error(exc) if on_error else error_fields(exc)
+            entry[5] = perf_ns() - entry[4]
+            entry[8] = on_error(exc) if on_error else error_fields(exc)
         except Exception as internal:
             report_internal_error(f"{kind} capture", internal)
         raise
     scope_var.reset(token)
     try:
-        event.dur_ns = perf_ns() - event.start_ns - here.recording.started_ns
-        event.data = data(result)
+        entry[5] = perf_ns() - entry[4]
+        if type(result) in _IMMUTABLE:
+            entry[6], entry[7] = data, result
+        else:
+            entry[6], entry[7] = _as_data, data(result)
     except Exception as exc:
         report_internal_error(f"{kind} capture", exc)
     return result
@@ -173,31 +203,77 @@ def record_value(
     wrapped: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    encoder: Callable[[Any], Any] | None = None,
+    *,
+    encoded: bool = False,
 ) -> Any:
     """The lean path of `record_call` for calls that return a value and do no IO of their own
-    (clock reads, `random.random`): nothing to suspend, one event appended after the call."""
-    frame = app_caller(2)
-    if frame is None:
+    (clock reads, `random.random`): nothing to suspend, one event appended after the call.
+    `encoded`: the value is recorded through `values.encode` (deferred to sealing when immutable)."""
+    site = app_site(2)
+    if site is None:
         return wrapped(*args, **kwargs)
     try:
         result = wrapped(*args, **kwargs)
     except BaseException as exc:
         try:
             here = scope.here()
-            event = here.recording.add(kind, call, here.path, site_ref(frame), {})
+            event = here.recording.add(kind, call, here.path, site, {})
             event.error = error_fields(exc)
         except Exception as internal:
             report_internal_error(f"{kind} capture", internal)
         raise
     try:
         here = scope.here()
-        here.recording.add(
-            kind, call, here.path, site_ref(frame), {"value": result if encoder is None else encoder(result)}
-        )
+        if not encoded:
+            here.recording.log.append((kind, call, here.path, site, perf_ns(), 0, _as_value, result, None))
+        elif type(result) in _IMMUTABLE:
+            here.recording.log.append((kind, call, here.path, site, perf_ns(), 0, _encoded_value, result, None))
+        else:
+            here.recording.log.append(
+                (kind, call, here.path, site, perf_ns(), 0, _as_data, _encoded_value(result), None)
+            )
     except Exception as exc:
         report_internal_error(f"{kind} capture", exc)
     return result
+
+
+def value_wrapper(kind: str, call: str, answer: Callable[[dict[str, Any]], Any], *, encoded: bool = False) -> Wrapper:
+    """The wrapper of a call that returns a value and does no IO of its own (clock reads, `random.random`):
+    `record_value` inlined, since these are the most frequent events (one Python frame per recorded call).
+    At replay, `answer(event)` gives the value back."""
+    build = _encoded_value if encoded else _as_value
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        scope = current()
+        if scope is None:
+            return wrapped(*args, **kwargs)
+        if scope.session is not None:
+            return serve_call(scope, kind, call, wrapped, args, kwargs, answer)
+        site = app_site(1)
+        if site is None:
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            try:
+                here = scope.here()
+                here.recording.add(kind, call, here.path, site, {}).error = error_fields(exc)
+            except Exception as internal:
+                report_internal_error(f"{kind} capture", internal)
+            raise
+        try:
+            loop = _get_running_loop()  # Scope.here's common case inlined: the scope's own task or thread
+            owner = _task_of(loop) if loop is not None else _get_ident()
+            here = scope if owner is scope.owner else scope.here()
+            if not encoded or type(result) in _IMMUTABLE:
+                here.recording.log.append((kind, call, here.path, site, perf_ns(), 0, build, result, None))
+            else:
+                here.recording.log.append((kind, call, here.path, site, perf_ns(), 0, _as_data, build(result), None))
+        except Exception as exc:
+            report_internal_error(f"{kind} capture", exc)
+        return result
+
+    return wrapper
 
 
 def error_fields(exc: BaseException) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import wrapt
 
 from fluxrun._context import current
-from fluxrun.interceptors.base import Patch, record_call, record_value, serve_call
+from fluxrun.interceptors.base import Patch, record_call, record_value, serve_call, value_wrapper
 from fluxrun.model.values import decode, encode
 
 __all__ = ["CapturedDate", "CapturedDatetime", "ClockInterceptor"]
@@ -34,15 +34,7 @@ _real_date = _dt.date
 
 
 def _time_wrapper(call: str) -> Callable[..., Any]:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        scope = current()
-        if scope is None:
-            return wrapped(*args, **kwargs)
-        if scope.session is not None:
-            return serve_call(scope, KIND, call, wrapped, args, kwargs, _recorded_value)
-        return record_value(scope, KIND, call, wrapped, args, kwargs)
-
-    return wrapper
+    return value_wrapper(KIND, call, _recorded_value)
 
 
 def _recorded_value(event: dict[str, Any]) -> Any:
@@ -63,8 +55,15 @@ def _datetime_call(call: str, real: Callable[..., Any], args: tuple[Any, ...]) -
         return real(*args)
     if scope.session is not None:
         return serve_call(scope, KIND, call, real, args, {}, _decoded)
-    # not the lean path: C's date.today() reads time.time() itself, which must not be recorded again
+    if call in _LEAN and (not args or args[0] is None or type(args[0]) is _dt.timezone):
+        # C's now()/utcnow() read the system clock directly, and a fixed-offset tz is C code too
+        return record_value(scope, KIND, call, real, args, {}, encoded=True)
+    # not the lean path: C's date.today() reads time.time() itself, which must not be recorded again,
+    # and a Python tzinfo may read patched functions
     return record_call(scope, KIND, call, real, args, {}, _encoded)
+
+
+_LEAN = frozenset({"datetime.now", "datetime.utcnow"})
 
 
 class _DateMeta(type):

@@ -10,12 +10,12 @@ is as much a part of what the code saw as a value.
 from __future__ import annotations
 
 import os
+from asyncio.events import _get_running_loop
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
-from fluxrun._context import Scope, current
-from fluxrun._internal import app_caller, caller_frame, frame_is_stdlib, report_internal_error, site_of, site_ref
+from fluxrun._context import Scope, _get_ident, _task_of, current
+from fluxrun._internal import SiteRef, app_site, caller_frame, frame_is_stdlib, perf_ns, report_internal_error, site_of
 from fluxrun.interceptors.base import Patch, wrap_method
 
 __all__ = ["EnvInterceptor"]
@@ -31,28 +31,34 @@ def _getitem_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
     key = args[0]
     if scope.session is not None:
         return _replay_read(scope, key, wrapped, args, kwargs)
-    frame = app_caller(1)
-    if frame is None:
+    site = app_site(1)
+    if site is None:
         return wrapped(*args, **kwargs)
     try:
         value = wrapped(*args, **kwargs)  # a dict lookup: no IO of its own, nothing to suspend
     except KeyError:
-        _record(scope, key, frame, None)
+        _record_missing(scope, key, site)
         raise
-    _record(scope, key, frame, value)
+    try:
+        loop = _get_running_loop()
+        owner = _task_of(loop) if loop is not None else _get_ident()
+        here = scope if owner is scope.owner else scope.here()
+        # str key and value: kept as they are, the event is formatted only if the execution is sealed
+        here.recording.log.append((KIND, f"env {key}", here.path, site, perf_ns(), 0, _present, (key, value), None))
+    except Exception as exc:
+        report_internal_error("env capture", exc)
     return value
 
 
-def _record(scope: Scope, key: str, frame: FrameType, value: str | None) -> None:
+def _present(read: tuple[str, str]) -> dict[str, Any]:
+    return {"key": read[0], "present": True, "value": read[1]}
+
+
+def _record_missing(scope: Scope, key: str, site: SiteRef) -> None:
     try:
         here = scope.here()
-        if value is None:
-            event = here.recording.add(KIND, f"env {key}", here.path, site_ref(frame), {})
-            event.error = {"type": "builtins:KeyError", "message": repr(key), "key": key, "present": False}
-        else:
-            here.recording.add(
-                KIND, f"env {key}", here.path, site_ref(frame), {"key": key, "present": True, "value": value}
-            )
+        event = here.recording.add(KIND, f"env {key}", here.path, site, {})
+        event.error = {"type": "builtins:KeyError", "message": repr(key), "key": key, "present": False}
     except Exception as exc:
         report_internal_error("env capture", exc)
 

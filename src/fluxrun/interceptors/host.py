@@ -8,15 +8,15 @@ result or raises the recorded exception, provided it is made with the recorded a
 from __future__ import annotations
 
 import inspect
+from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import wrapt
 
-from fluxrun._context import Scope, current, scope_var
-from fluxrun._internal import caller_frame, perf_ns, report_internal_error, site_of, site_ref
-from fluxrun.interceptors.base import error_fields, raise_recorded_error
-from fluxrun.model.recording import Event
+from fluxrun._context import Scope, _get_ident, _task_of, current, scope_var
+from fluxrun._internal import caller_frame, caller_site, perf_ns, report_internal_error, site_of
+from fluxrun.interceptors.base import _IMMUTABLE, error_fields, raise_recorded_error
 from fluxrun.model.values import decode, encode
 from fluxrun.replay.diff import short_diff
 
@@ -26,28 +26,44 @@ KIND = "host"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _start(scope: Scope, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Event | None:
+def _start(scope: Scope, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any] | None:
+    """Append the call to the log (as a list, completed by `_finish`); arguments are encoded now, a snapshot."""
     try:
-        here = scope.here()
-        data = {"name": name, "args": encode(list(args)), "kwargs": encode(kwargs)}
-        frame = caller_frame(3)
-        return here.recording.add(KIND, name, here.path, site_ref(frame) if frame else "?:?:0", data)
+        loop = _get_running_loop()
+        owner = _task_of(loop) if loop is not None else _get_ident()
+        here = scope if owner is scope.owner else scope.here()
+        # encode(list(args)) without the intermediate list: items at depth 1, as inside a list
+        data = {"name": name, "args": [encode(a, _depth=1) for a in args], "kwargs": encode(kwargs) if kwargs else {}}
+        entry = [KIND, name, here.path, caller_site(2), perf_ns(), 0, _as_data, data, None]
+        here.recording.log.append(entry)  # type: ignore[arg-type]
+        return entry
     except Exception as exc:
         report_internal_error("boundary capture", exc)
         return None
 
 
-def _finish(event: Event | None, scope: Scope, result: Any = None, exc: BaseException | None = None) -> None:
-    if event is None:
+def _finish(entry: list[Any] | None, result: Any = None, exc: BaseException | None = None) -> None:
+    if entry is None:
         return
     try:
-        event.dur_ns = perf_ns() - scope.recording.started_ns - event.start_ns
+        entry[5] = perf_ns() - entry[4]
         if exc is not None:
-            event.error = error_fields(exc)
+            entry[8] = error_fields(exc)
+        elif type(result) in _IMMUTABLE:
+            entry[7]["result"] = result  # immutable: encoded when the execution is sealed
+            entry[6] = _encode_result
         else:
-            event.data["result"] = encode(result)
+            entry[7]["result"] = encode(result)
     except Exception as internal:
         report_internal_error("boundary capture", internal)
+
+
+def _as_data(data: dict[str, Any]) -> dict[str, Any]:
+    return data
+
+
+def _encode_result(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "result": encode(data["result"])}
 
 
 def _arguments_match(args: Any, kwargs: Any) -> Callable[[dict[str, Any]], str | None]:
@@ -98,10 +114,10 @@ def boundary(name: str) -> Callable[[F], F]:
                     result = await wrapped(*args, **kwargs)
                 except BaseException as exc:
                     scope_var.reset(token)
-                    _finish(event, scope, exc=exc)
+                    _finish(event, exc=exc)
                     raise
                 scope_var.reset(token)
-                _finish(event, scope, result)
+                _finish(event, result)
                 return result
 
             def async_wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -126,10 +142,10 @@ def boundary(name: str) -> Callable[[F], F]:
                 result = wrapped(*args, **kwargs)
             except BaseException as exc:
                 scope_var.reset(token)
-                _finish(event, scope, exc=exc)
+                _finish(event, exc=exc)
                 raise
             scope_var.reset(token)
-            _finish(event, scope, result)
+            _finish(event, result)
             return result
 
         return wrapt.FunctionWrapper(func, wrapper)  # type: ignore[return-value]

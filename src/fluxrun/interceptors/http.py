@@ -14,22 +14,26 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+from asyncio.events import _get_running_loop
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import wrapt
 
-from fluxrun._context import Scope, current, scope_var
-from fluxrun._internal import caller_frame, perf_ns, report_internal_error, site_of, site_ref
+from fluxrun._context import Scope, _get_ident, _task_of, current, scope_var
+from fluxrun._internal import caller_frame, caller_site, perf_ns, report_internal_error, site_of
 from fluxrun.interceptors.base import Patch, error_fields, loaded, raise_recorded_error
 from fluxrun.model.export import body_bytes
-from fluxrun.model.recording import Event
 from fluxrun.replay.matchers import RequestView, http_matcher
 
 __all__ = ["HttpInterceptor", "body_snapshot"]
 
 KIND = "http"
 MODULES = ("httpx", "httpx2")
+
+
+def _as_data(data: dict[str, Any]) -> dict[str, Any]:
+    return data
 
 
 def body_snapshot(content: bytes, limit: int) -> dict[str, Any]:
@@ -50,8 +54,8 @@ class _Support:
         support = self
 
         class TeeStream(module.SyncByteStream):  # type: ignore[misc]
-            def __init__(self, inner: Any, event: Event) -> None:
-                self.inner, self.event, self.size = inner, event, 0
+            def __init__(self, inner: Any, entry: list[Any]) -> None:
+                self.inner, self.entry, self.size = inner, entry, 0
                 self.chunks: list[bytes] = []
 
             def __iter__(self) -> Iterator[bytes]:
@@ -65,8 +69,8 @@ class _Support:
                 self.inner.close()
 
         class AsyncTeeStream(module.AsyncByteStream):  # type: ignore[misc]
-            def __init__(self, inner: Any, event: Event) -> None:
-                self.inner, self.event, self.size = inner, event, 0
+            def __init__(self, inner: Any, entry: list[Any]) -> None:
+                self.inner, self.entry, self.size = inner, entry, 0
                 self.chunks: list[bytes] = []
 
             async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -83,23 +87,30 @@ class _Support:
         self.AsyncTeeStream = AsyncTeeStream
 
     # -- request side ------------------------------------------------------------------------------
-    def start(self, scope: Scope, request: Any, stream: bool) -> Event | None:
+    def start(self, scope: Scope, request: Any, stream: bool) -> list[Any] | None:
+        """Append the fetch to the log as a list entry (see `Recording.log`) that `finish` completes."""
         try:
-            here = scope.here()
-            frame = caller_frame(4)
+            loop = _get_running_loop()
+            owner = _task_of(loop) if loop is not None else _get_ident()
+            here = scope if owner is scope.owner else scope.here()
+            try:
+                content = request.content
+            except self.module.RequestNotRead:
+                body = self.request_body(request)
+            else:
+                limit = self.limit()
+                size = len(content)
+                body = {"bytes": content, "size": size} if size <= limit else body_snapshot(content, limit)
             # Raw parts only (the URL object is immutable, header pairs are bytes): the export formats
             # them off the request path, and only for executions that are kept.
             data = {
                 "client": self.name,
-                "request": {
-                    "method": request.method,
-                    "url": request.url,
-                    "headers": request.headers.raw,
-                    "body": self.request_body(request),
-                },
+                "request": {"method": request.method, "url": request.url, "headers": request.headers.raw, "body": body},
                 "stream": stream,
             }
-            return here.recording.add(KIND, None, here.path, site_ref(frame) if frame else "?:?:0", data)
+            entry = [KIND, None, here.path, caller_site(3), perf_ns(), 0, _as_data, data, None]
+            here.recording.log.append(entry)  # type: ignore[arg-type]
+            return entry
         except Exception as exc:
             report_internal_error("http capture", exc)
             return None
@@ -128,11 +139,11 @@ class _Support:
                 await request.aread()
 
     # -- response side -----------------------------------------------------------------------------
-    def finish(self, event: Event | None, scope: Scope, response: Any, stream: bool) -> None:
-        if event is None:
+    def finish(self, entry: list[Any] | None, response: Any, stream: bool) -> None:
+        if entry is None:
             return
         try:
-            event.dur_ns = perf_ns() - scope.recording.started_ns - event.start_ns
+            entry[5] = perf_ns() - entry[4]
             extensions = response.extensions
             recorded: dict[str, Any] = {
                 "status": response.status_code,
@@ -141,28 +152,37 @@ class _Support:
                 "headers": response.headers.raw,
                 "redirects": len(response.history),
             }
-            event.data["response"] = recorded
+            entry[7]["response"] = recorded
             try:
                 content = response.content  # a streamed response may come complete (from a mock transport)
             except self.module.ResponseNotRead:
                 content = None
-            if stream and content is None:
-                recorded["body"] = {"bytes": b"", "size": 0, "encoding": "raw", "complete": False}
-                tee = (
-                    self.AsyncTeeStream if isinstance(response.stream, self.module.AsyncByteStream) else self.TeeStream
-                )
-                response.stream = tee(response.stream, event)
+            if content is None:
+                if stream:
+                    recorded["body"] = {"bytes": b"", "size": 0, "encoding": "raw", "complete": False}
+                    tee = (
+                        self.AsyncTeeStream
+                        if isinstance(response.stream, self.module.AsyncByteStream)
+                        else self.TeeStream
+                    )
+                    response.stream = tee(response.stream, entry)
+                    return
+                content = b""
+            limit = self.limit()
+            size = len(content)
+            if size <= limit:
+                recorded["body"] = {"bytes": content, "size": size, "encoding": "decoded"}
             else:
-                recorded["body"] = {**body_snapshot(content or b"", self.limit()), "encoding": "decoded"}
+                recorded["body"] = {**body_snapshot(content, limit), "encoding": "decoded"}
         except Exception as exc:
             report_internal_error("http capture", exc)
 
-    def fail(self, event: Event | None, scope: Scope, exc: BaseException) -> None:
-        if event is None:
+    def fail(self, entry: list[Any] | None, exc: BaseException) -> None:
+        if entry is None:
             return
         try:
-            event.dur_ns = perf_ns() - scope.recording.started_ns - event.start_ns
-            event.error = error_fields(exc)
+            entry[5] = perf_ns() - entry[4]
+            entry[8] = error_fields(exc)
         except Exception as internal:
             report_internal_error("http capture", internal)
 
@@ -177,7 +197,7 @@ class _Support:
 
     def finish_stream(self, stream: Any) -> None:
         try:
-            body = stream.event.data["response"]["body"]
+            body = stream.entry[7]["response"]["body"]
             if body.get("complete"):
                 return
             content = b"".join(stream.chunks)
@@ -270,10 +290,10 @@ def _sync_wrapper(support: _Support) -> Callable[..., Any]:
             response = wrapped(*args, **kwargs)
         except BaseException as exc:
             scope_var.reset(token)
-            support.fail(event, scope, exc)
+            support.fail(event, exc)
             raise
         scope_var.reset(token)
-        support.finish(event, scope, response, stream)
+        support.finish(event, response, stream)
         return response
 
     return wrapper
@@ -289,10 +309,15 @@ def _async_wrapper(support: _Support) -> Callable[..., Any]:
         return replayer.answer(scope, request, _replay_body(request, support.module))
 
     async def record(scope: Scope, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        request = args[0] if args else kwargs.get("request")
+        request: Any = args[0] if args else kwargs.get("request")
         stream = bool(kwargs.get("stream", False))
         try:
-            await support.arequest_body(request)
+            request.content  # noqa: B018 - raises RequestNotRead when an upload is not buffered yet
+        except support.module.RequestNotRead:
+            try:
+                await support.arequest_body(request)
+            except Exception as exc:
+                report_internal_error("http capture", exc)
         except Exception as exc:
             report_internal_error("http capture", exc)
         event = support.start(scope, request, stream)
@@ -301,10 +326,10 @@ def _async_wrapper(support: _Support) -> Callable[..., Any]:
             response = await wrapped(*args, **kwargs)
         except BaseException as exc:
             scope_var.reset(token)
-            support.fail(event, scope, exc)
+            support.fail(event, exc)
             raise
         scope_var.reset(token)
-        support.finish(event, scope, response, stream)
+        support.finish(event, response, stream)
         return response
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

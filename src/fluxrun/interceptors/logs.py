@@ -7,11 +7,12 @@ app's handlers would see. Handlers run with capture suspended: their IO is loggi
 from __future__ import annotations
 
 import logging
+from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from typing import Any
 
-from fluxrun._context import Scope, current, scope_var
-from fluxrun._internal import report_internal_error
+from fluxrun._context import Scope, _get_ident, _task_of, current, scope_var
+from fluxrun._internal import perf_ns, report_internal_error
 from fluxrun.interceptors.base import Patch, wrap_method
 
 __all__ = ["LogsInterceptor"]
@@ -20,18 +21,30 @@ KIND = "log"
 
 
 def _record(scope: Scope, record: logging.LogRecord) -> None:
-    here = scope.here()
-    data: dict[str, Any] = {
-        "logger": record.name,
-        "level": record.levelname,
-        "message": record.getMessage(),
-        "file": record.pathname,
-        "line": record.lineno,
-    }
-    if record.exc_info and record.exc_info[0] is not None:
-        data["exc_type"] = record.exc_info[0].__qualname__
+    loop = _get_running_loop()
+    owner = _task_of(loop) if loop is not None else _get_ident()
+    here = scope if owner is scope.owner else scope.here()
+    exc_info = record.exc_info
+    # A snapshot of the record's fields (strings and ints): handlers may change the record afterwards.
+    fields = (
+        record.name,
+        record.levelname,
+        record.getMessage(),
+        record.pathname,
+        record.lineno,
+        exc_info[0].__qualname__ if exc_info and exc_info[0] is not None else None,
+    )
     site = f"{record.module}:{record.funcName}:{record.lineno}"
-    here.recording.add(KIND, f"{record.levelname} {record.name}", here.path, site, data)
+    call = f"{fields[1]} {fields[0]}"
+    here.recording.log.append((KIND, call, here.path, site, perf_ns(), 0, _log_data, fields, None))
+
+
+def _log_data(fields: tuple[str, str, str, str, int, str | None]) -> dict[str, Any]:
+    name, level, message, path, line, exc_type = fields
+    data: dict[str, Any] = {"logger": name, "level": level, "message": message, "file": path, "line": line}
+    if exc_type is not None:
+        data["exc_type"] = exc_type
+    return data
 
 
 def _handle_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Callable, MutableSequence
 from typing import Any
 
 from fluxrun._context import current
-from fluxrun.interceptors.base import Patch, record_call, record_value, serve_call, wrap
+from fluxrun.interceptors.base import Patch, record_call, serve_call, value_wrapper, wrap
 from fluxrun.model.values import decode, encode
 
 __all__ = ["RandomnessInterceptor"]
@@ -41,15 +41,16 @@ def _wrapper(call: str, *, does_io: bool) -> Callable[..., Any]:
     """`does_io`: the function reads other patched sources (uuid4 reads os.urandom) that must be
     suspended while it runs; the random module's functions do not."""
 
+    if not does_io:
+        return value_wrapper(KIND, call, _decoded, encoded=True)
+
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         scope = current()
         if scope is None:
             return wrapped(*args, **kwargs)
         if scope.session is not None:
             return serve_call(scope, KIND, call, wrapped, args, kwargs, _decoded)
-        if does_io:
-            return record_call(scope, KIND, call, wrapped, args, kwargs, _encoded)
-        return record_value(scope, KIND, call, wrapped, args, kwargs, encode)
+        return record_call(scope, KIND, call, wrapped, args, kwargs, _encoded)
 
     return wrapper
 

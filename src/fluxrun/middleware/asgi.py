@@ -3,6 +3,12 @@
 A pure ASGI middleware (not `BaseHTTPMiddleware`), so it adds no task and streams untouched:
 it records the request as it is received and the response as it is sent, up to the body limit.
 Add it with `app.add_middleware(FluxRunMiddleware)` or wrap any ASGI app: `FluxRunMiddleware(app)`.
+
+Most requests succeed and are not kept, so the request path only takes references and small
+snapshots (the scope's fields, the header list, the body chunks as sent); the recorded request and
+response are assembled after the app has answered, and only when the execution is kept. A request
+that cannot have a body (HTTP/1.x without Content-Length or Transfer-Encoding) is passed the
+server's own `receive`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from fluxrun._capture import record_error
 from fluxrun._client import begin, end
 from fluxrun._internal import report_internal_error
 from fluxrun.middleware.request import find_entry
+from fluxrun.model.recording import Recording
 
 __all__ = ["FluxRunMiddleware"]
 
@@ -27,6 +34,136 @@ def _has_body(scope: Scope) -> bool:
         if name == b"transfer-encoding":
             return True
     return False
+
+
+def _may_have_body(scope: Scope) -> bool:
+    """False only when HTTP/1.x framing says the body is empty (RFC 9112 6.3): HTTP/2 needs no length."""
+    version = scope.get("http_version")
+    return _has_body(scope) or not (isinstance(version, str) and version.startswith("1"))
+
+
+class _Exchange:
+    """One request's recording state: what was received and sent, kept as taken (references to bytes)."""
+
+    __slots__ = (
+        "headers",
+        "limit",
+        "receive_",
+        "recording",
+        "request_body",
+        "request_done",
+        "request_size",
+        "response_body",
+        "response_headers",
+        "response_size",
+        "scope",
+        "send_",
+        "snapshot",
+        "status",
+    )
+
+    def __init__(self, scope: Scope, receive: Any, send: Any, recording: Recording, limit: int) -> None:
+        self.scope = scope
+        self.snapshot = scope.copy()  # routing may rewrite path and root_path in place; this is what arrived
+        self.headers = list(scope.get("headers") or ())
+        self.receive_ = receive
+        self.send_ = send
+        self.recording = recording
+        self.limit = limit
+        self.request_body: list[bytes] = []
+        self.request_size = 0
+        self.request_done = False
+        self.status: int | None = None
+        self.response_headers: list[Any] = []
+        self.response_body: list[bytes] = []
+        self.response_size = 0
+
+    async def receive(self) -> Any:
+        message = await self.receive_()
+        try:
+            if message.get("type") == "http.request":
+                chunk = message.get("body", b"")
+                self.request_body.append(_kept(chunk, self.limit - self.request_size))
+                self.request_size += len(chunk)
+                self.request_done = not message.get("more_body", False)
+            else:
+                self.request_done = True
+        except Exception as exc:
+            report_internal_error("recording an ASGI request body", exc)
+        return message
+
+    async def send(self, message: Any) -> None:
+        try:
+            kind = message.get("type")
+            if kind == "http.response.body":
+                chunk = message.get("body", b"")
+                if chunk:
+                    self.response_body.append(_kept(chunk, self.limit - self.response_size))
+                    self.response_size += len(chunk)
+            elif kind == "http.response.start":
+                self.status = status = message["status"]
+                self.response_headers = list(message.get("headers") or [])
+                self.recording.outcome["status"] = status
+        except Exception as exc:
+            report_internal_error("recording an ASGI response", exc)
+        await self.send_(message)
+
+    async def drain(self) -> None:
+        """A kept execution needs the whole request body for replay, even the part the app never read."""
+        if self.request_done or not _has_body(self.scope):
+            return
+        try:
+            while not self.request_done and self.request_size < self.limit:
+                if (await asyncio.wait_for(self.receive(), 2.0)).get("type") != "http.request":
+                    break
+        except Exception as exc:
+            report_internal_error("reading the rest of an ASGI request body", exc)
+
+    def finish(self, entry: str | None, app: Any) -> None:
+        """Assemble the recorded request and response (a kept execution only)."""
+        try:
+            recording, scope, arrived = self.recording, self.scope, self.snapshot
+            request: dict[str, Any] = {
+                "method": arrived.get("method"),
+                "path": arrived.get("path"),
+                "root_path": arrived.get("root_path", ""),
+                "query_string": arrived.get("query_string", b""),
+                "scheme": arrived.get("scheme", "http"),
+                "http_version": arrived.get("http_version"),
+                "server": list(arrived["server"]) if arrived.get("server") else None,
+                "headers": self.headers,  # request id and traceparent are read from these on export
+            }
+            route = scope.get("route")
+            request["route"] = getattr(route, "path", None) or scope.get("path")
+            body = b"".join(self.request_body)
+            request["body"] = {
+                "bytes": body,
+                "size": self.request_size,
+                **({"truncated": True} if self.request_size > len(body) else {}),
+            }
+            recording.request = request
+            if self.status is not None:
+                out = b"".join(self.response_body)
+                recording.outcome["response"] = {
+                    "status": self.status,
+                    "headers": self.response_headers,
+                    "body": {
+                        "bytes": out,
+                        "size": self.response_size,
+                        **({"truncated": True} if self.response_size > len(out) else {}),
+                    },
+                }
+            if recording.entry is None:
+                recording.entry = entry or find_entry(scope.get("app") or app)
+        except Exception as exc:
+            report_internal_error("finishing an ASGI capture", exc)
+
+
+def _kept(chunk: bytes, room: int) -> bytes:
+    """The part of `chunk` the body limit leaves room for: the chunk itself (bytes do not change) when it fits."""
+    if len(chunk) <= room and type(chunk) is bytes:
+        return chunk
+    return bytes(chunk[: max(room, 0)])
 
 
 class FluxRunMiddleware:
@@ -43,117 +180,34 @@ class FluxRunMiddleware:
             await self.app(scope, receive, send)
             return
         client, recording, _ = started
-        limit = client.options.max_body_size
-        request_body: list[bytes] = []
-        request_size = 0
-        request_done = False
-        response: dict[str, Any] = {}
-        response_body: list[bytes] = []
-        response_size = 0
         try:
-            headers = scope.get("headers") or []
-            recording.request = {
-                "method": scope.get("method"),
-                "path": scope.get("path"),
-                "root_path": scope.get("root_path", ""),
-                "query_string": scope.get("query_string", b""),
-                "scheme": scope.get("scheme", "http"),
-                "http_version": scope.get("http_version"),
-                "server": list(scope["server"]) if scope.get("server") else None,
-                "headers": list(headers),  # request id and traceparent are read from these on export
-            }
+            exchange = _Exchange(scope, receive, send, recording, client.options.max_body_size)
+            if not _may_have_body(scope):
+                exchange.request_done = True  # nothing to read: the app gets the server's receive
+                receive_recorded = receive
+            else:
+                receive_recorded = exchange.receive
         except Exception as exc:
             report_internal_error("recording an ASGI request", exc)
-
-        async def receive_recorded() -> Any:
-            nonlocal request_size, request_done
-            message = await receive()
-            try:
-                if message.get("type") == "http.request":
-                    chunk = message.get("body", b"")
-                    if request_size < limit:
-                        request_body.append(chunk[: limit - request_size])
-                    request_size += len(chunk)
-                    request_done = not message.get("more_body", False)
-                else:
-                    request_done = True
-            except Exception as exc:
-                report_internal_error("recording an ASGI request body", exc)
-            return message
-
-        async def send_recorded(message: Any) -> None:
-            nonlocal response_size
-            try:
-                kind = message.get("type")
-                if kind == "http.response.start":
-                    response["status"] = message["status"]
-                    response["headers"] = list(message.get("headers") or [])
-                    recording.outcome["status"] = message["status"]
-                elif kind == "http.response.body":
-                    chunk = message.get("body", b"")
-                    if response_size < limit:
-                        response_body.append(chunk[: limit - response_size])
-                    response_size += len(chunk)
-            except Exception as exc:
-                report_internal_error("recording an ASGI response", exc)
-            await send(message)
-
-        async def drain_if_kept() -> bool:
-            """A kept execution needs the whole request body for replay, even the part the app never read."""
-            kept = client.keep(recording)
-            if kept and not request_done and _has_body(scope):
-                try:
-                    while not request_done and request_size < limit:
-                        if (await asyncio.wait_for(receive_recorded(), 2.0)).get("type") != "http.request":
-                            break
-                except Exception as exc:
-                    report_internal_error("reading the rest of an ASGI request body", exc)
-            return kept
-
+            end(started, kept=False)
+            await self.app(scope, receive, send)
+            return
         try:
-            await self.app(scope, receive_recorded, send_recorded)
+            await self.app(scope, receive_recorded, exchange.send)
         except BaseException as exc:
             record_error(client, recording, exc)
             recording.outcome.setdefault("status", 500)  # what the server in front will answer
-            kept = await drain_if_kept()
-            self._finish(scope, recording, request_body, request_size, response, response_body, response_size)
+            kept = client.keep(recording)
+            if kept:
+                await exchange.drain()
+                exchange.finish(self.entry, self.app)
             end(started, kept=kept)
             raise
-        if not recording.outcome.get("kind"):
-            recording.outcome["kind"] = "ok" if recording.outcome.get("status", 500) < 500 else "http_5xx"
-        kept = await drain_if_kept()
-        self._finish(scope, recording, request_body, request_size, response, response_body, response_size)
+        outcome = recording.outcome
+        if not outcome.get("kind"):
+            outcome["kind"] = "ok" if outcome.get("status", 500) < 500 else "http_5xx"
+        kept = client.keep(recording)
+        if kept:
+            await exchange.drain()
+            exchange.finish(self.entry, self.app)
         end(started, kept=kept)
-
-    def _finish(
-        self,
-        scope: Scope,
-        recording: Any,
-        request_body: list[bytes],
-        request_size: int,
-        response: dict[str, Any],
-        response_body: list[bytes],
-        response_size: int,
-    ) -> None:
-        try:
-            request = recording.request
-            route = scope.get("route")
-            request["route"] = getattr(route, "path", None) or scope.get("path")
-            body = b"".join(request_body)
-            request["body"] = {
-                "bytes": body,
-                "size": request_size,
-                **({"truncated": True} if request_size > len(body) else {}),
-            }
-            if response:
-                out = b"".join(response_body)
-                response["body"] = {
-                    "bytes": out,
-                    "size": response_size,
-                    **({"truncated": True} if response_size > len(out) else {}),
-                }
-                recording.outcome["response"] = response
-            if recording.entry is None:
-                recording.entry = self.entry or find_entry(scope.get("app") or self.app)
-        except Exception as exc:
-            report_internal_error("finishing an ASGI capture", exc)
