@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -116,6 +117,14 @@ class Verifier:
             log.warning("a bundle verification worker died; checking inline and restarting the pool")
             self._discard(pool)
             return _check(bundles, signers)
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Start the workers if needed and wait until they answer; False if there are none (inline only)."""
+        self._ready_pool()
+        deadline = time.monotonic() + timeout
+        while self._pool is None and self._starting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self._pool is not None
 
     def _ready_pool(self) -> ProcessPoolExecutor | None:
         if self.workers <= 0 or self._closed:

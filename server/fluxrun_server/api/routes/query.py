@@ -11,7 +11,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
 from pydantic import BaseModel
-from sqlalchemy import and_, func, or_
+from sqlalchemy import Engine, and_, func, literal_column, or_, text
 from sqlmodel import Session, col, select
 
 from fluxrun_server.api.deps import Reader, State, Workspace
@@ -97,7 +97,27 @@ def list_runs(
 ) -> dict[str, Any]:
     with Session(state.engine) as session:
         _project(session, reader, project_id)
-        query = select(Execution).where(Execution.project_id == project_id)
+        after = _decode_cursor(cursor) if cursor else None
+        text_filters: list[Any] = []
+        project_filter: Any = Execution.project_id == project_id
+        if q:
+            found = _text_candidates(session, state.engine, q)
+            if found is NO_MATCH:
+                return {"runs": [], "next_cursor": None}
+            if found is not None:
+                text_filters.append(found)
+                if state.engine.dialect.name == "sqlite":
+                    # few candidates: look them up by rowid and sort them, rather than walk the project's index
+                    project_filter = literal_column("+execution.project_id") == project_id
+            pattern = f"%{q}%"
+            text_filters.append(
+                or_(
+                    col(Execution.route).ilike(pattern),
+                    col(Execution.error_type).ilike(pattern),
+                    col(Execution.error_message).ilike(pattern),
+                )
+            )
+        query = select(Execution).where(project_filter, *text_filters)
         for column, value in (
             (Execution.outcome, outcome),
             (Execution.route, route),
@@ -111,22 +131,14 @@ def list_runs(
             query = query.where(Execution.started_at >= _aware(since))
         if until is not None:
             query = query.where(Execution.started_at < _aware(until))
-        if q:
-            pattern = f"%{q}%"
+        if after is not None:
+            started, bundle_id = _aware(after[0]), after[1]
             query = query.where(
-                or_(
-                    col(Execution.route).ilike(pattern),
-                    col(Execution.error_type).ilike(pattern),
-                    col(Execution.error_message).ilike(pattern),
-                )
-            )
-        if cursor:
-            started, bundle_id = _decode_cursor(cursor)
-            query = query.where(
+                col(Execution.started_at) <= started,  # a range the index can seek to; the OR alone is a filter
                 or_(
                     col(Execution.started_at) < started,
                     and_(col(Execution.started_at) == started, col(Execution.bundle_id) < bundle_id),
-                )
+                ),
             )
         rows = session.exec(
             query.order_by(col(Execution.started_at).desc(), col(Execution.bundle_id).desc()).limit(limit + 1)
@@ -136,6 +148,55 @@ def list_runs(
             "runs": [_run_item(e) for e in page],
             "next_cursor": _cursor(page[-1]) if len(rows) > limit else None,
         }
+
+
+# The trigram text indexes of migration 0002 (keep the expression identical: PostgreSQL matches it textually).
+TEXT_EXPRESSION_PG = "(coalesce(route, '') || ' ' || coalesce(error_type, '') || ' ' || coalesce(error_message, ''))"
+TEXT_TABLE_SQLITE = "execution_text"
+TEXT_CANDIDATES_SQLITE = 5000  # more candidate rows than this: the term is common, walking newest-first is faster
+_text_index: dict[str, bool] = {}
+NO_MATCH = object()
+
+
+def _text_candidates(session: Session, engine: Engine, q: str) -> Any:
+    """A clause that narrows `q=` to rows a trigram index found, NO_MATCH when it found none, or None (no index).
+
+    Only an accelerator: the exact ILIKE test still runs on every candidate. Trigrams need 3 characters, and
+    `%` or `_` in `q` are LIKE wildcards that a trigram index cannot follow, so those scan as before.
+    """
+    if len(q) < 3 or "%" in q or "_" in q or not _has_text_index(session, engine):
+        return None
+    if engine.dialect.name == "postgresql":
+        return text(f"{TEXT_EXPRESSION_PG} ILIKE :text_pattern").bindparams(text_pattern=f"%{q}%")
+    phrase = '"' + q.replace('"', '""') + '"'  # an FTS5 string: the trigram tokenizer matches it as a substring
+    count = session.execute(
+        text(
+            f"SELECT count(*) FROM (SELECT 1 FROM {TEXT_TABLE_SQLITE} WHERE {TEXT_TABLE_SQLITE} MATCH :phrase LIMIT :n)"
+        ),
+        {"phrase": phrase, "n": TEXT_CANDIDATES_SQLITE},
+    ).scalar_one()
+    if count == 0:
+        return NO_MATCH
+    if count >= TEXT_CANDIDATES_SQLITE:
+        return None
+    return text(
+        f"execution.rowid IN (SELECT rowid FROM {TEXT_TABLE_SQLITE} WHERE {TEXT_TABLE_SQLITE} MATCH :text_phrase)"
+    ).bindparams(text_phrase=phrase)
+
+
+def _has_text_index(session: Session, engine: Engine) -> bool:
+    key = str(engine.url)
+    if key not in _text_index:
+        if engine.dialect.name == "postgresql":
+            sql = (
+                "SELECT count(*) FROM pg_indexes WHERE tablename = 'execution' AND indexname = 'ix_execution_text_trgm'"
+            )
+        elif engine.dialect.name == "sqlite":
+            sql = f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{TEXT_TABLE_SQLITE}'"
+        else:
+            return False
+        _text_index[key] = bool(session.execute(text(sql)).scalar_one())
+    return _text_index[key]
 
 
 def _aware(value: datetime) -> datetime:
