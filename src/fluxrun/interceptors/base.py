@@ -17,12 +17,16 @@ import uuid
 from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from dataclasses import dataclass
+from sys import _getframe
 from typing import Any, Protocol
 
 import wrapt
 
 from fluxrun._context import Scope, _get_ident, _task_of, current, scope_var
 from fluxrun._internal import (
+    _APP,
+    SiteRef,
+    _verdicts,
     app_site,
     caller_frame,
     frame_is_stdlib,
@@ -249,9 +253,16 @@ def value_wrapper(kind: str, call: str, answer: Callable[[dict[str, Any]], Any],
             return wrapped(*args, **kwargs)
         if scope.session is not None:
             return serve_call(scope, kind, call, wrapped, args, kwargs, answer)
-        site = app_site(1)
-        if site is None:
-            return wrapped(*args, **kwargs)
+        frame = _getframe(1)  # app_site(1), its common case inlined: called straight from the app's code
+        code = frame.f_code
+        known = _verdicts.get(id(code))
+        if known is not None and known[0] is code and known[1] == _APP:
+            site: SiteRef = (known[2], code, frame.f_lasti)
+        else:
+            found = app_site(1)
+            if found is None:
+                return wrapped(*args, **kwargs)
+            site = found
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:

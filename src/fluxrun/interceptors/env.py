@@ -9,14 +9,27 @@ is as much a part of what the code saw as a value.
 
 from __future__ import annotations
 
+import functools
 import os
+import types
 from asyncio.events import _get_running_loop
 from collections.abc import Callable
+from sys import _getframe
 from typing import Any
 
 from fluxrun._context import Scope, _get_ident, _task_of, current
-from fluxrun._internal import SiteRef, app_site, caller_frame, frame_is_stdlib, perf_ns, report_internal_error, site_of
-from fluxrun.interceptors.base import Patch, wrap_method
+from fluxrun._internal import (
+    _APP,
+    SiteRef,
+    _verdicts,
+    app_site,
+    caller_frame,
+    frame_is_stdlib,
+    perf_ns,
+    report_internal_error,
+    site_of,
+)
+from fluxrun.interceptors.base import Patch
 
 __all__ = ["EnvInterceptor"]
 
@@ -24,18 +37,30 @@ KIND = "env"
 _Environ = type(os.environ)
 
 
-def _getitem_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+_real_getitem = vars(_Environ)["__getitem__"]
+
+
+@functools.wraps(_real_getitem)
+def _getitem(self: Any, key: Any) -> Any:
+    """`_Environ.__getitem__` while installed: written out rather than through `wrap_method`, since env
+    reads are frequent and each layer of call costs on the request path."""
     scope = current()
-    if scope is None or instance is not os.environ:
-        return wrapped(*args, **kwargs)
-    key = args[0]
+    if scope is None or self is not os.environ:
+        return _real_getitem(self, key)
     if scope.session is not None:
-        return _replay_read(scope, key, wrapped, args, kwargs)
-    site = app_site(1)
-    if site is None:
-        return wrapped(*args, **kwargs)
+        return _replay_read(scope, key, types.MethodType(_real_getitem, self), (key,), {})
+    frame = _getframe(1)  # app_site(1), its common case inlined: read straight from the app's code
+    code = frame.f_code
+    known = _verdicts.get(id(code))
+    if known is not None and known[0] is code and known[1] == _APP:
+        site: SiteRef = (known[2], code, frame.f_lasti)
+    else:
+        found = app_site(1)
+        if found is None:
+            return _real_getitem(self, key)
+        site = found
     try:
-        value = wrapped(*args, **kwargs)  # a dict lookup: no IO of its own, nothing to suspend
+        value = _real_getitem(self, key)  # a dict lookup: no IO of its own, nothing to suspend
     except KeyError:
         _record_missing(scope, key, site)
         raise
@@ -83,7 +108,7 @@ class EnvInterceptor:
     kind = KIND
 
     def __init__(self) -> None:
-        self._getitem = wrap_method(vars(_Environ)["__getitem__"], _getitem_wrapper)
+        self._getitem = _getitem
 
     def patches(self) -> list[Patch]:
         return [Patch(_Environ, "__getitem__", self._getitem)]

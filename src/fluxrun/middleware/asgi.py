@@ -92,7 +92,8 @@ class _Exchange:
             report_internal_error("recording an ASGI request body", exc)
         return message
 
-    async def send(self, message: Any) -> None:
+    def send(self, message: Any) -> Any:
+        """Record, then hand the server's own awaitable back: no coroutine of ours per message."""
         try:
             kind = message.get("type")
             if kind == "http.response.body":
@@ -106,7 +107,7 @@ class _Exchange:
                 self.recording.outcome["status"] = status
         except Exception as exc:
             report_internal_error("recording an ASGI response", exc)
-        await self.send_(message)
+        return self.send_(message)
 
     async def drain(self) -> None:
         """A kept execution needs the whole request body for replay, even the part the app never read."""

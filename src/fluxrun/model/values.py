@@ -47,9 +47,13 @@ def encode(value: Any, *, max_bytes: int = 1 << 20, _depth: int = 0) -> Any:
         return {_TAG: "repr", "type": type_path(tp), "v": "<nested too deeply>"}
     depth = _depth + 1
     if tp is list:
+        if _all_plain(value, max_bytes):
+            return value.copy()
         return [encode(v, max_bytes=max_bytes, _depth=depth) for v in value]
     if tp is dict:
         if all(type(k) is str for k in value) and _TAG not in value:
+            if _all_plain(value.values(), max_bytes):
+                return value.copy()
             return {k: encode(v, max_bytes=max_bytes, _depth=depth) for k, v in value.items()}
         return {
             _TAG: "dict",
@@ -75,6 +79,24 @@ def encode(value: Any, *, max_bytes: int = 1 << 20, _depth: int = 0) -> Any:
     if fast is not None:
         return fast(value)
     return _encode_other(value, tp, max_bytes, depth)
+
+
+def _all_plain(values: Any, max_bytes: int) -> bool:
+    """True when every value encodes as itself (the common JSON-ish case): the container is copied as is."""
+    for v in values:
+        tv = type(v)
+        if tv is str:
+            if len(v) > max_bytes:
+                return False
+        elif tv is int:
+            if not -_MAX_INT <= v <= _MAX_INT:
+                return False
+        elif tv is float:
+            if not math.isfinite(v):
+                return False
+        elif v is not None and tv is not bool:
+            return False
+    return True
 
 
 # Exact types seen on hot paths (uuid4 results, datetime.now), checked before the isinstance chain.
