@@ -76,6 +76,7 @@ class Aggregator:
         self.stored = 0
         self.duplicates = 0
         self.last_error: str | None = None
+        self._sqlite_insert: tuple[str, list[tuple[str, Any]]] | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="fluxrun-aggregator", daemon=True)
@@ -160,10 +161,33 @@ class Aggregator:
                     row["object_offset"] = placement.offset
                     row["object_length"] = placement.length
                     row["object_sha256"] = placement.sha256
-            table: Table = Execution.__table__  # type: ignore[attr-defined]
-            insert = _insert(self.engine)(table).on_conflict_do_nothing(index_elements=["bundle_id"])
-            session.connection().execute(insert, rows)  # Core executemany: no ORM bulk-insert bookkeeping
+            self._insert_executions(session, rows)
             session.commit()
+
+    def _insert_executions(self, session: Session, rows: list[dict[str, Any]]) -> None:
+        """executemany of the execution rows; a replayed bundle id is skipped (ON CONFLICT DO NOTHING).
+
+        On SQLite the rows go to the driver as tuples, converted by the same bind processors SQLAlchemy
+        would apply (the statement is compiled once): SQLAlchemy's per-row parameter handling cost ~45 µs a
+        row here, more than SQLite's own insert. Elsewhere it is a Core executemany.
+        """
+        table: Table = Execution.__table__  # type: ignore[attr-defined]
+        insert = _insert(self.engine)(table).on_conflict_do_nothing(index_elements=["bundle_id"])
+        connection = session.connection()
+        if self.engine.dialect.name != "sqlite":
+            connection.execute(insert, rows)
+            return
+        if self._sqlite_insert is None:
+            dialect = self.engine.dialect
+            compiled = insert.compile(dialect=dialect, column_keys=list(rows[0]))
+            names = list(compiled.positiontup or ())
+            processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
+            self._sqlite_insert = (str(compiled), list(zip(names, processors, strict=True)))
+        sql, columns = self._sqlite_insert
+        values = [
+            tuple(row[name] if convert is None else convert(row[name]) for name, convert in columns) for row in rows
+        ]
+        connection.exec_driver_sql(sql, values)
 
     def _upsert_issues(
         self, session: Session, groups: dict[tuple[int, str], list[tuple[str, dict[str, Any]]]], now: datetime
