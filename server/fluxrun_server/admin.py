@@ -97,11 +97,18 @@ def revoke_key(session: Session, project_ref: str, key_id: str, *, actor: Actor 
 
 
 def create_api_key(
-    session: Session, workspace_name: str, name: str, role: str = "member", *, actor: Actor | None = None
+    session: Session,
+    workspace_name: str,
+    name: str,
+    role: str | None = "member",
+    *,
+    member: str | None = None,
+    actor: Actor | None = None,
 ) -> Issued:
-    if role not in ROLES:
+    """An API key; with `member`, the member's key (its role defaults to the member's and never exceeds it)."""
+    if role is not None and role not in ROLES:
         raise AdminError(f"role {role!r}: use one of {', '.join(ROLES)}")
-    return ops.create_api_key(session, _actor(actor), name, role, _workspace_id(session, workspace_name))
+    return ops.create_api_key(session, _actor(actor), name, role, _workspace_id(session, workspace_name), member)
 
 
 def revoke_api_key(session: Session, prefix: str, *, actor: Actor | None = None) -> ApiKey:

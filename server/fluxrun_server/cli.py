@@ -146,13 +146,15 @@ def create_api_key(
     ctx: typer.Context,
     workspace: str,
     name: str,
-    role: Annotated[str, typer.Option(help="owner, admin, member or viewer")] = "member",
+    role: Annotated[str | None, typer.Option(help="owner, admin, member or viewer (default: member)")] = None,
+    member: Annotated[str | None, typer.Option(help="a member's key: at most their role, revoked with them")] = None,
 ) -> None:
     """Create a query API key for dashboard and CLI users of a workspace. Shown once."""
     with _session(ctx) as session:
-        issued = _run(lambda: admin.create_api_key(session, workspace, name, role))
+        role = role or (None if member else "member")  # a member's key takes the member's role by default
+        issued = _run(lambda: admin.create_api_key(session, workspace, name, role, member=member))
         out.print(issued.secret)
-        err.print(f"API key {name} ({role}) for {workspace} (prefix {issued.prefix}); it is shown only this once")
+        err.print(f"API key {name} for {workspace} (prefix {issued.prefix}); it is shown only this once")
 
 
 @admin_app.command("revoke-api-key")

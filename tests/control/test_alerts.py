@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from control_helpers import BACKENDS, GraphQLFailed, Server, provision, wait_until
 from servers import free_port
 
-from conftest import BACKENDS, GraphQLFailed, Server, provision, wait_until
 from fluxrun.bundle import load_capture_key, signing_public_key
 from fluxrun_server.control.alerts import verify
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from control_helpers import BACKENDS, PG_ADMIN
 from typer.testing import CliRunner
 
-from conftest import BACKENDS, PG_ADMIN
 from fluxrun.bundle import generate_keys, load_capture_key, signing_public_key
 from fluxrun_server.cli import server_app
 
@@ -81,6 +81,9 @@ def test_every_cli_operation_and_its_audit_entry(cli: Any, tmp_path: Path) -> No
     cli("add-member", "acme", "bob@acme.test", "--role", "viewer")
     assert "bob@acme.test is now admin" in cli("set-role", "acme", "bob@acme.test", "admin").stdout
     cli("set-role", "acme", "ada@acme.test", "member", ok=False)  # the last owner
+    ada_key = cli("create-api-key", "acme", "ada-laptop", "--member", "ada@acme.test").stdout.strip().splitlines()[0]
+    assert ada_key.startswith("fra_")
+    cli("create-api-key", "acme", "x", "--member", "nobody@acme.test", ok=False)
     members = cli("members", "acme").stdout
     assert "ada@acme.test  owner" in members and "bob@acme.test  admin" in members
     cli("remove-member", "acme", "bob@acme.test")

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from control_helpers import BACKENDS, GraphQLFailed, Server, project_ids, provision, wait_until
 
-from conftest import BACKENDS, GraphQLFailed, Server, project_ids, provision, wait_until
 from fluxrun.bundle import generate_keys, load_capture_key, signing_public_key
 
 ROLES = ["viewer", "member", "admin", "owner"]
@@ -372,3 +372,39 @@ def test_tokens_minted_and_revoked_through_graphql_take_effect(server: Server, i
     assert listed["tokens"] == [{"prefix": token[:12], "revokedAt": None}]
     server.gql("admin", "mutation($x: String!) { revokeToken(prefix: $x) { prefix } }", x=token[:12])
     assert wait_until(lambda: server.ingest(token, [seal()[1]]).status_code == 401, timeout=10)
+
+
+def test_member_keys_follow_their_member(server: Server) -> None:
+    email = f"dev{secrets.token_hex(3)}@corp.test"
+    server.gql("owner", 'mutation($e: String!) { addMember(email: $e, role: "admin") { email } }', e=email)
+    with pytest.raises(GraphQLFailed, match="cannot be owner"):
+        server.gql(
+            "owner", 'mutation($e: String!) { createApiKey(name: "x", role: "owner", member: $e) { prefix } }', e=email
+        )
+    with pytest.raises(GraphQLFailed, match="no member"):
+        server.gql("owner", 'mutation { createApiKey(name: "x", member: "nobody@corp.test") { prefix } }')
+    made = server.gql(
+        "owner", 'mutation($e: String!) { createApiKey(name: "laptop", member: $e) { secret prefix } }', e=email
+    )
+    key = made["createApiKey"]["secret"]
+    listed = {k["prefix"]: k for k in server.gql("viewer", "{ apiKeys { prefix role member } }")["apiKeys"]}
+    assert listed[key[:12]] == {"prefix": key[:12], "role": "admin", "member": email}
+    assert server.gql(key, "{ me { role } }")["me"]["role"] == "admin"
+
+    server.gql("owner", 'mutation($e: String!) { changeMemberRole(email: $e, role: "viewer") { role } }', e=email)
+    assert wait_until(lambda: server.gql(key, "{ me { role } }")["me"]["role"] == "viewer", timeout=10)
+    with pytest.raises(GraphQLFailed) as failed:
+        server.gql(key, 'mutation { createApiKey(name: "y", role: "viewer") { prefix } }')
+    assert failed.value.code == "FORBIDDEN"
+
+    server.gql("owner", "mutation($e: String!) { removeMember(email: $e) { email } }", e=email)
+
+    def refused() -> bool:
+        query = {"query": "{ me { role } }"}
+        response = httpx.post(server.url + "/v1/graphql", json=query, headers={"authorization": f"Bearer {key}"})
+        return response.status_code == 401
+
+    assert wait_until(refused, timeout=10)
+    log = server.gql("owner", "{ auditLog(limit: 20) { action target detail } }")["auditLog"]
+    removal = next(e for e in log if e["action"] == "member.remove" and e["target"] == f"member:{email}")
+    assert removal["detail"]["keys"] == [key[:12]]

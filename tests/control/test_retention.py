@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import BACKENDS, Server, project_ids, provision, wait_until
+from control_helpers import BACKENDS, Server, project_ids, provision, wait_until
 
 
 def segments(server: Server) -> list[Path]:

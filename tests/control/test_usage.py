@@ -11,8 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from conftest import BACKENDS, Server, project_ids, provision, wait_until
+from control_helpers import BACKENDS, Server, project_ids, provision, wait_until
 
 
 def usage_of(server: Server, project_id: int) -> dict[str, Any]:

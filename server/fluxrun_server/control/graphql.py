@@ -135,6 +135,7 @@ class ApiKey:
     role: str
     created_at: datetime
     revoked_at: datetime | None
+    member: str | None = strawberry.field(description="the member it belongs to, if any")
 
 
 @strawberry.type
@@ -227,8 +228,21 @@ def _key(row: im.SigningKey) -> SigningKey:
     )
 
 
-def _api_key(row: im.ApiKey) -> ApiKey:
-    return ApiKey(prefix=row.prefix, name=row.name, role=row.role, created_at=row.created_at, revoked_at=row.revoked_at)
+def _api_key(row: im.ApiKey, member: str | None = None) -> ApiKey:
+    return ApiKey(
+        prefix=row.prefix,
+        name=row.name,
+        role=row.role,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+        member=member,
+    )
+
+
+def _api_keys(session: Session, actor: ops.Actor) -> list[ApiKey]:
+    rows = ops.list_api_keys(session, actor)
+    members = ops.key_members(session, rows)
+    return [_api_key(k, members.get(k.id or 0)) for k in rows]
 
 
 def _member(row: m.Member) -> Member:
@@ -338,7 +352,7 @@ class Query:
 
     @strawberry.field
     async def api_keys(self, info: Info) -> list[ApiKey]:
-        return [_api_key(k) for k in await info.context.run(ops.list_api_keys)]
+        return await info.context.run(_api_keys)
 
     @strawberry.field
     async def members(self, info: Info) -> list[Member]:
@@ -401,9 +415,12 @@ class Mutation:
     async def revoke_signing_key(self, info: Info, project_id: int, key_id: str) -> SigningKey:
         return _key(await info.context.run(ops.revoke_key, project_id, key_id))
 
-    @strawberry.mutation(description="Create an API key (role at most the caller's); shown only in this answer")
-    async def create_api_key(self, info: Info, name: str, role: str = "member") -> Issued:
-        issued = await info.context.run(ops.create_api_key, name, role)
+    @strawberry.mutation(
+        description="Create an API key (role at most the caller's; a member's key at most the member's role, "
+        "revoked when they are removed); shown only in this answer"
+    )
+    async def create_api_key(self, info: Info, name: str, role: str | None = None, member: str | None = None) -> Issued:
+        issued = await info.context.run(ops.create_api_key, name, role, None, member)
         return Issued(secret=issued.secret, prefix=issued.prefix)
 
     @strawberry.mutation

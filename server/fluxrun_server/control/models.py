@@ -15,7 +15,17 @@ from sqlmodel import Field, SQLModel
 
 from fluxrun_server.index.models import utcnow
 
-__all__ = ["AlertCursor", "AlertDelivery", "AlertRule", "AuditEntry", "Member", "Plan", "ProjectPlan", "UsageCounter"]
+__all__ = [
+    "AlertCursor",
+    "AlertDelivery",
+    "AlertRule",
+    "AuditEntry",
+    "Member",
+    "MemberKey",
+    "Plan",
+    "ProjectPlan",
+    "UsageCounter",
+]
 
 
 class Member(SQLModel, table=True):
@@ -28,6 +38,13 @@ class Member(SQLModel, table=True):
     email: str
     role: str
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class MemberKey(SQLModel, table=True):
+    """An API key that belongs to a member: it never ranks above the member, and goes when the member goes."""
+
+    api_key_id: int = Field(foreign_key="apikey.id", primary_key=True)
+    member_id: int = Field(foreign_key="member.id", index=True)
 
 
 class AuditEntry(SQLModel, table=True):

@@ -32,6 +32,7 @@ from fluxrun_server.control.models import (
     AlertRule,
     AuditEntry,
     Member,
+    MemberKey,
     Plan,
     ProjectPlan,
     UsageCounter,
@@ -324,19 +325,54 @@ def _grantable(actor: Actor, role: str, what: str) -> None:
 
 
 def create_api_key(
-    session: Session, actor: Actor, name: str, role: str = "member", workspace_id: int | None = None
+    session: Session,
+    actor: Actor,
+    name: str,
+    role: str | None = None,
+    workspace_id: int | None = None,
+    member: str | None = None,
 ) -> Issued:
+    """An API key, optionally a member's: then its role defaults to, and may not exceed, the member's role."""
     _require(actor, "admin", "creating an API key")
-    _check_role(role)
+    owner = _member(session, actor, member, workspace_id) if member else None
+    role = _check_role(role or (owner.role if owner else "member"))
     _grantable(actor, role, "an API key")
+    if owner is not None and rank(role) > rank(owner.role):
+        raise OperationError(f"{owner.email} is {owner.role}; their API key cannot be {role}")
     ws = get_workspace(session, actor, workspace_id)
     secret = new_token(API_KEY)
-    session.add(
-        ApiKey(workspace_id=ws.id, name=name, role=role, prefix=token_prefix(secret), token_hash=hash_token(secret))  # type: ignore[arg-type]
-    )
-    _audit(session, actor, ws.id, "api_key.create", f"api_key:{token_prefix(secret)}", name=name, role=role)
+    key = ApiKey(workspace_id=ws.id, name=name, role=role, prefix=token_prefix(secret), token_hash=hash_token(secret))  # type: ignore[arg-type]
+    session.add(key)
+    session.flush()
+    if owner is not None:
+        session.add(MemberKey(api_key_id=key.id, member_id=owner.id))  # type: ignore[arg-type]
+    detail = {"name": name, "role": role, **({"member": owner.email} if owner else {})}
+    _audit(session, actor, ws.id, "api_key.create", f"api_key:{token_prefix(secret)}", **detail)
     session.commit()
     return Issued(secret, token_prefix(secret))
+
+
+def member_keys(session: Session, member: Member) -> list[ApiKey]:
+    return list(
+        session.exec(
+            select(ApiKey)
+            .join(MemberKey, col(MemberKey.api_key_id) == ApiKey.id)
+            .where(MemberKey.member_id == member.id, col(ApiKey.revoked_at).is_(None))
+        ).all()
+    )
+
+
+def key_members(session: Session, keys: list[ApiKey]) -> dict[int, str]:
+    """Which member (e-mail) each of these API keys belongs to, by key id."""
+    ids = [k.id for k in keys if k.id is not None]
+    if not ids:
+        return {}
+    rows = session.exec(
+        select(MemberKey.api_key_id, Member.email)
+        .join(Member, col(Member.id) == MemberKey.member_id)
+        .where(col(MemberKey.api_key_id).in_(ids))
+    ).all()
+    return {int(key_id): str(email) for key_id, email in rows}
 
 
 def list_api_keys(session: Session, actor: Actor, workspace_id: int | None = None) -> list[ApiKey]:
@@ -363,7 +399,7 @@ def list_members(session: Session, actor: Actor, workspace_id: int | None = None
     return list(session.exec(select(Member).where(Member.workspace_id == ws).order_by(col(Member.id))).all())
 
 
-def _member(session: Session, actor: Actor, email: str, workspace_id: int | None) -> Member:
+def _member(session: Session, actor: Actor, email: str, workspace_id: int | None = None) -> Member:
     ws = _workspace_id(actor, workspace_id)
     row = session.exec(select(Member).where(Member.workspace_id == ws, Member.email == email.strip().lower())).first()
     if row is None:
@@ -409,7 +445,13 @@ def change_member_role(
         raise OperationError(f"{row.email} is the last owner; make someone else owner first")
     old, row.role = row.role, role
     session.add(row)
-    _audit(session, actor, row.workspace_id, "member.role", f"member:{row.email}", old=old, new=role)
+    capped = []
+    for key in member_keys(session, row):
+        if rank(key.role) > rank(role):  # a member's keys never rank above the member
+            key.role = role
+            session.add(key)
+            capped.append(key.prefix)
+    _audit(session, actor, row.workspace_id, "member.role", f"member:{row.email}", old=old, new=role, keys=capped)
     session.commit()
     session.refresh(row)
     return row
@@ -421,8 +463,16 @@ def remove_member(session: Session, actor: Actor, email: str, workspace_id: int 
     _grantable(actor, row.role, "removing a member")
     if row.role == "owner" and _owners(session, row.workspace_id) == 1:
         raise OperationError(f"{row.email} is the last owner; make someone else owner first")
+    revoked = []
+    for key in member_keys(session, row):  # the member's keys go with them
+        key.revoked_at = utcnow()
+        session.add(key)
+        revoked.append(key.prefix)
+    for link in session.exec(select(MemberKey).where(MemberKey.member_id == row.id)).all():
+        session.delete(link)
+    session.flush()
     session.delete(row)
-    _audit(session, actor, row.workspace_id, "member.remove", f"member:{row.email}", role=row.role)
+    _audit(session, actor, row.workspace_id, "member.remove", f"member:{row.email}", role=row.role, keys=revoked)
     session.commit()
     return row
 

@@ -69,6 +69,15 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_member_workspace_id"), "member", ["workspace_id"], unique=False)
     op.create_table(
+        "memberkey",
+        sa.Column("api_key_id", sa.Integer(), nullable=False),
+        sa.Column("member_id", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(["api_key_id"], ["apikey.id"]),
+        sa.ForeignKeyConstraint(["member_id"], ["member.id"]),
+        sa.PrimaryKeyConstraint("api_key_id"),
+    )
+    op.create_index(op.f("ix_memberkey_member_id"), "memberkey", ["member_id"], unique=False)
+    op.create_table(
         "alertrule",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("project_id", sa.Integer(), nullable=False),
@@ -154,6 +163,8 @@ def downgrade() -> None:
     op.drop_table("projectplan")
     op.drop_index(op.f("ix_alertrule_project_id"), table_name="alertrule")
     op.drop_table("alertrule")
+    op.drop_index(op.f("ix_memberkey_member_id"), table_name="memberkey")
+    op.drop_table("memberkey")
     op.drop_index(op.f("ix_member_workspace_id"), table_name="member")
     op.drop_table("member")
     op.drop_index("ix_auditentry_workspace_id_id", table_name="auditentry")

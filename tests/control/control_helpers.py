@@ -1,0 +1,183 @@
+"""Helpers for the control-plane tests: a real server process with GraphQL, REST and CLI clients, and
+provisioning. (Not in conftest.py: test modules import these by name, and several test folders have a
+conftest module.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fluxrun.bundle import load_capture_key, signing_public_key
+
+PG_ADMIN = os.environ.get("FLUXRUN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ["sqlite", "postgres"]
+
+
+class GraphQLFailed(AssertionError):
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["message"])
+        self.errors = errors
+        self.code = (errors[0].get("extensions") or {}).get("code")
+
+
+@dataclass
+class Server:
+    url: str
+    env: dict[str, str]
+    data_dir: Path
+    backend: str
+    proc: subprocess.Popen[bytes] | None = None
+    log: Any = None
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "fluxrun.cli.app", "server", "admin", *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"admin {args} failed: {result.stdout}{result.stderr}")
+        return result
+
+    def out(self, *args: str) -> str:
+        return self.admin(*args).stdout.strip()
+
+    def start(self) -> None:
+        if self.log is None:
+            self.log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open across restarts, closed in close()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fluxrun.cli.app", "server"],
+            env={**os.environ, **self.env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start within 30 s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def output(self) -> str:
+        if self.log is None:
+            return ""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    # -- clients ---------------------------------------------------------------------------------------------
+
+    def gql(self, key: str, query: str, **variables: Any) -> dict[str, Any]:
+        """Run a GraphQL operation with the API key named `key` (or a raw key); raise GraphQLFailed on errors."""
+        token = self.keys.get(key, key)
+        response = httpx.post(
+            self.url + "/v1/graphql",
+            json={"query": query, "variables": variables},
+            headers={"authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body.get("errors"):
+            raise GraphQLFailed(body["errors"])
+        data: dict[str, Any] = body["data"]
+        return data
+
+    def ingest(self, token: str, bundles: list[bytes], timeout: float = 30) -> httpx.Response:
+        return httpx.post(
+            self.url + "/v1/executions",
+            content=b"".join(len(b).to_bytes(4, "big") + b for b in bundles),
+            headers={"authorization": f"Bearer {token}", "content-type": "application/x-fluxrun-batch"},
+            timeout=timeout,
+        )
+
+    def api(self, key: str, path: str, **params: Any) -> httpx.Response:
+        return httpx.get(
+            self.url + path,
+            params=params or None,
+            headers={"authorization": f"Bearer {self.keys.get(key, key)}"},
+            timeout=30,
+        )
+
+
+def provision(server: Server, capture_key: Path) -> None:
+    """acme/shop (signed, with an ingest token) and acme/web; other/app; an API key per role in acme, one in other.
+
+    Done in-process through `fluxrun_server.admin` (the CLI's functions) on the server's database: quicker than
+    a CLI process per step; tests/control/test_cli.py runs the CLI itself."""
+    from sqlmodel import Session
+
+    from fluxrun_server import admin
+    from fluxrun_server.index.database import make_engine, migrate
+    from fluxrun_server.settings import ServerSettings
+
+    settings = ServerSettings(data_dir=server.data_dir, database_url=server.env.get("FLUXRUN_SERVER_DATABASE_URL"))
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    key_id, public = signing_public_key(load_capture_key(capture_key))
+    with Session(engine) as session:
+        admin.create_workspace(session, "acme")
+        admin.create_project(session, "acme", "shop")
+        admin.create_project(session, "acme", "web")
+        admin.create_workspace(session, "other")
+        admin.create_project(session, "other", "app")
+        for project in ("acme/shop", "acme/web", "other/app"):
+            admin.register_key(session, project, f"{key_id}:{public}")
+        server.keys["ingest"] = admin.issue_token(session, "acme/shop").secret
+        server.keys["ingest_web"] = admin.issue_token(session, "acme/web").secret
+        server.keys["ingest_other"] = admin.issue_token(session, "other/app").secret
+        for role in ("owner", "admin", "member", "viewer"):
+            server.keys[role] = admin.create_api_key(session, "acme", f"{role}-key", role).secret
+        server.keys["other_owner"] = admin.create_api_key(session, "other", "their-owner", "owner").secret
+    engine.dispose()
+
+
+def project_ids(server: Server) -> dict[str, int]:
+    data = server.gql("owner", "{ projects { id name } }")
+    return {p["name"]: p["id"] for p in data["projects"]}
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
