@@ -4,14 +4,17 @@ Sections (every "added" number is the FluxRun run minus a baseline measured in t
 
 1. Idle cost per intercepted call: `fluxrun.init()` done, no execution active. Each IO kind (time.time,
    time.perf_counter, datetime.now, random.random, uuid.uuid4, env reads, logging, httpx sync and async
-   through `httpx.MockTransport`, a `@fluxrun.boundary` function) runs in a timeit-style loop, first
-   before `init` (the baseline: unpatched functions, or an undecorated function for the boundary), then
-   after. Median of repeats, ns/call added. `datetime.now` is called through this module's own
+   through `httpx.MockTransport`, a `@fluxrun.boundary` function) runs in a timeit-style loop with FluxRun
+   shut down (the baseline: unpatched functions, or an undecorated function for the boundary), then with
+   `init` done; each repeat does both, one after the other, so both see the same load on a shared
+   machine. Loops are timed in the thread's CPU time (another process preempting them does not count).
+   Median of repeats, ns/call added. `datetime.now` is called through this module's own
    `from datetime import datetime`, which FluxRun rebinds because this file counts as the app's code.
 2. Cost per call while capturing: the same loops inside a `@fluxrun.capture`d function (at most
    CALLS_PER_EXECUTION calls each) that returns normally, so each recording is built and then discarded
-   (sample_rate 0). µs/call added over the baseline of section 1. A probe execution per kind that raises
-   is sealed and opened to check how many events each call really records.
+   (sample_rate 0), timed in alternation with the same loops uncaptured. µs/call added over the baseline
+   of section 1 (section 1's idle added plus the captured-minus-uncaptured difference). A probe execution
+   per kind that raises is sealed and opened to check how many events each call really records.
 3. Per-request overhead on a FastAPI app whose handler does 10 IO events (3 env reads, 2 time.time,
    uuid4, random.random, one handled logging.info, one @boundary call, one async httpx GET through
    MockTransport). Requests are driven in-process by calling the ASGI app with a synthetic http scope,
@@ -210,15 +213,17 @@ def compile_loop(stmt: str, is_async: bool) -> Callable[[int], Any]:
 
 
 def timed_run(function: Callable[[int], Any], is_async: bool, n: int) -> int:
-    """Call `function(n)` once (to completion on the event loop when async); elapsed ns."""
+    """Call `function(n)` once (to completion on the event loop when async); elapsed ns of this thread's
+    CPU time, so that another process preempting the loop on a shared machine does not count."""
+    cpu_ns = REAL.cpu_ns
     if is_async:
         loop = event_loop()
-        started = now_ns()
+        started = cpu_ns()
         loop.run_until_complete(function(n))
-        return now_ns() - started
-    started = now_ns()
+        return int(cpu_ns() - started)
+    started = cpu_ns()
     function(n)
-    return now_ns() - started
+    return int(cpu_ns() - started)
 
 
 def calibrate(run: Callable[[int], int], budget_ns: float) -> int:
@@ -237,38 +242,69 @@ def median_ns_per_call(run: Callable[[int], int], n: int, repeats: int) -> float
     return statistics.median(run(n) / n for _ in range(repeats))
 
 
-def measure_loops(settings: Settings, *, baseline: bool) -> dict[str, float]:
-    """ns/call of each kind's loop: unpatched statements when `baseline`, else the statements as they are now."""
-    results = {}
+def measure_baseline_and_idle(
+    settings: Settings, start: Callable[[], None], stop: Callable[[], None]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """ns/call of each kind before `fluxrun.init` (baseline) and after it (idle), in alternation: every
+    repeat times all baselines with FluxRun shut down, then all idle loops with it started again, so both
+    see the same machine. Returns with FluxRun started."""
+    runs: dict[str, tuple[Callable[[int], int], Callable[[int], int]]] = {}
     for kind in KINDS:
-        stmt = (kind.baseline_stmt or kind.stmt) if baseline else kind.stmt
-        loop = compile_loop(stmt, kind.is_async)
+        plain = compile_loop(kind.baseline_stmt or kind.stmt, kind.is_async)
+        patched = compile_loop(kind.stmt, kind.is_async)
+        runs[kind.name] = (
+            lambda n, loop=plain, is_async=kind.is_async: timed_run(loop, is_async, n),
+            lambda n, loop=patched, is_async=kind.is_async: timed_run(loop, is_async, n),
+        )
+    counts = {}
+    for name, (run_plain, _) in runs.items():
+        run_plain(1)
+        counts[name] = calibrate(run_plain, settings.loop_budget_ms * 1e6)
+    samples: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in runs}
+    for repeat in range(settings.repeats + 1):  # the first repeat warms up and is not counted
+        gc.collect()
+        for name, (run_plain, _) in runs.items():
+            if repeat:
+                samples[name][0].append(run_plain(counts[name]) / counts[name])
+        start()
+        gc.collect()
+        for name, (_, run_patched) in runs.items():
+            run_patched(1)  # FluxRun's per-code-object caches
+            if repeat:
+                samples[name][1].append(run_patched(counts[name]) / counts[name])
+        if repeat < settings.repeats:
+            stop()
+    baseline = {name: statistics.median(values[0]) for name, values in samples.items()}
+    idle = {name: statistics.median(values[1]) for name, values in samples.items()}
+    return baseline, idle
 
-        def run(n: int, loop: Callable[[int], Any] = loop, is_async: bool = kind.is_async) -> int:
-            return timed_run(loop, is_async, n)
 
-        run(1)  # warm caches (and FluxRun's per-code-object caches)
-        n = calibrate(run, settings.loop_budget_ms * 1e6)
-        results[kind.name] = median_ns_per_call(run, n, settings.repeats)
-    return results
+def measure_capturing(settings: Settings, idle: dict[str, float]) -> dict[str, float]:
+    """ns/call of each kind inside captured executions of CALLS_PER_EXECUTION calls that end normally.
 
-
-def measure_capturing(settings: Settings) -> dict[str, float]:
-    """ns/call of each kind inside captured executions of CALLS_PER_EXECUTION calls that end normally."""
+    Each repeat times the captured executions and, right after, the same calls uncaptured (idle), so both
+    see the same machine; the result is table 1's idle figure plus the difference measured side by side.
+    """
     results = {}
     for kind in KINDS:
         captured = fluxrun.capture(name=f"bench {kind.name}")(compile_loop(kind.stmt, kind.is_async))
+        uncaptured = compile_loop(kind.stmt, kind.is_async)
 
-        def run(executions: int, captured: Any = captured, is_async: bool = kind.is_async) -> int:
+        def run(executions: int, function: Any = captured, is_async: bool = kind.is_async) -> int:
             total = 0
             for _ in range(executions):
-                total += timed_run(captured, is_async, CALLS_PER_EXECUTION)
+                total += timed_run(function, is_async, CALLS_PER_EXECUTION)
             return total
 
         run(1)
+        run(1, uncaptured)
         executions = calibrate(run, settings.loop_budget_ms * 1e6)
-        per_execution = median_ns_per_call(run, executions, settings.repeats)
-        results[kind.name] = per_execution / CALLS_PER_EXECUTION
+        gc.collect()
+        differences = []
+        for _ in range(settings.repeats):
+            differences.append(run(executions) - run(executions, uncaptured))
+        added = statistics.median(differences) / executions / CALLS_PER_EXECUTION
+        results[kind.name] = idle[kind.name] + added
     return results
 
 
@@ -916,8 +952,8 @@ def per_call_table(baseline: dict[str, float], idle: dict[str, float]) -> Table:
     table = Table(
         title="1. Idle cost per intercepted call (init done, nothing captured)",
         title_justify="left",
-        caption="timeit-style loops, median of repeats; baseline measured before fluxrun.init in this process "
-        "(for @boundary: the undecorated function)",
+        caption="timeit-style loops in CPU time, median of repeats; each repeat times the baseline with FluxRun "
+        "shut down, then the idle loop after fluxrun.init (for @boundary: the undecorated function)",
         caption_justify="left",
     )
     for column in ("IO call", "baseline ns", "idle ns", "added ns", "ratio", "target"):
@@ -941,7 +977,8 @@ def capture_table(baseline: dict[str, float], capturing: dict[str, float], event
         title=f"2. Cost per call while capturing ({CALLS_PER_EXECUTION} calls per execution, then discarded)",
         title_justify="left",
         caption="inside @fluxrun.capture'd executions that return normally (recorded, then dropped at the end); "
-        "added = capturing - the baseline of table 1; events/call read back from a sealed probe bundle",
+        "added = capturing - the baseline of table 1, where capturing = table 1's idle + (captured - uncaptured, "
+        "timed in alternation); events/call read back from a sealed probe bundle",
         caption_justify="left",
     )
     for column in ("IO call", "baseline µs", "capturing µs", "added µs", "ratio", "events/call", "target"):
@@ -1121,17 +1158,18 @@ def run_all(settings: Settings, workdir: Path, keys: tuple[Path, Path], console:
         "loadavg_start": os.getloadavg()[0],  # a shared machine: how busy it was, to read the figures by
     }
 
-    console.print("[bold]1-2.[/bold] per-call cost: baseline (before init) ...")
-    baseline = measure_loops(settings, baseline=True)
+    console.print("[bold]1-2.[/bold] per-call cost: baseline (FluxRun shut down) and idle (init done), alternating ...")
     bundles = workdir / "bundles"
-    fluxrun.init(directory=bundles, capture_key=capture_key, sample_rate=0.0)
+
+    def start() -> None:
+        fluxrun.init(directory=bundles, capture_key=capture_key, sample_rate=0.0)
+
+    baseline, idle = measure_baseline_and_idle(settings, start, fluxrun.shutdown)
     try:
         check_installed(console)
-        console.print("  idle (after init) ...")
-        idle = measure_loops(settings, baseline=False)
         console.print(per_call_table(baseline, idle))
         console.print("  capturing ...")
-        capturing = measure_capturing(settings)
+        capturing = measure_capturing(settings, idle)
         events = probe_events_per_call(bundles, replay_key)
         console.print(capture_table(baseline, capturing, events))
     finally:
