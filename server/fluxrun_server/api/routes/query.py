@@ -117,7 +117,10 @@ def list_runs(
                     col(Execution.error_message).ilike(pattern),
                 )
             )
-        query = select(Execution).where(project_filter, *text_filters)
+        # Keys first, rows after: the page is chosen from (started_at, bundle_id) alone (index-only for the
+        # filters that have a composite index; a narrow sort when text candidates must be sorted), and only
+        # the page's rows, summaries included, are read.
+        query = select(col(Execution.bundle_id)).where(project_filter, *text_filters)
         for column, value in (
             (Execution.outcome, outcome),
             (Execution.route, route),
@@ -140,9 +143,13 @@ def list_runs(
                     and_(col(Execution.started_at) == started, col(Execution.bundle_id) < bundle_id),
                 ),
             )
-        rows = session.exec(
-            query.order_by(col(Execution.started_at).desc(), col(Execution.bundle_id).desc()).limit(limit + 1)
-        ).all()
+        newest_first = (col(Execution.started_at).desc(), col(Execution.bundle_id).desc())
+        keys = session.exec(query.order_by(*newest_first).limit(limit + 1)).all()
+        rows = (
+            session.exec(select(Execution).where(col(Execution.bundle_id).in_(keys)).order_by(*newest_first)).all()
+            if keys
+            else []
+        )
         page = rows[:limit]
         return {
             "runs": [_run_item(e) for e in page],
