@@ -20,7 +20,8 @@ Sections (every "added" number is the FluxRun run minus a baseline measured in t
    MockTransport). Requests are driven in-process by calling the ASGI app with a synthetic http scope,
    receive and send (no sockets), one at a time; latency p50/p99 after warm-up. Each configuration
    runs in its own subprocess (the SDKs patch globally; the script re-invokes itself with `--config`),
-   sequentially, in interleaved rounds whose samples are pooled:
+   sequentially, in interleaved rounds whose samples are pooled (an "added" figure is the median over rounds
+   of the difference within a round, since a shared machine's load drifts between rounds):
    (a) plain app, (b) FluxRun middleware, (c) sentry-sdk (traces_sample_rate=0.0, no-op transport),
    (d) sentry-sdk with traces_sample_rate=1.0, (e) OpenTelemetry FastAPI + HTTPX instrumentation with an
    SDK TracerProvider and an in-memory exporter (cleared between batches, untimed), and (f) FluxRun with
@@ -106,7 +107,7 @@ class Settings:
 
 
 FULL = Settings(
-    repeats=7, loop_budget_ms=40, asgi_requests=3000, asgi_rounds=3, asgi_warmup=300, seal_iterations=(400, 300, 20)
+    repeats=7, loop_budget_ms=40, asgi_requests=3000, asgi_rounds=6, asgi_warmup=300, seal_iterations=(400, 300, 20)
 )
 QUICK = Settings(
     repeats=3, loop_budget_ms=3, asgi_requests=200, asgi_rounds=1, asgi_warmup=40, seal_iterations=(30, 30, 3)
@@ -647,12 +648,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure_asgi(settings: Settings, workdir: Path, keys: tuple[Path, Path], console: Console) -> dict[str, Any]:
-    """Run every configuration in its own subprocess, in interleaved rounds; pool each one's latencies."""
+    """Run every configuration in its own subprocess, in interleaved rounds; pool each one's latencies.
+
+    The load of a shared machine drifts between rounds, so an "added" figure is the median over rounds of
+    the difference to its baseline within the same round (pooled percentiles would mostly say which
+    configuration happened to run in the busier round); p50/p99 themselves are of the pooled requests."""
     per_round = math.ceil(settings.asgi_requests / settings.asgi_rounds)
     pooled: dict[str, list[int]] = {config.name: [] for config in ASGI_CONFIGS}
     pooled_cpu: dict[str, list[int]] = {config.name: [] for config in ASGI_CONFIGS}
     details: dict[str, dict[str, Any]] = {
-        config.name: {"statuses": Counter(), "errors": Counter(), "notes": [], "round_p50_us": []}
+        config.name: {"statuses": Counter(), "errors": Counter(), "notes": [], "round_p50_us": [], "rounds": []}
         for config in ASGI_CONFIGS
     }
     for round_ in range(settings.asgi_rounds):
@@ -665,6 +670,15 @@ def measure_asgi(settings: Settings, workdir: Path, keys: tuple[Path, Path], con
             details[config.name]["errors"].update(result["errors"])
             details[config.name]["notes"].append(result["notes"])
             details[config.name]["round_p50_us"].append(percentile(sorted(result["latencies_ns"]), 0.5) / 1000)
+            wall, cpu = sorted(result["latencies_ns"]), sorted(result["cpu_ns"])
+            details[config.name]["rounds"].append(
+                {
+                    "p50_us": percentile(wall, 0.50) / 1000,
+                    "p99_us": percentile(wall, 0.99) / 1000,
+                    "cpu_p50_us": percentile(cpu, 0.50) / 1000,
+                    "cpu_p99_us": percentile(cpu, 0.99) / 1000,
+                }
+            )
     results = {}
     for config in ASGI_CONFIGS:
         latencies = sorted(ns / 1000 for ns in pooled[config.name])
@@ -680,16 +694,16 @@ def measure_asgi(settings: Settings, workdir: Path, keys: tuple[Path, Path], con
             "errors": dict(details[config.name]["errors"]),
             "notes": details[config.name]["notes"],
             "round_p50_us": details[config.name]["round_p50_us"],
+            "rounds": details[config.name]["rounds"],
             "baseline": config.baseline,
         }
     for result in results.values():
         base = results.get(result["baseline"] or "")
         if base:
-            result["added_p50_us"] = result["p50_us"] - base["p50_us"]
-            result["added_p99_us"] = result["p99_us"] - base["p99_us"]
-            result["ratio_p50"] = result["p50_us"] / base["p50_us"]
-            result["added_cpu_p50_us"] = result["cpu_p50_us"] - base["cpu_p50_us"]
-            result["added_cpu_p99_us"] = result["cpu_p99_us"] - base["cpu_p99_us"]
+            pairs = list(zip(result["rounds"], base["rounds"], strict=True))
+            for stat in ("p50_us", "p99_us", "cpu_p50_us", "cpu_p99_us"):
+                result[f"added_{stat}"] = statistics.median(mine[stat] - theirs[stat] for mine, theirs in pairs)
+            result["ratio_p50"] = statistics.median(mine["p50_us"] / theirs["p50_us"] for mine, theirs in pairs)
     return results
 
 
@@ -1032,7 +1046,8 @@ def asgi_table(results: dict[str, Any], settings: Settings) -> Table:
         caption=f"ASGI app called in-process (no sockets), one request at a time; per configuration "
         f"{settings.asgi_requests} requests pooled over {settings.asgi_rounds} interleaved round(s), each a fresh "
         f"subprocess with {settings.asgi_warmup} warm-up requests. added = configuration - plain (- plain_fail for "
-        "(f) and (g)). Only FluxRun configurations decorate the boundary function. cpu: the same requests in the "
+        "(f) and (g)) within each round, median over rounds. Only FluxRun configurations decorate the boundary "
+        "function. cpu: the same requests in the "
         "thread's CPU time (time.thread_time_ns), which leaves out the scheduler's preemptions on a shared machine.",
         caption_justify="left",
     )
