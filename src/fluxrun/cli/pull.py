@@ -90,8 +90,8 @@ def pull(
         for run in runs:
             data = api.get(f"/v1/runs/{run['bundle_id']}/bundle").content
             read_bundle(data)  # a well-formed bundle, or a clear BundleError
-            fingerprint = (run.get("fingerprint") or "none")[:8]
-            name = f"{_slug(run.get('route') or '')}-{fingerprint}-{run['bundle_id'][:8]}.fluxrun"
+            fingerprint = _slug((run.get("fingerprint") or "none")[:8])
+            name = f"{_slug(run.get('route') or '')}-{fingerprint}-{_slug(run['bundle_id'][:8])}.fluxrun"
             path = folder / name
             temporary = folder / f".{name}.tmp"
             temporary.write_bytes(data)
