@@ -24,7 +24,8 @@ import wrapt
 
 from fluxrun._context import Scope, _get_ident, _task_of, current, scope_var
 from fluxrun._internal import (
-    _APP,
+    _PLUMBING,
+    _STDLIB,
     SiteRef,
     _verdicts,
     app_site,
@@ -256,7 +257,9 @@ def value_wrapper(kind: str, call: str, answer: Callable[[dict[str, Any]], Any],
         frame = _getframe(1)  # app_site(1), its common case inlined: called straight from the app's code
         code = frame.f_code
         known = _verdicts.get(id(code))
-        if known is not None and known[0] is code and known[1] == _APP:
+        if known is not None and known[0] is code and known[1] != _PLUMBING:
+            if known[1] == _STDLIB:  # the standard library's own internals (asyncio's clock): not the app's IO
+                return wrapped(*args, **kwargs)
             site: SiteRef = (known[2], code, frame.f_lasti)
         else:
             found = app_site(1)

@@ -19,7 +19,8 @@ from typing import Any
 
 from fluxrun._context import Scope, _get_ident, _task_of, current
 from fluxrun._internal import (
-    _APP,
+    _PLUMBING,
+    _STDLIB,
     SiteRef,
     _verdicts,
     app_site,
@@ -52,7 +53,9 @@ def _getitem(self: Any, key: Any) -> Any:
     frame = _getframe(1)  # app_site(1), its common case inlined: read straight from the app's code
     code = frame.f_code
     known = _verdicts.get(id(code))
-    if known is not None and known[0] is code and known[1] == _APP:
+    if known is not None and known[0] is code and known[1] != _PLUMBING:
+        if known[1] == _STDLIB:  # the standard library's own internals (tempfile, ...): not the app's IO
+            return _real_getitem(self, key)
         site: SiteRef = (known[2], code, frame.f_lasti)
     else:
         found = app_site(1)
