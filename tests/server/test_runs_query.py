@@ -180,3 +180,42 @@ def _public_key(encoded: str):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     return Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded))
+
+
+def test_verification_workers_do_not_outlive_a_killed_server(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "holder.py"
+    script.write_text(
+        "import time\n"
+        "from fluxrun_server.ingest.verify import Verifier\n"
+        "if __name__ == '__main__':\n"
+        "    v = Verifier(workers=1)\n"
+        "    assert v.wait_ready(120)\n"
+        "    print(' '.join(str(p) for p in v._pool._processes), flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            workers = [int(p) for p in holder.stdout.readline().split()]
+            assert workers, "the holder did not start a worker"
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for its parent counts as gone
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+    deadline = time.monotonic() + 15
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in workers), "a verification worker outlived the killed server"

@@ -4,8 +4,8 @@ An Ed25519 verification costs ~85 µs of CPU here and `cryptography` holds the G
 5,000 bundles/s in the server process would take half of its one Python core away from HTTP, the WAL and
 the aggregator. `Verifier` sends batches of several bundles to a small pool of worker processes instead
 (the bytes are pickled once, ~µs per 4 KiB bundle) and checks single bundles inline, where the round trip
-would cost more than it saves. The pool starts in the background on first use; until it is ready, or if
-a worker dies, batches are checked inline, so a request never waits for a process to start.
+would cost more than it saves. The pool starts in the background when the server starts (or at first use);
+until it is ready, or if a worker dies, batches are checked inline, so a request never waits for a process.
 
 The checks are the same either way: `check_bundles` is a pure function of the bytes and the project's
 registered public keys.
@@ -36,6 +36,7 @@ __all__ = ["SUPPORTED_VERSIONS", "Checked", "Verifier", "check_bundles", "defaul
 log = logging.getLogger("fluxrun_server.verify")
 
 SUPPORTED_VERSIONS = (1,)
+WATCHDOG_S = 1.0  # how often a worker checks that the server process still exists
 INLINE_BELOW = 4  # batches with fewer bundles are checked in the event loop (no inter-process round trip)
 
 
@@ -94,6 +95,26 @@ def _warm() -> int:
     return os.getpid()
 
 
+def _exit_with(server_pid: int) -> None:
+    """Worker initializer: exit when the server process is gone.
+
+    A worker forked by the forkserver is not the server's child and holds both ends of its task queue, so it
+    would never see the server die (SIGKILL, a crash) and would stay forever, keeping the forkserver too.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(WATCHDOG_S)
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid now belongs to another user's process: ours is gone
+                os._exit(0)
+
+    threading.Thread(target=watch, name="fluxrun-verify-watchdog", daemon=True).start()
+
+
 class Verifier:
     """Checks batches in worker processes (started lazily, in the background) or inline; see the module doc."""
 
@@ -118,6 +139,10 @@ class Verifier:
             self._discard(pool)
             return _check(bundles, signers)
 
+    def start(self) -> None:
+        """Start the workers in the background now (the server calls this at start-up), not at the first batch."""
+        self._ready_pool()
+
     def wait_ready(self, timeout: float = 60.0) -> bool:
         """Start the workers if needed and wait until they answer; False if there are none (inline only)."""
         self._ready_pool()
@@ -141,7 +166,9 @@ class Verifier:
         try:
             # forkserver: never fork this multi-threaded process itself; workers import only what they use.
             context = multiprocessing.get_context("forkserver")
-            pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
+            )
             for future in [pool.submit(_warm) for _ in range(self.workers)]:
                 future.result(timeout=120)
         except Exception:

@@ -8,6 +8,8 @@ more (an fsync failed) it is 503 and the node reports itself unhealthy.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -21,9 +23,17 @@ from fluxrun_server.ingest.records import pack_record
 from fluxrun_server.ingest.verify import Verifier
 from fluxrun_server.ingest.wal import WALError, WALFullError
 
-router = APIRouter(tags=["ingest"])
 # Signature checks of multi-bundle batches run in worker processes (Ed25519 holds the GIL); one pool per process.
 _verifier = Verifier()
+
+
+@asynccontextmanager
+async def _start_verifier(_app: Any) -> AsyncIterator[None]:
+    _verifier.start()  # in the background, while the rest of the server starts; it lives as long as the process
+    yield
+
+
+router = APIRouter(tags=["ingest"], lifespan=_start_verifier)
 
 
 @router.post(
