@@ -316,7 +316,9 @@ def agent(server: FluxRunServer, keys: Any, tmp_path_factory: pytest.TempPathFac
             running.log.close()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running on the main thread while it
+# is open, and tests collected after these (asyncio.run in tests/integration) would fail under it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         found = shutil.which("chromium")
