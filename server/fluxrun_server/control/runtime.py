@@ -65,7 +65,7 @@ class ControlPlane:
                 log.exception("control-plane job %s failed; retrying", name)
 
 
-def get_gate(request: Request) -> Gate:
+async def get_gate(request: Request) -> Gate:
     control: ControlPlane = request.app.state.control
     return control.gate
 
