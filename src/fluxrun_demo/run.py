@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,10 @@ def _pytest(loop: Loop, env: dict[str, str]) -> tuple[int, str, str]:
     return result.returncode, summary, report
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(console: Console, directory: Path | None = None, *, serve: bool = False) -> None:
     _require()
     import httpx
@@ -154,6 +159,7 @@ def run_demo(console: Console, directory: Path | None = None, *, serve: bool = F
     from fluxrun_demo import upstream
 
     started = time.monotonic()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a terminated demo still stops its server, agent and shop
     keep = directory is not None or serve
     root = (directory or Path(tempfile.mkdtemp(prefix="fluxrun-demo-"))).resolve()
     if directory is not None and directory.exists() and any(directory.iterdir()):

@@ -6,7 +6,9 @@ replay fails, the fix is applied, it passes, and the report marks the issue guar
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -69,6 +71,7 @@ def test_demo_keeps_its_folder_and_serves_until_interrupted(tmp_path: Path) -> N
         stderr=subprocess.STDOUT,
         text=True,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "COLUMNS": "300"},
+        start_new_session=True,  # so a failing test can stop the demo's server, agent and shop with it
     )
     try:
         assert proc.stdout is not None
@@ -82,10 +85,11 @@ def test_demo_keeps_its_folder_and_serves_until_interrupted(tmp_path: Path) -> N
         issue = httpx.get(f"{server}/v1/issues/1", headers={"authorization": f"Bearer {api_key}"}, timeout=10).json()
         assert issue["status"] == "guarded"
         assert sorted(r["outcome"] for r in issue["regression_runs"]) == ["fixed", "reproduced"]  # before, after
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # like Ctrl-C: the demo stops its processes and exits 0
         assert proc.wait(60) == 0
     finally:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
