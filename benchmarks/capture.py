@@ -1207,9 +1207,11 @@ def run_all(settings: Settings, workdir: Path, keys: tuple[Path, Path], console:
     results["targets"] = collect_targets(results)
     console.print(targets_table(results["targets"], settings is QUICK))
     results["loadavg_end"] = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    busy = max(results["loadavg_start"], results["loadavg_end"]) > cpus
     console.print(
         f"1-minute load average {results['loadavg_start']:.2f} at start, {results['loadavg_end']:.2f} at end, "
-        f"on {os.cpu_count()} CPUs (above the CPU count, other processes were competing for them)"
+        f"on {cpus} CPUs" + (" (above the CPU count: other processes were competing for them)" if busy else "")
     )
     return results
 
