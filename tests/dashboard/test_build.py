@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from dashboard_fixtures import Seeded, ingest, web_payload
 from server_process import FluxRunServer, fluxrun_server
 
-from conftest import Seeded, ingest, web_payload
 from fluxrun.bundle import Sealer, load_capture_key
 from fluxrun.model.export import build_summary
 from fluxrun.scrub import default_scrubber

@@ -17,10 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from dashboard_fixtures import Dashboard, Seeded, Shot
 from playwright.sync_api import expect
 from servers import free_port
-
-from conftest import Dashboard, Seeded, Shot
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import secrets
 import httpx
 import pytest
 import zstandard
+from server_fixtures import wait_until
 
-from conftest import wait_until
 from fluxrun_server.ingest.batch import encode_batch
 
 pytestmark = pytest.mark.slow

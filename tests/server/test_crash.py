@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
+from server_fixtures import Server, wait_until
 from servers import free_port
 
-from conftest import Server, wait_until
 from fluxrun.bundle import load_capture_key, signing_public_key
 from fluxrun_server.ingest.batch import encode_batch
 

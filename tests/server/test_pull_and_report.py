@@ -10,8 +10,8 @@ import textwrap
 
 import httpx
 import pytest
+from server_fixtures import wait_until
 
-from conftest import wait_until
 from fluxrun_server.ingest.batch import encode_batch
 
 pytestmark = pytest.mark.slow

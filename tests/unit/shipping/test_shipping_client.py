@@ -8,9 +8,9 @@ import threading
 import time
 
 import pytest
+from shipping_fixtures import Answer
 
 import fluxrun
-from conftest import Answer
 from fluxrun._context import current
 from fluxrun.bundle import open_bundle, read_bundle
 from fluxrun.errors import ConfigError

@@ -8,8 +8,8 @@ import os
 import time
 
 import pytest
+from shipping_fixtures import TOKEN, Answer
 
-from conftest import TOKEN, Answer
 from fluxrun.errors import ConfigError
 from fluxrun.shipping.http import parse_dsn, parse_retry_after
 
