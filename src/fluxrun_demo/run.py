@@ -67,7 +67,7 @@ class Loop:
 
     def step(self, what: str, text: str) -> None:
         self.step_no += 1
-        self.console.print(f"{self.step_no:>2}. [bold]{what}[/]: {text}", soft_wrap=True)
+        self.console.print(f"{self.step_no:>2}. [bold]{what}[/]: {escape(text)}", soft_wrap=True)
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
