@@ -17,7 +17,7 @@ from time import monotonic  # bound at import: FluxRun's own bookkeeping never c
 
 from fluxrun._config import Options
 from fluxrun._context import Scope, scope_var
-from fluxrun._internal import InApp, logger, real_urandom, report_internal_error, wall_time
+from fluxrun._internal import InApp, logger, real_urandom, report_internal_error, set_app_modules, wall_time
 from fluxrun.bundle import Sealer, load_capture_key
 from fluxrun.interceptors import install
 from fluxrun.model.export import SDK, build_payload, build_summary
@@ -86,6 +86,7 @@ class Client:
 
     # -- install ----------------------------------------------------------------------------------
     def install(self) -> None:
+        set_app_modules(self.options.in_app_include)
         self.installation = install.acquire(self.in_app)
         self.installation.body_limit = self.options.max_body_size
         self._report_gaps()
@@ -114,6 +115,7 @@ class Client:
         if self.installation is not None:
             self.installation = None
             install.release()
+            set_app_modules(())
 
     # -- executions -------------------------------------------------------------------------------
     def keep(self, recording: Recording) -> bool:
@@ -131,7 +133,11 @@ class Client:
         assert self.sealer is not None
         bundle_id = uuid.UUID(bytes=real_urandom(16), version=4).hex
         payload = build_payload(
-            recording, bundle_id=bundle_id, release=self.options.release, environment=self.options.environment
+            recording,
+            bundle_id=bundle_id,
+            release=self.options.release,
+            environment=self.options.environment,
+            app_modules=self.options.in_app_include,
         )
         summary = build_summary(payload, scrubber=self.options.scrubber, duration_ns=duration_ns)
         data = self.sealer.seal(summary=summary, payload=payload, bundle_id=bundle_id)

@@ -68,12 +68,14 @@ def _library_roots() -> tuple[str, ...]:
 def _stdlib_roots() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
     roots = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if paths.get(k)}
-    site_dirs = {os.path.realpath(p) for k in ("purelib", "platlib") if (p := paths.get(k))}
-    return tuple(sorted(r.rstrip(os.sep) + os.sep for r in roots - site_dirs))
+    return tuple(sorted(r.rstrip(os.sep) + os.sep for r in roots))
 
 
 LIBRARY_ROOTS = _library_roots()
 STDLIB_ROOTS = _stdlib_roots()
+# Where installed packages live. Under pyenv and in the official Docker images they sit inside the
+# standard library's folder (`lib/python3.11/site-packages`), so a prefix test alone cannot tell them apart.
+SITE_ROOTS = tuple(sorted(set(LIBRARY_ROOTS) - set(STDLIB_ROOTS)))
 FLUXRUN_ROOT = os.path.dirname(os.path.realpath(__file__)) + os.sep
 PLUGIN_ROOT = os.path.join(os.path.dirname(FLUXRUN_ROOT.rstrip(os.sep)), "pytest_fluxrun") + os.sep
 
@@ -94,9 +96,17 @@ def is_fluxrun_file(filename: str) -> bool:
 
 
 def is_stdlib_file(filename: str) -> bool:
+    """The standard library's own files, not installed packages (wherever the layout puts them)."""
     if filename.startswith("<frozen"):
         return True
-    return _real(filename).startswith(STDLIB_ROOTS)
+    real = _real(filename)
+    return real.startswith(STDLIB_ROOTS) and not real.startswith(SITE_ROOTS)
+
+
+def is_library_file(filename: str) -> bool:
+    """The standard library or an installed package: code whose own clock, env and randomness calls
+    are its internals, not the app's IO."""
+    return filename.startswith("<frozen") or _real(filename).startswith(LIBRARY_ROOTS)
 
 
 class InApp:
@@ -141,7 +151,7 @@ _PLUMBING_PACKAGES = ("wrapt", "httpx", "httpx2", "httpcore", "httpcore2")
 # Caches keyed by id(code): hashing a code object hashes its whole body on every call (~0.5 µs).
 # Each entry keeps the code object itself, so an id reused after garbage collection cannot match.
 _plumbing_cache: dict[int, tuple[CodeType, bool]] = {}
-_stdlib_code_cache: dict[int, tuple[CodeType, bool]] = {}
+_library_code_cache: dict[int, tuple[CodeType, bool]] = {}
 
 
 def _is_plumbing(frame: FrameType) -> bool:
@@ -170,46 +180,46 @@ def caller_frame(depth: int = 2) -> FrameType | None:
     return frame
 
 
-def frame_is_stdlib(frame: FrameType) -> bool:
-    """True for standard-library internals (asyncio, logging, tempfile...): their IO is not the app's."""
+# Modules the user declared the app's own (`in_app_include`), even when they are installed packages.
+_app_modules: tuple[str, ...] = ()
+
+
+def app_modules() -> tuple[str, ...]:
+    return _app_modules
+
+
+def set_app_modules(include: tuple[str, ...]) -> None:
+    """Count these modules' own IO as the app's (an app installed into site-packages, a vendored client)."""
+    global _app_modules
+    if include != _app_modules:
+        _app_modules = include
+        _library_code_cache.clear()
+        _verdicts.clear()
+
+
+def _declared_app(frame: FrameType) -> bool:
+    if not _app_modules:
+        return False
+    name = frame.f_globals.get("__name__", "")
+    return any(name == p or name.startswith(p + ".") for p in _app_modules)
+
+
+def frame_is_library(frame: FrameType) -> bool:
+    """True for the internals of the standard library and installed packages (asyncio's clock, anyio's
+    checkpoints, a telemetry check's env reads): their own IO is not the app's, at capture and replay alike."""
     code = frame.f_code
-    entry = _stdlib_code_cache.get(id(code))
+    entry = _library_code_cache.get(id(code))
     if entry is not None and entry[0] is code:
         return entry[1]
-    result = is_stdlib_file(code.co_filename)
-    _stdlib_code_cache[id(code)] = (code, result)
+    result = is_library_file(code.co_filename) and not _declared_app(frame)
+    _library_code_cache[id(code)] = (code, result)
     return result
-
-
-def app_caller(depth: int) -> FrameType | None:
-    """`caller_frame` and `frame_is_stdlib` in one pass (the hot path of every recorded call):
-    the calling frame, or None when the caller is the standard library's own internals."""
-    try:
-        frame: FrameType | None = sys._getframe(depth + 1)
-    except ValueError:
-        return None
-    while frame is not None:
-        code = frame.f_code
-        entry = _plumbing_cache.get(id(code))
-        if entry is None or entry[0] is not code:
-            if not _is_plumbing(frame):
-                break
-        elif not entry[1]:
-            break
-        frame = frame.f_back
-    if frame is None:
-        return None
-    code = frame.f_code
-    entry = _stdlib_code_cache.get(id(code))
-    if entry is not None and entry[0] is code:
-        return None if entry[1] else frame
-    return None if frame_is_stdlib(frame) else frame
 
 
 SiteRef = tuple[str, CodeType, int]  # module, code, instruction offset (`frame.f_lasti`)
 
 # Per code object, in one dict lookup (the hot path of every recorded call): (code, verdict, module).
-_PLUMBING, _STDLIB, _APP = 0, 1, 2
+_PLUMBING, _LIBRARY, _APP = 0, 1, 2
 _verdicts: dict[int, tuple[CodeType, int, str]] = {}
 
 
@@ -218,14 +228,14 @@ def _verdict(frame: FrameType) -> tuple[CodeType, int, str]:
     if _is_plumbing(frame):
         verdict = _PLUMBING
     else:
-        verdict = _STDLIB if frame_is_stdlib(frame) else _APP
+        verdict = _LIBRARY if frame_is_library(frame) else _APP
     entry = (code, verdict, frame.f_globals.get("__name__", "?"))
     _verdicts[id(code)] = entry
     return entry
 
 
 def app_site(depth: int) -> SiteRef | None:
-    """`app_caller` and `site_ref` in one pass: the caller's site, or None for the standard library's internals."""
+    """The caller's site (`site_ref`), skipping plumbing frames, or None for library internals."""
     try:
         frame: FrameType | None = sys._getframe(depth + 1)
     except ValueError:
@@ -238,14 +248,14 @@ def app_site(depth: int) -> SiteRef | None:
         verdict = entry[1]
         if verdict == _APP:
             return (entry[2], code, frame.f_lasti)
-        if verdict == _STDLIB:
+        if verdict == _LIBRARY:
             return None
         frame = frame.f_back
     return None
 
 
 def caller_site(depth: int) -> SiteRef | str:
-    """`site_ref(caller_frame(depth))` in one pass: the standard library counts as a caller here."""
+    """`site_ref(caller_frame(depth))` in one pass: a library counts as a caller here."""
     try:
         frame: FrameType | None = sys._getframe(depth + 1)
     except ValueError:

@@ -24,13 +24,13 @@ import wrapt
 
 from fluxrun._context import Scope, _get_ident, _task_of, current, scope_var
 from fluxrun._internal import (
+    _LIBRARY,
     _PLUMBING,
-    _STDLIB,
     SiteRef,
     _verdicts,
     app_site,
     caller_frame,
-    frame_is_stdlib,
+    frame_is_library,
     perf_ns,
     report_internal_error,
     site_of,
@@ -160,8 +160,8 @@ def record_call(
 ) -> Any:
     """Run `wrapped` and record it as one event of `kind` whose fields `data(result)` builds.
 
-    Calls made by the standard library's own internals (asyncio's clock, logging's timestamps,
-    tempfile's env reads) are not the app's IO and go straight through. `data(result)` runs when
+    Calls made by the internals of the standard library or an installed package (asyncio's clock,
+    logging's timestamps, tempfile's env reads) are not the app's IO and go straight through. `data(result)` runs when
     the execution is sealed if the result is immutable, else at once (a snapshot).
     """
     try:
@@ -258,7 +258,7 @@ def value_wrapper(kind: str, call: str, answer: Callable[[dict[str, Any]], Any],
         code = frame.f_code
         known = _verdicts.get(id(code))
         if known is not None and known[0] is code and known[1] != _PLUMBING:
-            if known[1] == _STDLIB:  # the standard library's own internals (asyncio's clock): not the app's IO
+            if known[1] == _LIBRARY:  # a library's own internals (asyncio's clock): not the app's IO
                 return wrapped(*args, **kwargs)
             site: SiteRef = (known[2], code, frame.f_lasti)
         else:
@@ -322,11 +322,11 @@ def serve_call(
 ) -> Any:
     """The replay side of `record_call`: answer from the recording; the real function does not run.
 
-    The standard library's own internals keep the real functions at replay as they did at capture
-    (so asyncio's clock stays real and awaiting code never hangs).
+    Library internals (standard library and installed packages) keep the real functions at replay as
+    at capture (so asyncio's clock stays real and awaiting code never hangs).
     """
     frame = caller_frame(3)
-    if frame is None or frame_is_stdlib(frame):
+    if frame is None or frame_is_library(frame):
         return wrapped(*args, **kwargs)
     here = scope.here()
     site = site_of(frame)

@@ -19,13 +19,13 @@ from typing import Any
 
 from fluxrun._context import Scope, _get_ident, _task_of, current
 from fluxrun._internal import (
+    _LIBRARY,
     _PLUMBING,
-    _STDLIB,
     SiteRef,
     _verdicts,
     app_site,
     caller_frame,
-    frame_is_stdlib,
+    frame_is_library,
     perf_ns,
     report_internal_error,
     site_of,
@@ -54,7 +54,7 @@ def _getitem(self: Any, key: Any) -> Any:
     code = frame.f_code
     known = _verdicts.get(id(code))
     if known is not None and known[0] is code and known[1] != _PLUMBING:
-        if known[1] == _STDLIB:  # the standard library's own internals (tempfile, ...): not the app's IO
+        if known[1] == _LIBRARY:  # a library's own internals (tempfile, a telemetry check): not the app's IO
             return _real_getitem(self, key)
         site: SiteRef = (known[2], code, frame.f_lasti)
     else:
@@ -96,7 +96,7 @@ def _replay_read(
 ) -> Any:
     """Replay: the recorded value (or absence), whatever the environment holds now."""
     frame = caller_frame(3)
-    if frame is None or frame_is_stdlib(frame):
+    if frame is None or frame_is_library(frame):
         return wrapped(*args, **kwargs)
     here = scope.here()
     assert here.session is not None

@@ -10,7 +10,7 @@ from typing import Any
 import wrapt
 
 from fluxrun._context import Scope, current, scope_var
-from fluxrun._internal import caller_frame, frame_is_stdlib, perf_ns, report_internal_error, site_of, site_ref
+from fluxrun._internal import caller_frame, frame_is_library, perf_ns, report_internal_error, site_of, site_ref
 from fluxrun.interceptors.base import Patch, raise_recorded_error, record_call, serve_call
 
 __all__ = ["TimersInterceptor"]
@@ -42,7 +42,7 @@ async def _record_async_sleep(
     try:
         # caller of the coroutine: this coroutine's frame is 0, the awaiting frame is 1
         frame = caller_frame(2)
-        if frame is not None and not frame_is_stdlib(frame):
+        if frame is not None and not frame_is_library(frame):
             here = scope.here()
             event = here.recording.add(
                 KIND, "asyncio.sleep", here.path, site_ref(frame), {"seconds": _delay(args, kwargs)}
@@ -76,7 +76,7 @@ async def _replay_async_sleep(
 ) -> Any:
     """Answered at once; still yields to the loop once, as `asyncio.sleep(0)` would, so other tasks run."""
     frame = caller_frame(2)
-    if frame is None or frame_is_stdlib(frame):
+    if frame is None or frame_is_library(frame):
         return await wrapped(*args, **kwargs)
     here = scope.here()
     site = site_of(frame)

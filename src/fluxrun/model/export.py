@@ -84,7 +84,12 @@ def iso(wall: float) -> str:
 
 
 def build_payload(
-    recording: Recording, *, bundle_id: str, release: str | None, environment: str | None
+    recording: Recording,
+    *,
+    bundle_id: str,
+    release: str | None,
+    environment: str | None,
+    app_modules: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     request = json_body(recording.request)
     if "headers" in request and "request_id" not in request:
@@ -102,6 +107,7 @@ def build_payload(
         "release": release,
         "environment": environment,
         "runtime": {"python": platform.python_version(), "implementation": sys.implementation.name},
+        **({"in_app_include": list(app_modules)} if app_modules else {}),
     }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fluxrun._context import Scope, scope_var
-from fluxrun._internal import InApp, format_site, wall_time
+from fluxrun._internal import InApp, app_modules, format_site, set_app_modules, wall_time
 from fluxrun.bundle import OpenedBundle, ReplayKey, load_replay_key, load_replay_keys, open_bundle
 from fluxrun.errors import FluxRunError, LiveIOBlocked, ReplayDivergence
 from fluxrun.interceptors import install
@@ -305,6 +305,8 @@ def run(
     in_app = REPLAY_IN_APP
     state = _Run(payload, in_app)
     blocked: list[LiveIOBlocked] = []
+    captured_with = app_modules()
+    set_app_modules(tuple(payload.get("in_app_include") or ()))  # what counted as the app's IO at capture
     installation = install.acquire(in_app)
     try:
         installation.rescan_if_needed()
@@ -318,6 +320,7 @@ def run(
                 state.function(target)
     finally:
         install.release()
+        set_app_modules(captured_with)
     session = state.session
     actual = [(e.kind, e.call or "", e.task, format_site(e.site).rsplit(":", 1)[0]) for e in state.recording.events]
     if session.divergences:
