@@ -6,9 +6,7 @@ Add it with `app.add_middleware(FluxRunMiddleware)` or wrap any ASGI app: `FluxR
 
 Most requests succeed and are not kept, so the request path only takes references and small
 snapshots (the scope's fields, the header list, the body chunks as sent); the recorded request and
-response are assembled after the app has answered, and only when the execution is kept. A request
-that cannot have a body (HTTP/1.x without Content-Length or Transfer-Encoding) is passed the
-server's own `receive`.
+response are assembled after the app has answered, and only when the execution is kept.
 """
 
 from __future__ import annotations
@@ -34,12 +32,6 @@ def _has_body(scope: Scope) -> bool:
         if name == b"transfer-encoding":
             return True
     return False
-
-
-def _may_have_body(scope: Scope) -> bool:
-    """False only when HTTP/1.x framing says the body is empty (RFC 9112 6.3): HTTP/2 needs no length."""
-    version = scope.get("http_version")
-    return _has_body(scope) or not (isinstance(version, str) and version.startswith("1"))
 
 
 class _Exchange:
@@ -183,18 +175,13 @@ class FluxRunMiddleware:
         client, recording, _ = started
         try:
             exchange = _Exchange(scope, receive, send, recording, client.options.max_body_size)
-            if not _may_have_body(scope):
-                exchange.request_done = True  # nothing to read: the app gets the server's receive
-                receive_recorded = receive
-            else:
-                receive_recorded = exchange.receive
         except Exception as exc:
             report_internal_error("recording an ASGI request", exc)
             end(started, kept=False)
             await self.app(scope, receive, send)
             return
         try:
-            await self.app(scope, receive_recorded, exchange.send)
+            await self.app(scope, exchange.receive, exchange.send)
         except BaseException as exc:
             record_error(client, recording, exc)
             recording.outcome.setdefault("status", 500)  # what the server in front will answer
