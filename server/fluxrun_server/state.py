@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 
 from fluxrun_server.auth import hashes_match
 from fluxrun_server.index.models import ApiKey, ProjectToken, SigningKey
-from fluxrun_server.ingest.aggregator import Aggregator
+from fluxrun_server.ingest.aggregator_process import AggregatorProcess
 from fluxrun_server.ingest.wal import WriteAheadLog
 from fluxrun_server.settings import ServerSettings
 from fluxrun_server.storage.base import ObjectStore
@@ -37,7 +37,7 @@ class ServerState:
     engine: Engine
     wal: WriteAheadLog
     store: ObjectStore
-    aggregator: Aggregator
+    aggregator: AggregatorProcess
     _tokens: dict[str, _Cached] = field(default_factory=dict)
     _keys: dict[int, _Cached] = field(default_factory=dict)
     _api_keys: dict[str, _Cached] = field(default_factory=dict)

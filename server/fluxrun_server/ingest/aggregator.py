@@ -1,9 +1,13 @@
-"""The data node's background worker: WAL records -> object-store segments + SQL index, then checkpoint.
+"""The data node's aggregation: WAL records -> object-store segments + SQL index, then checkpoint.
 
 Order matters for crash safety: (1) write the segment object, (2) commit the index rows in one
 transaction (inserting an execution whose bundle id exists is a no-op, so a replayed WAL record is
 stored once), (3) checkpoint the WAL. A crash between any two steps replays the records on restart;
 at worst a segment object is written twice and one copy is never referenced.
+
+The server runs this in its own process (`fluxrun_server.ingest.aggregator_process`), reading the WAL
+through a `WALReader`, so its CPU-bound Python does not compete for the GIL with the request path.
+`Aggregator.start` still runs it on a thread of the calling process (tests, tools).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import logging
 import sys
 import threading
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, Table, and_, case, func, literal, or_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -24,16 +30,28 @@ from fluxrun.bundle import read_bundle
 from fluxrun.errors import BundleError
 from fluxrun_server.index.models import Execution, Issue, utcnow
 from fluxrun_server.ingest.records import unpack_record
-from fluxrun_server.ingest.wal import WriteAheadLog
 from fluxrun_server.storage.base import ObjectStore
 from fluxrun_server.storage.segments import SegmentWriter
 
-__all__ = ["Aggregator", "issue_fingerprint"]
+__all__ = ["Aggregator", "RecordLog", "issue_fingerprint"]
 
 log = logging.getLogger("fluxrun_server.aggregator")
 
 SWITCH_INTERVAL_S = 0.0005
 TEXT_TABLE_SQLITE = "execution_text"  # the FTS5 text index of migrations 0002 and 0004
+# the SQLite insert: its SQL, a getter of a row's values in its column order, (position, converter) pairs
+_CompiledInsert = tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]], list[tuple[int, Any]]]
+
+
+class RecordLog(Protocol):
+    """What the aggregator reads: a `WriteAheadLog` in the same process, or a `WALReader` in another."""
+
+    @property
+    def checkpointed_lsn(self) -> int: ...
+
+    def read_from(self, lsn_exclusive: int, max_records: int | None = None) -> Iterator[tuple[int, bytes]]: ...
+
+    def checkpoint(self, lsn: int) -> None: ...
 
 
 def issue_fingerprint(summary: dict[str, Any]) -> str:
@@ -60,10 +78,11 @@ def _when(value: Any) -> datetime:
 class Aggregator:
     def __init__(
         self,
-        wal: WriteAheadLog,
+        wal: RecordLog,
         store: ObjectStore,
         engine: Engine,
         *,
+        on_pass: Callable[[Aggregator], None] | None = None,
         batch: int = 2000,
         interval_s: float = 0.05,
         linger_s: float = 0.1,
@@ -76,33 +95,41 @@ class Aggregator:
         self.interval_s = interval_s
         self.linger_s = linger_s
         self.segment_target_bytes = segment_target_bytes
+        self.on_pass = on_pass  # called after every pass that did something or failed (status reports)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.stored = 0
         self.duplicates = 0
         self.last_error: str | None = None
-        self._sqlite_insert: tuple[str, list[tuple[str, Any]]] | None = None
+        self._sqlite_insert: _CompiledInsert | None = None
         self._sqlite_text_table: bool | None = None
 
     def start(self) -> None:
-        # This thread is CPU-bound Python next to the event loop: with the default 5 ms switch interval every
-        # GIL handoff on a request's path (event loop, WAL writer, verification pool threads) can wait 5 ms.
+        """Run the aggregation loop on a thread of this process (the server uses a process instead)."""
+        # This thread is CPU-bound Python next to whatever else runs here: with the default 5 ms switch
+        # interval every GIL handoff to another thread can wait 5 ms.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
-        self._thread = threading.Thread(target=self._run, name="fluxrun-aggregator", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="fluxrun-aggregator", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def request_stop(self) -> None:
+        """Stop after the current pass (`run` returns)."""
+        self._stop.set()
+        self._wake.set()
 
     def wake(self) -> None:
         self._wake.set()
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The aggregation loop, until `request_stop`."""
         while not self._stop.is_set():
+            error = self.last_error
             try:
                 moved = self.run_once()
                 self.last_error = None
@@ -110,6 +137,8 @@ class Aggregator:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("aggregation failed; retrying")
                 moved = 0
+            if self.on_pass is not None and (moved or self.last_error != error):
+                self.on_pass(self)
             if moved >= self.batch:
                 continue  # behind: the next batch is already waiting
             if moved:
@@ -200,11 +229,22 @@ class Aggregator:
             compiled = insert.compile(dialect=dialect, column_keys=list(rows[0]))
             names = list(compiled.positiontup or ())
             processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
-            self._sqlite_insert = (str(compiled), list(zip(names, processors, strict=True)))
-        sql, columns = self._sqlite_insert
-        values = [
-            tuple(row[name] if convert is None else convert(row[name]) for name, convert in columns) for row in rows
-        ]
+            converters = [(i, convert) for i, convert in enumerate(processors) if convert is not None]
+            self._sqlite_insert = (str(compiled), itemgetter(*names), converters)
+        sql, getter, converters = self._sqlite_insert
+        values: list[tuple[Any, ...]] = []
+        memo: dict[int, tuple[Any, Any]] = {}  # per column: the last value and its conversion (received_at repeats)
+        for row in rows:
+            value = list(getter(row))
+            for i, convert in converters:
+                raw = value[i]
+                last = memo.get(i)
+                if last is not None and last[0] is raw:
+                    value[i] = last[1]
+                else:
+                    value[i] = converted = convert(raw)
+                    memo[i] = (raw, converted)
+            values.append(tuple(value))
         # The issue upsert before this took the write lock, so no other writer can insert or delete executions
         # until the commit: the batch's rows are exactly those above the highest rowid read here.
         top = connection.exec_driver_sql("SELECT coalesce(max(rowid), 0) FROM execution").scalar_one()

@@ -20,6 +20,10 @@ fsync fails the group with `WALWriteError` and poisons the log (`healthy` is Fal
 "succeeds" proves nothing. Running out of disk space before the group's bytes stuck is `WALFullError`, which
 leaves the log healthy (the bytes written so far are cut off again first).
 
+The aggregator runs in a process of its own and reads the segment files through a `WALReader`, never past
+the durable LSN the writing process told it; it reports checkpoints back, and the writing process applies
+them, so each file keeps one writer.
+
 Idempotence is not the WAL's job: a client that retries after a lost 202, or after a failed group whose
 bytes did reach the disk, appends the same bundle again under a new LSN. The aggregator drops duplicates by
 bundle id when it indexes them.
@@ -57,6 +61,7 @@ __all__ = [
     "WALCorruptError",
     "WALError",
     "WALFullError",
+    "WALReader",
     "WALStats",
     "WALUnhealthyError",
     "WALWriteError",
@@ -188,6 +193,67 @@ def _later_unit(buf: mmap.mmap, start: int, size: int, after_lsn: int) -> int | 
     return None
 
 
+class _FrameReader:
+    """Reads frames of given LSN spans, validating each; remembers where the last read stopped, so a reader
+    that pages through the log (the aggregator) does not walk a segment's headers again on every page."""
+
+    def __init__(self, checkpointed: Callable[[], int]) -> None:
+        self._checkpointed = checkpointed
+        self._hint: tuple[int, int, int] = (-1, -1, 0)  # (next lsn, segment first lsn, byte offset)
+
+    def read(self, start: int, spans: list[tuple[int, int, Path]], limit: int | None) -> Iterator[tuple[int, bytes]]:
+        remaining = -1 if limit is None else limit
+        lsn = start
+        for first, last, path in spans:
+            if remaining == 0:
+                return
+            try:
+                file = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - closed by the with below
+            except FileNotFoundError:
+                if self._checkpointed() >= last:  # a concurrent checkpoint deleted it: nothing left to read
+                    lsn = last + 1
+                    continue
+                raise WALCorruptError(path, 0, "segment vanished while reading") from None
+            with file:
+                offset = self._seek(file, path, first, lsn)
+                while lsn <= last and remaining != 0:
+                    header = file.read(HEADER_SIZE)
+                    if len(header) < HEADER_SIZE:
+                        raise WALCorruptError(path, offset, f"LSN {lsn} is missing (end of file)")
+                    magic, version, flags, length, crc, frame_lsn = _HEADER.unpack(header)
+                    payload = file.read(length)
+                    if (
+                        magic != MAGIC
+                        or frame_lsn != lsn
+                        or len(payload) != length
+                        or _crc(version, flags, length, frame_lsn, payload) != crc
+                    ):
+                        raise WALCorruptError(path, offset, f"frame for LSN {lsn} is damaged")
+                    offset += HEADER_SIZE + length
+                    self._hint = (lsn + 1, first, offset)
+                    yield lsn, payload
+                    lsn += 1
+                    remaining -= 1
+
+    def _seek(self, file: BinaryIO, path: Path, first: int, lsn: int) -> int:
+        """Byte offset of `lsn` in a segment: the last read's end if it stopped there, else a header walk."""
+        hint_lsn, hint_first, hint_offset = self._hint
+        offset = hint_offset if (hint_lsn, hint_first) == (lsn, first) else 0
+        current = lsn if offset else first
+        file.seek(offset)
+        while current < lsn:
+            header = file.read(HEADER_SIZE)
+            if len(header) < HEADER_SIZE:
+                raise WALCorruptError(path, offset, f"LSN {lsn} is missing (end of file)")
+            magic, _version, _flags, length, _crc32, frame_lsn = _HEADER.unpack(header)
+            if magic != MAGIC or frame_lsn != current:
+                raise WALCorruptError(path, offset, f"expected the frame of LSN {current}")
+            offset += HEADER_SIZE + length
+            current += 1
+            file.seek(offset)
+        return offset
+
+
 class WriteAheadLog:
     """Durable, group-committed append log of ingest records; see the module docstring for the guarantees.
 
@@ -235,7 +301,7 @@ class WriteAheadLog:
         self._healthy = True
         self._last_error: BaseException | None = None
         self._appends = self._records = self._fsyncs = self._bytes = 0
-        self._read_hint: tuple[int, int, int] = (-1, -1, 0)  # (next lsn, segment first lsn, byte offset)
+        self._reader = _FrameReader(lambda: self._checkpointed)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -344,7 +410,7 @@ class WriteAheadLog:
                 last = self._segments[i + 1].first_lsn - 1 if i + 1 < len(self._segments) else end
                 if last >= start and segment.first_lsn <= end:
                     spans.append((segment.first_lsn, min(last, end), segment.path))
-        return self._read(start, spans, max_records)
+        return self._reader.read(start, spans, max_records)
 
     def checkpoint(self, lsn: int) -> None:
         """Record that everything up to `lsn` is stored elsewhere; delete segments that hold nothing newer.
@@ -585,60 +651,6 @@ class WriteAheadLog:
                 setattr(self, name, -1)
                 os.close(fd)  # closing the lock file releases the flock
 
-    # -- reading ---------------------------------------------------------------------------------------
-
-    def _read(self, start: int, spans: list[tuple[int, int, Path]], limit: int | None) -> Iterator[tuple[int, bytes]]:
-        remaining = -1 if limit is None else limit
-        lsn = start
-        for first, last, path in spans:
-            if remaining == 0:
-                return
-            try:
-                file = open(path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - closed by the with below
-            except FileNotFoundError:
-                if self._checkpointed >= last:  # a concurrent checkpoint deleted it: nothing left to read
-                    lsn = last + 1
-                    continue
-                raise WALCorruptError(path, 0, "segment vanished while reading") from None
-            with file:
-                offset = self._seek(file, path, first, lsn)
-                while lsn <= last and remaining != 0:
-                    header = file.read(HEADER_SIZE)
-                    if len(header) < HEADER_SIZE:
-                        raise WALCorruptError(path, offset, f"LSN {lsn} is missing (end of file)")
-                    magic, version, flags, length, crc, frame_lsn = _HEADER.unpack(header)
-                    payload = file.read(length)
-                    if (
-                        magic != MAGIC
-                        or frame_lsn != lsn
-                        or len(payload) != length
-                        or _crc(version, flags, length, frame_lsn, payload) != crc
-                    ):
-                        raise WALCorruptError(path, offset, f"frame for LSN {lsn} is damaged")
-                    offset += HEADER_SIZE + length
-                    self._read_hint = (lsn + 1, first, offset)
-                    yield lsn, payload
-                    lsn += 1
-                    remaining -= 1
-
-    def _seek(self, file: BinaryIO, path: Path, first: int, lsn: int) -> int:
-        """Byte offset of `lsn` in a segment: the last read's end if it stopped there, else a header walk."""
-        hint_lsn, hint_first, hint_offset = self._read_hint
-        offset = hint_offset if (hint_lsn, hint_first) == (lsn, first) else 0
-        current = lsn if offset else first
-        file.seek(offset)
-        while current < lsn:
-            header = file.read(HEADER_SIZE)
-            if len(header) < HEADER_SIZE:
-                raise WALCorruptError(path, offset, f"LSN {lsn} is missing (end of file)")
-            magic, _version, _flags, length, _crc32, frame_lsn = _HEADER.unpack(header)
-            if magic != MAGIC or frame_lsn != current:
-                raise WALCorruptError(path, offset, f"expected the frame of LSN {current}")
-            offset += HEADER_SIZE + length
-            current += 1
-            file.seek(offset)
-        return offset
-
     # -- the writer thread -----------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -789,3 +801,74 @@ class WriteAheadLog:
             error = kind(message)  # one instance each: a raised exception collects a traceback
             error.__cause__ = cause
             item.future.set_exception(error)
+
+
+class WALReader:
+    """The durable records of a WAL that another process writes: what the aggregator process reads.
+
+    The writing process says how far the log is durable (`advance`); a record past that is never returned,
+    even when its bytes are already in the file, because its fsync may not have happened (a crash would cut
+    it off and its LSN would be used again). `checkpoint(lsn)` notes that everything up to `lsn` is stored
+    and hands the LSN to `on_checkpoint`: the writing process's `WriteAheadLog.checkpoint` writes the
+    checkpoint file and deletes segments, so every file of the log keeps a single writer. It deletes only
+    segments at or below a checkpoint this reader reported, and this reader reads only above it.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        checkpointed: int,
+        durable: int,
+        on_checkpoint: Callable[[int], None],
+    ) -> None:
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+        self._checkpointed = checkpointed
+        self._durable = max(durable, checkpointed)
+        self._on_checkpoint = on_checkpoint
+        self._reader = _FrameReader(lambda: self._checkpointed)
+
+    def advance(self, durable_lsn: int) -> None:
+        """The writer made everything up to `durable_lsn` durable (a lower value than already known is ignored)."""
+        with self._lock:
+            self._durable = max(self._durable, durable_lsn)
+
+    @property
+    def checkpointed_lsn(self) -> int:
+        return self._checkpointed
+
+    @property
+    def last_lsn(self) -> int:
+        """The highest LSN the writer said is durable."""
+        return self._durable
+
+    def read_from(self, lsn_exclusive: int, max_records: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """Durable records after `lsn_exclusive` (and after the checkpoint), oldest first, across segments."""
+        if max_records is not None and max_records < 0:
+            raise ValueError("max_records must not be negative")
+        with self._lock:
+            start = max(lsn_exclusive, self._checkpointed) + 1
+            end = self._durable
+        if start > end:
+            return iter(())
+        firsts = sorted(int(m.group(1)) for name in os.listdir(self.directory) if (m := _SEGMENT.fullmatch(name)))
+        spans: list[tuple[int, int, Path]] = []
+        for i, first in enumerate(firsts):
+            last = firsts[i + 1] - 1 if i + 1 < len(firsts) else end
+            if last >= start and first <= end:
+                spans.append((first, min(last, end), self.directory / segment_name(first)))
+        if not spans or spans[0][0] > start:
+            raise WALCorruptError(self.directory, 0, f"no segment holds LSN {start} (durable up to {end})")
+        return self._reader.read(start, spans, max_records)
+
+    def checkpoint(self, lsn: int) -> None:
+        """Everything up to `lsn` is stored: report it to the writer. A lower checkpoint than known is ignored."""
+        with self._lock:
+            if lsn > self._durable:
+                raise ValueError(f"cannot checkpoint LSN {lsn}: the log is durable only up to {self._durable}")
+            if lsn <= self._checkpointed:
+                return
+        self._on_checkpoint(lsn)
+        with self._lock:
+            self._checkpointed = max(self._checkpointed, lsn)

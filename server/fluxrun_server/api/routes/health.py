@@ -24,6 +24,8 @@ def health(state: State) -> JSONResponse:
             "backlog_bytes": wal.backlog_bytes,
         },
         "aggregator": {
+            "pid": state.aggregator.pid,
+            "running": state.aggregator.ready,
             "stored": state.aggregator.stored,
             "duplicates": state.aggregator.duplicates,
             "last_error": state.aggregator.last_error,
