@@ -1,28 +1,25 @@
-"""Bundle checks at the edge (format version, Ed25519 signature), off the event loop's core.
+"""Bundle checks at the edge (format version, Ed25519 signature), on a few threads beside the event loop.
 
-An Ed25519 verification costs ~85 µs of CPU here and `cryptography` holds the GIL while it runs, so checking
-5,000 bundles/s in the server process would take half of its one Python core away from HTTP, the WAL and
-the aggregator. `Verifier` sends batches of several bundles to a small pool of worker processes instead
-(the bytes are pickled once, ~µs per 4 KiB bundle) and checks single bundles inline, where the round trip
-would cost more than it saves. The pool starts in the background when the server starts (or at first use);
-until it is ready, or if a worker dies, batches are checked inline, so a request never waits for a process.
+`verify_signature` checks with libsodium (through PyNaCl, ~55 µs here) and lets OpenSSL decide only what
+libsodium refuses (see fluxrun.bundle.seal). libsodium releases the GIL while it verifies, so checking on
+threads runs in parallel with the event loop and the WAL writer: only the parse (~15 µs a bundle) holds
+the GIL. Until libsodium, `cryptography` (~105 µs, holding the GIL) was the check, and batches went to a
+pool of worker processes; the pickling, the pool's manager and feeder threads and the worker's own parse
+cost more CPU per bundle than the verification that threads now run. `Verifier` splits a batch across
+`workers` threads (one chunk each) and checks a single bundle inline, where the hand-off would cost more
+than it saves.
 
 The checks are the same either way: `check_bundles` is a pure function of the bytes and the project's
-registered public keys. (`verify_signature` checks with libsodium first, ~55 µs, and lets OpenSSL decide
-only what libsodium refuses; see fluxrun.bundle.seal.)
+registered public keys.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import multiprocessing
 import os
 import threading
-import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -34,11 +31,9 @@ from fluxrun.errors import BundleError
 
 __all__ = ["SUPPORTED_VERSIONS", "Checked", "Verifier", "check_bundles", "default_workers"]
 
-log = logging.getLogger("fluxrun_server.verify")
-
 SUPPORTED_VERSIONS = (1,)
-WATCHDOG_S = 1.0  # how often a worker checks that the server process still exists
-INLINE_BELOW = 4  # batches with fewer bundles are checked in the event loop (no inter-process round trip)
+INLINE_BELOW = 2  # batches with fewer bundles are checked in the event loop (no hand-off to a thread)
+CHUNK_MIN = 4  # a batch is split into chunks of at least this many bundles (one per thread)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,43 +82,18 @@ def raw_signers(signers: Mapping[str, Ed25519PublicKey]) -> dict[str, bytes]:
 
 
 def default_workers() -> int:
-    """One worker per core beyond the first (which runs the event loop), at most 4; none on one core."""
+    """One thread per core: their verifications run without the GIL, beside the event loop."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(4, cores - 1))
-
-
-def _warm() -> int:
-    return os.getpid()
-
-
-def _exit_with(server_pid: int) -> None:
-    """Worker initializer: exit when the server process is gone.
-
-    A worker forked by the forkserver is not the server's child and holds both ends of its task queue, so it
-    would never see the server die (SIGKILL, a crash) and would stay forever, keeping the forkserver too.
-    """
-
-    def watch() -> None:
-        while True:
-            time.sleep(WATCHDOG_S)
-            try:
-                os.kill(server_pid, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            except PermissionError:  # the pid now belongs to another user's process: ours is gone
-                os._exit(0)
-
-    threading.Thread(target=watch, name="fluxrun-verify-watchdog", daemon=True).start()
+    return max(1, min(4, cores))
 
 
 class Verifier:
-    """Checks batches in worker processes (started lazily, in the background) or inline; see the module doc."""
+    """Checks batches on a small thread pool, single bundles inline; see the module doc."""
 
     def __init__(self, workers: int | None = None, *, inline_below: int = INLINE_BELOW) -> None:
         self.workers = default_workers() if workers is None else workers
         self.inline_below = inline_below
-        self._pool: ProcessPoolExecutor | None = None
-        self._starting = False
+        self._pool: ThreadPoolExecutor | None = None
         self._closed = False
         self._lock = threading.Lock()
 
@@ -131,65 +101,33 @@ class Verifier:
         pool = self._ready_pool() if len(bundles) >= self.inline_below else None
         if pool is None:
             return _check(bundles, signers)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                pool, check_bundles, list(bundles), raw_signers(signers)
+        loop = asyncio.get_running_loop()
+        chunks = max(1, min(self.workers, len(bundles) // CHUNK_MIN))
+        size = -(-len(bundles) // chunks)
+        parts = await asyncio.gather(
+            *(
+                loop.run_in_executor(pool, _check, bundles[start : start + size], signers)
+                for start in range(0, len(bundles), size)
             )
-        except BrokenProcessPool:
-            log.warning("a bundle verification worker died; checking inline and restarting the pool")
-            self._discard(pool)
-            return _check(bundles, signers)
+        )
+        return [verdict for part in parts for verdict in part]
 
     def start(self) -> None:
-        """Start the workers in the background now (the server calls this at start-up), not at the first batch."""
+        """Create the threads' pool now (the server calls this at start-up); threads start on first use."""
         self._ready_pool()
 
     def wait_ready(self, timeout: float = 60.0) -> bool:
-        """Start the workers if needed and wait until they answer; False if there are none (inline only)."""
-        self._ready_pool()
-        deadline = time.monotonic() + timeout
-        while self._pool is None and self._starting and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self._pool is not None
+        """True if batches are checked on threads; False if there are none (inline only)."""
+        return self._ready_pool() is not None
 
-    def _ready_pool(self) -> ProcessPoolExecutor | None:
+    def _ready_pool(self) -> ThreadPoolExecutor | None:
         if self.workers <= 0 or self._closed:
             return None
-        if self._pool is not None:
-            return self._pool
-        with self._lock:
-            if not self._starting:
-                self._starting = True
-                threading.Thread(target=self._start, name="fluxrun-verify-start", daemon=True).start()
-        return None
-
-    def _start(self) -> None:
-        try:
-            # forkserver: never fork this multi-threaded process itself; workers import only what they use.
-            context = multiprocessing.get_context("forkserver")
-            pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
-            )
-            for future in [pool.submit(_warm) for _ in range(self.workers)]:
-                future.result(timeout=120)
-        except Exception:
-            log.exception("could not start the bundle verification workers; verifying inline")
+        if self._pool is None:
             with self._lock:
-                self._starting = False
-                self.workers = 0
-            return
-        with self._lock:
-            if self._closed:
-                pool.shutdown(wait=False, cancel_futures=True)
-                return
-            self._pool = pool
-            self._starting = False
-
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._pool is pool:
-                self._pool = None
-        pool.shutdown(wait=False, cancel_futures=True)
+                if self._pool is None and not self._closed:
+                    self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="fluxrun-verify")
+        return self._pool
 
     def close(self) -> None:
         with self._lock:
