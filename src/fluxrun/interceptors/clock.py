@@ -4,7 +4,7 @@ Recorded with the values the code saw; at replay the same calls return those val
 call site. asyncio's own clock reads come from the standard library and stay real at replay, so the
 event loop's timers keep working (the freezegun/asyncio trap does not arise).
 
-The `time` functions are patched on the module with wrapt. `datetime` is a C type whose methods
+The `time` functions are patched on the module with `value_patch` closures. `datetime` is a C type whose methods
 cannot be replaced, so app modules see `CapturedDatetime`/`CapturedDate`: subclasses whose
 constructors hand back real `datetime`/`date` objects (pickling, orjson and `type(x) is datetime`
 keep working) and whose `isinstance` checks accept real instances. Only the app's own modules are
@@ -19,10 +19,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-import wrapt
-
 from fluxrun._context import current
-from fluxrun.interceptors.base import Patch, record_call, record_value, serve_call, value_wrapper
+from fluxrun.interceptors.base import Patch, record_call, record_value, serve_call, value_patch
 from fluxrun.model.values import decode, encode
 
 __all__ = ["CapturedDate", "CapturedDatetime", "ClockInterceptor"]
@@ -31,10 +29,6 @@ KIND = "time"
 TIME_FUNCTIONS = ("time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns")
 _real_datetime = _dt.datetime
 _real_date = _dt.date
-
-
-def _time_wrapper(call: str) -> Callable[..., Any]:
-    return value_wrapper(KIND, call, _recorded_value)
 
 
 def _recorded_value(event: dict[str, Any]) -> Any:
@@ -129,15 +123,17 @@ class ClockInterceptor:
     kind = KIND
 
     def __init__(self) -> None:
+        self._originals = {name: getattr(time, name) for name in TIME_FUNCTIONS}
         self._wrappers = {
-            name: wrapt.FunctionWrapper(getattr(time, name), _time_wrapper(f"time.{name}")) for name in TIME_FUNCTIONS
+            name: value_patch(real, KIND, f"time.{name}", _recorded_value, keywords=False)
+            for name, real in self._originals.items()
         }
 
     def patches(self) -> list[Patch]:
         return [Patch(time, name, wrapper) for name, wrapper in self._wrappers.items()]
 
     def rebind(self) -> dict[int, Any]:
-        mapping: dict[int, Any] = {id(w.__wrapped__): w for w in self._wrappers.values()}
+        mapping: dict[int, Any] = {id(self._originals[name]): w for name, w in self._wrappers.items()}
         mapping[id(_real_datetime)] = CapturedDatetime
         mapping[id(_real_date)] = CapturedDate
         mapping[id(_dt)] = _datetime_module_proxy()

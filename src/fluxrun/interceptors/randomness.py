@@ -14,7 +14,7 @@ from collections.abc import Callable, MutableSequence
 from typing import Any
 
 from fluxrun._context import current
-from fluxrun.interceptors.base import Patch, record_call, serve_call, value_wrapper, wrap
+from fluxrun.interceptors.base import Patch, record_call, serve_call, value_patch, wrap
 from fluxrun.model.values import decode, encode
 
 __all__ = ["RandomnessInterceptor"]
@@ -37,12 +37,9 @@ def _decoded(event: dict[str, Any]) -> Any:
     return decode(event["data"]["value"])
 
 
-def _wrapper(call: str, *, does_io: bool) -> Callable[..., Any]:
-    """`does_io`: the function reads other patched sources (uuid4 reads os.urandom) that must be
-    suspended while it runs; the random module's functions do not."""
-
-    if not does_io:
-        return value_wrapper(KIND, call, _decoded, encoded=True)
+def _io_wrapper(call: str) -> Callable[..., Any]:
+    """For functions that read other patched sources (uuid4 reads os.urandom), which must be suspended
+    while they run; the random module's functions and os.urandom itself go through `value_patch`."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         scope = current()
@@ -93,13 +90,18 @@ class RandomnessInterceptor:
         self._targets: list[tuple[Any, str, Any]] = []
         for name in RANDOM_FUNCTIONS:
             if hasattr(random, name):
-                self._add(random, name, _wrapper(f"random.{name}", does_io=False))
+                self._value(random, name)
         self._add(random, "shuffle", _shuffle_wrapper)
         for name in ("uuid1", "uuid4"):
-            self._add(uuid, name, _wrapper(f"uuid.{name}", does_io=True))
-        self._add(os, "urandom", _wrapper("os.urandom", does_io=False))
+            self._add(uuid, name, _io_wrapper(f"uuid.{name}"))
+        self._value(os, "urandom", keywords=False)
         for name in SECRETS_FUNCTIONS:
-            self._add(secrets, name, _wrapper(f"secrets.{name}", does_io=True))
+            self._add(secrets, name, _io_wrapper(f"secrets.{name}"))
+
+    def _value(self, owner: Any, name: str, *, keywords: bool = True) -> None:
+        original, call = getattr(owner, name), f"{owner.__name__}.{name}"
+        patched = value_patch(original, KIND, call, _decoded, encoded=True, keywords=keywords)
+        self._targets.append((owner, name, patched))
 
     def _add(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
         self._targets.append((owner, name, wrap(getattr(owner, name), wrapper)))

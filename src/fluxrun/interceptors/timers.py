@@ -11,7 +11,7 @@ import wrapt
 
 from fluxrun._context import Scope, current, scope_var
 from fluxrun._internal import caller_frame, frame_is_library, perf_ns, report_internal_error, site_of, site_ref
-from fluxrun.interceptors.base import Patch, raise_recorded_error, record_call, serve_call
+from fluxrun.interceptors.base import Patch, raise_recorded_error, record_call, serve_call, wrap
 
 __all__ = ["TimersInterceptor"]
 
@@ -92,7 +92,7 @@ class TimersInterceptor:
     kind = KIND
 
     def __init__(self) -> None:
-        self._sleep = wrapt.FunctionWrapper(time.sleep, _sleep_wrapper)
+        self._sleep = wrap(time.sleep, _sleep_wrapper)
         self._async_sleep = wrapt.FunctionWrapper(asyncio.sleep, _async_sleep_wrapper)
 
     def patches(self) -> list[Patch]:
