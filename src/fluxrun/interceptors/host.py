@@ -17,7 +17,7 @@ import wrapt
 from fluxrun._context import Scope, _get_ident, _task_of, current, scope_var
 from fluxrun._internal import caller_frame, caller_site, perf_ns, report_internal_error, site_of
 from fluxrun.interceptors.base import _IMMUTABLE, error_fields, raise_recorded_error
-from fluxrun.model.values import decode, encode
+from fluxrun.model.values import MAX_BYTES, all_plain, decode, encode
 from fluxrun.replay.diff import short_diff
 
 __all__ = ["boundary"]
@@ -33,7 +33,8 @@ def _start(scope: Scope, name: str, args: tuple[Any, ...], kwargs: dict[str, Any
         owner = _task_of(loop) if loop is not None else _get_ident()
         here = scope if owner is scope.owner else scope.here()
         # encode(list(args)) without the intermediate list: items at depth 1, as inside a list
-        data = {"name": name, "args": [encode(a, _depth=1) for a in args], "kwargs": encode(kwargs) if kwargs else {}}
+        encoded = list(args) if all_plain(args, MAX_BYTES) else [encode(a, _depth=1) for a in args]
+        data = {"name": name, "args": encoded, "kwargs": encode(kwargs) if kwargs else {}}
         entry = [KIND, name, here.path, caller_site(2), perf_ns(), 0, _as_data, data, None]
         here.recording.log.append(entry)  # type: ignore[arg-type]
         return entry

@@ -30,7 +30,10 @@ def type_path(tp: type) -> str:
     return f"{tp.__module__}:{tp.__qualname__}"
 
 
-def encode(value: Any, *, max_bytes: int = 1 << 20, _depth: int = 0) -> Any:
+MAX_BYTES = 1 << 20  # strings and bytes longer than this are truncated (and marked) by default
+
+
+def encode(value: Any, *, max_bytes: int = MAX_BYTES, _depth: int = 0) -> Any:
     """Encode `value` as JSON-safe data. Strings and bytes longer than `max_bytes` are truncated and marked."""
     if value is None or value is True or value is False:
         return value
@@ -47,13 +50,14 @@ def encode(value: Any, *, max_bytes: int = 1 << 20, _depth: int = 0) -> Any:
         return {_TAG: "repr", "type": type_path(tp), "v": "<nested too deeply>"}
     depth = _depth + 1
     if tp is list:
-        if _all_plain(value, max_bytes):
+        if all_plain(value, max_bytes):
             return value.copy()
         return [encode(v, max_bytes=max_bytes, _depth=depth) for v in value]
     if tp is dict:
-        if all(type(k) is str for k in value) and _TAG not in value:
-            if _all_plain(value.values(), max_bytes):
-                return value.copy()
+        plain = _plain_dict(value, max_bytes)
+        if plain:
+            return value.copy()
+        if plain is None:  # string keys, some value needs encoding
             return {k: encode(v, max_bytes=max_bytes, _depth=depth) for k, v in value.items()}
         return {
             _TAG: "dict",
@@ -81,7 +85,7 @@ def encode(value: Any, *, max_bytes: int = 1 << 20, _depth: int = 0) -> Any:
     return _encode_other(value, tp, max_bytes, depth)
 
 
-def _all_plain(values: Any, max_bytes: int) -> bool:
+def all_plain(values: Any, max_bytes: int) -> bool:
     """True when every value encodes as itself (the common JSON-ish case): the container is copied as is."""
     for v in values:
         tv = type(v)
@@ -97,6 +101,29 @@ def _all_plain(values: Any, max_bytes: int) -> bool:
         elif v is not None and tv is not bool:
             return False
     return True
+
+
+def _plain_dict(value: dict[Any, Any], max_bytes: int) -> bool | None:
+    """One pass over a dict: True when it encodes as itself (string keys, plain values), None when its
+    keys are strings but some value needs encoding, False when a key is not a string (or is the tag)."""
+    plain: bool | None = True
+    for k, v in value.items():
+        if type(k) is not str or k == _TAG:
+            return False
+        if plain:
+            tv = type(v)
+            if tv is str:
+                if len(v) > max_bytes:
+                    plain = None
+            elif tv is int:
+                if not -_MAX_INT <= v <= _MAX_INT:
+                    plain = None
+            elif tv is float:
+                if not math.isfinite(v):
+                    plain = None
+            elif v is not None and tv is not bool:
+                plain = None
+    return plain
 
 
 # Exact types seen on hot paths (uuid4 results, datetime.now), checked before the isinstance chain.
