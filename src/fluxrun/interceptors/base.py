@@ -250,13 +250,19 @@ def value_patch(
     *,
     encoded: bool = False,
     keywords: bool = True,
+    run: Callable[..., Any] | None = None,
 ) -> Callable[..., Any]:
     """The replacement of a call that returns a value and does no IO of its own (clock reads,
     `random.random`, `os.urandom`): the most frequent calls, idle or recorded, so the idle path is one
     thin closure (`keywords=False` for functions that take none: no keyword dict per call) and the
     recorded path one more frame. At replay, `answer(event)` gives the value back. `encoded`: the
-    value is recorded through `values.encode` (deferred when immutable)."""
+    value is recorded through `values.encode` (deferred when immutable). `run`: what is called in the
+    original's place, the same function written without patched calls inside (uuid4 without os.urandom)."""
     build = _encoded_value if encoded else _as_value
+    if run is not None:
+        original, replaced = run, original
+    else:
+        replaced = original
 
     def recorded(scope: Scope, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if scope.session is not None:
@@ -296,7 +302,7 @@ def value_patch(
 
     if keywords:
 
-        @functools.wraps(original)
+        @functools.wraps(replaced)
         def patched(*args: Any, **kwargs: Any) -> Any:
             scope = current()
             if scope is None:
@@ -305,7 +311,7 @@ def value_patch(
 
         return patched
 
-    @functools.wraps(original)
+    @functools.wraps(replaced)
     def patched_positional(*args: Any) -> Any:
         scope = current()
         if scope is None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, MutableSequence
 from typing import Any
 
 from fluxrun._context import current
+from fluxrun._internal import real_urandom
 from fluxrun.interceptors.base import Patch, record_call, serve_call, value_patch, wrap
 from fluxrun.model.values import decode, encode
 
@@ -37,9 +38,15 @@ def _decoded(event: dict[str, Any]) -> Any:
     return decode(event["data"]["value"])
 
 
+def _uuid4() -> uuid.UUID:
+    """`uuid.uuid4` as the standard library writes it, reading the real `os.urandom`: no patched call
+    inside, so a recorded uuid4 is one event with nothing to suspend."""
+    return uuid.UUID(bytes=real_urandom(16), version=4)
+
+
 def _io_wrapper(call: str) -> Callable[..., Any]:
-    """For functions that read other patched sources (uuid4 reads os.urandom), which must be suspended
-    while they run; the random module's functions and os.urandom itself go through `value_patch`."""
+    """For functions that read other patched sources (uuid1 reads the clock, `secrets` reads os.urandom),
+    which must be suspended while they run; the others go through `value_patch`."""
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         scope = current()
@@ -92,15 +99,15 @@ class RandomnessInterceptor:
             if hasattr(random, name):
                 self._value(random, name)
         self._add(random, "shuffle", _shuffle_wrapper)
-        for name in ("uuid1", "uuid4"):
-            self._add(uuid, name, _io_wrapper(f"uuid.{name}"))
+        self._add(uuid, "uuid1", _io_wrapper("uuid.uuid1"))
+        self._value(uuid, "uuid4", keywords=False, run=_uuid4)
         self._value(os, "urandom", keywords=False)
         for name in SECRETS_FUNCTIONS:
             self._add(secrets, name, _io_wrapper(f"secrets.{name}"))
 
-    def _value(self, owner: Any, name: str, *, keywords: bool = True) -> None:
+    def _value(self, owner: Any, name: str, *, keywords: bool = True, run: Callable[..., Any] | None = None) -> None:
         original, call = getattr(owner, name), f"{owner.__name__}.{name}"
-        patched = value_patch(original, KIND, call, _decoded, encoded=True, keywords=keywords)
+        patched = value_patch(original, KIND, call, _decoded, encoded=True, keywords=keywords, run=run)
         self._targets.append((owner, name, patched))
 
     def _add(self, owner: Any, name: str, wrapper: Callable[..., Any]) -> None:
