@@ -1,22 +1,21 @@
-"""Helpers for the control-plane tests: a real server process with GraphQL, REST and CLI clients, and
-provisioning. (Not in conftest.py: test modules import these by name, and several test folders have a
-conftest module.)"""
+"""Helpers for the control-plane tests: the server process of tests/support with GraphQL, REST and CLI
+clients, and provisioning. (Not in conftest.py: test modules import these by name, and several test
+folders have a conftest module.)"""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from server_process import ServerProcess, wait_until
 
 from fluxrun.bundle import load_capture_key, signing_public_key
+
+__all__ = ["BACKENDS", "PG_ADMIN", "GraphQLFailed", "Server", "project_ids", "provision", "wait_until"]
 
 PG_ADMIN = os.environ.get("FLUXRUN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgres"]
@@ -30,77 +29,15 @@ class GraphQLFailed(AssertionError):
 
 
 @dataclass
-class Server:
-    url: str
-    env: dict[str, str]
-    data_dir: Path
-    backend: str
-    proc: subprocess.Popen[bytes] | None = None
-    log: Any = None
+class Server(ServerProcess):
+    backend: str = "sqlite"
     keys: dict[str, str] = field(default_factory=dict)
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "fluxrun.cli.app", "server", "admin", *args],
-            env={**os.environ, **self.env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if check and result.returncode != 0:
-            raise RuntimeError(f"admin {args} failed: {result.stdout}{result.stderr}")
-        return result
+        return self.run_admin(*args, check=check)
 
     def out(self, *args: str) -> str:
         return self.admin(*args).stdout.strip()
-
-    def start(self) -> None:
-        if self.log is None:
-            self.log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open across restarts, closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fluxrun.cli.app", "server"],
-            env={**os.environ, **self.env},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start within 30 s:\n{self.output()}")
-            time.sleep(0.05)
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        if self.log is not None:
-            self.log.close()
-            self.log = None
-
-    def output(self) -> str:
-        if self.log is None:
-            return ""
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
 
     # -- clients ---------------------------------------------------------------------------------------------
 
@@ -172,12 +109,3 @@ def provision(server: Server, capture_key: Path) -> None:
 def project_ids(server: Server) -> dict[str, int]:
     data = server.gql("owner", "{ projects { id name } }")
     return {p["name"]: p["id"] for p in data["projects"]}
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)

@@ -1,4 +1,4 @@
-"""A real `fluxrun server` process on loopback for tests outside tests/server: start, stop, restart, provision.
+"""A real `fluxrun server` process on loopback for the tests: start, stop, restart, provision.
 
 It runs the embedded default (SQLite + filesystem in `data_dir`); a restart keeps the data dir and the port.
 `provision` creates the `acme/shop` project with the test signing key, an ingest token and an API key.
@@ -25,16 +25,17 @@ from fluxrun.bundle import load_capture_key, signing_public_key
 
 
 @dataclass
-class FluxRunServer:
-    url: str
-    port: int
-    data_dir: Path
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    log: IO[bytes] | None = None
-    tokens: dict[str, str] = field(default_factory=dict)
+class ServerProcess:
+    """A `fluxrun server` subprocess configured by `env`: admin CLI calls, start (until /healthz answers),
+    stop (SIGTERM, or SIGKILL with `kill=True`), restart on the same data dir, and its captured output."""
 
-    def admin(self, *args: str) -> str:
+    url: str
+    env: dict[str, str]
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    log: IO[bytes] | None = field(default=None, init=False)
+
+    def run_admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "fluxrun.cli.app", "server", "admin", *args],
             env={**os.environ, **self.env},
@@ -42,9 +43,9 @@ class FluxRunServer:
             text=True,
             timeout=60,
         )
-        if result.returncode != 0:
+        if check and result.returncode != 0:
             raise RuntimeError(f"admin {args} failed: {result.stdout}{result.stderr}")
-        return result.stdout.strip()
+        return result
 
     def start(self) -> None:
         if self.log is None:
@@ -68,10 +69,13 @@ class FluxRunServer:
                 raise RuntimeError(f"server did not start within 30 s:\n{self.output()}")
             time.sleep(0.05)
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
         try:
             self.proc.wait(20)
         except subprocess.TimeoutExpired:
@@ -90,6 +94,17 @@ class FluxRunServer:
             return ""
         self.log.seek(0)
         return self.log.read().decode(errors="replace")
+
+
+@dataclass
+class FluxRunServer(ServerProcess):
+    """The embedded default with the `acme/shop` project of `provision`."""
+
+    port: int = 0
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def admin(self, *args: str) -> str:
+        return self.run_admin(*args).stdout.strip()
 
     # -- for tests -------------------------------------------------------------------------------------
     @property
@@ -151,7 +166,8 @@ def fluxrun_server(data_dir: Path, capture_key: Path, env: dict[str, str] | None
         server.close()
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """`predicate()` once it is truthy, or its last value after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
