@@ -161,8 +161,8 @@ def record_call(
     """Run `wrapped` and record it as one event of `kind` whose fields `data(result)` builds.
 
     Calls made by the internals of the standard library or an installed package (asyncio's clock,
-    logging's timestamps, tempfile's env reads) are not the app's IO and go straight through. `data(result)` runs when
-    the execution is sealed if the result is immutable, else at once (a snapshot).
+    logging's timestamps, tempfile's env reads) are not the app's IO and go straight through.
+    `data(result)` runs when the execution is sealed if the result is immutable, else at once (a snapshot).
     """
     try:
         site = app_site(2)
