@@ -79,3 +79,39 @@ def test_boundary_outside_an_execution_just_runs(captured):
 def test_boundary_needs_a_name():
     with pytest.raises(TypeError, match="needs a name"):
         fluxrun.boundary("")
+
+
+class Ledger:
+    """A boundary declared on a method: the instance is the receiver, not an argument."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    @fluxrun.boundary("ledger.append")
+    def append(self, amount: int) -> int:
+        self.rows.append(amount)
+        return len(self.rows)
+
+
+def test_a_method_boundary_records_its_arguments_without_the_instance(captured):
+    ledger = Ledger()
+
+    @fluxrun.capture
+    def job():
+        ledger.append(5)
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        job()
+    (event,) = captured.events("host")
+    assert decode(event["data"]["args"]) == [5]
+    assert decode(event["data"]["result"]) == 1
+    assert ledger.rows == [5]
+
+
+def test_a_boundary_keeps_the_function_s_name_and_signature():
+    import inspect
+
+    assert charge.__name__ == "charge"
+    assert list(inspect.signature(charge).parameters) == ["customer", "amount"]
+    assert list(inspect.signature(Ledger.append).parameters) == ["self", "amount"]
