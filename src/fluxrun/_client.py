@@ -12,11 +12,12 @@ import random
 import sys
 import threading
 import uuid
+from asyncio.events import _get_running_loop
 from contextvars import Token
 from time import monotonic  # bound at import: FluxRun's own bookkeeping never calls a patched clock
 
 from fluxrun._config import Options
-from fluxrun._context import Scope, scope_var
+from fluxrun._context import Scope, _get_ident, _task_of, scope_var
 from fluxrun._internal import InApp, logger, real_urandom, report_internal_error, set_app_modules, wall_time
 from fluxrun.bundle import Sealer, load_capture_key
 from fluxrun.interceptors import install
@@ -79,10 +80,8 @@ class Client:
         self.installation: install.Installation | None = None
         self._sampler = random.Random()
         self.written: list[str] = []  # file paths, newest last (bounded), for tests and the CLI
-
-    @property
-    def capturing(self) -> bool:
-        return self.options.enabled and self.sealer is not None
+        # read on every request: an attribute, not a property (options are frozen, the sealer is set above)
+        self.capturing = options.enabled and self.sealer is not None
 
     # -- install ----------------------------------------------------------------------------------
     def install(self) -> None:
@@ -242,7 +241,8 @@ def begin(execution: str, entry: str | None) -> tuple[Client, Recording, Token[S
         if installation is not None and len(sys.modules) != installation.modules_seen:
             installation.rescan()  # rebind `from time import time` in app modules imported since
         recording = Recording(execution, entry, wall_time())
-        token = scope_var.set(Scope.root(recording))
+        loop = _get_running_loop()  # Scope.root, inlined: this runs for every request
+        token = scope_var.set(Scope(recording, "0", _task_of(loop) if loop is not None else _get_ident()))
         return client, recording, token
     except Exception as exc:
         report_internal_error("starting a capture", exc)
