@@ -291,7 +291,7 @@ def value_patch(
         try:
             loop = _get_running_loop()  # Scope.here's common case inlined: the scope's own task or thread
             owner = _task_of(loop) if loop is not None else _get_ident()
-            here = scope if owner is scope.owner else scope.here()
+            here = scope if owner is scope.owner or owner == scope.owner else scope.here()
             if not encoded or type(result) in _IMMUTABLE:
                 here.recording.log.append((kind, call, here.path, site, perf_ns(), 0, build, result, None))
             else:

@@ -70,7 +70,7 @@ def _getitem(self: Any, key: Any) -> Any:
     try:
         loop = _get_running_loop()
         owner = _task_of(loop) if loop is not None else _get_ident()
-        here = scope if owner is scope.owner else scope.here()
+        here = scope if owner is scope.owner or owner == scope.owner else scope.here()
         # str key and value: kept as they are, the event is formatted only if the execution is sealed
         here.recording.log.append((KIND, f"env {key}", here.path, site, perf_ns(), 0, _present, (key, value), None))
     except Exception as exc:

@@ -32,7 +32,7 @@ def _start(scope: Scope, name: str, args: tuple[Any, ...], kwargs: dict[str, Any
     try:
         loop = _get_running_loop()
         owner = _task_of(loop) if loop is not None else _get_ident()
-        here = scope if owner is scope.owner else scope.here()
+        here = scope if owner is scope.owner or owner == scope.owner else scope.here()
         # encode(list(args)) without the intermediate list: items at depth 1, as inside a list
         encoded = list(args) if all_plain(args, MAX_BYTES) else [encode(a, _depth=1) for a in args]
         data = {"name": name, "args": encoded, "kwargs": encode(kwargs) if kwargs else {}}

@@ -92,7 +92,7 @@ class _Support:
         try:
             loop = _get_running_loop()
             owner = _task_of(loop) if loop is not None else _get_ident()
-            here = scope if owner is scope.owner else scope.here()
+            here = scope if owner is scope.owner or owner == scope.owner else scope.here()
             try:
                 content = request.content
             except self.module.RequestNotRead:

@@ -23,7 +23,7 @@ KIND = "log"
 def _record(scope: Scope, record: logging.LogRecord) -> None:
     loop = _get_running_loop()
     owner = _task_of(loop) if loop is not None else _get_ident()
-    here = scope if owner is scope.owner else scope.here()
+    here = scope if owner is scope.owner or owner == scope.owner else scope.here()
     exc_info = record.exc_info
     # A snapshot of the record's fields (strings and ints): handlers may change the record afterwards.
     fields = (
