@@ -240,6 +240,11 @@ def app_site(depth: int) -> SiteRef | None:
         frame: FrameType | None = sys._getframe(depth + 1)
     except ValueError:
         return None
+    return app_site_from(frame)
+
+
+def app_site_from(frame: FrameType | None) -> SiteRef | None:
+    """`app_site` from a given frame up."""
     while frame is not None:
         code = frame.f_code
         entry = _verdicts.get(id(code))

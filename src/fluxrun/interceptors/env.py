@@ -1,4 +1,7 @@
-"""Env reads: `os.environ[...]`, `os.environ.get` and `os.getenv` all end in `_Environ.__getitem__`.
+"""Env reads: `os.environ[...]`, `os.environ.get`, `os.getenv` and `key in os.environ`.
+
+`__getitem__`, `get` and `__contains__` are patched on `_Environ` (`os.getenv` calls `get`), so each
+read is one call of ours whatever the spelling.
 
 At replay a read returns the recorded value even if the environment has changed since; the
 recording is a snapshot, so a variable read once and read again is answered both times.
@@ -15,6 +18,7 @@ import types
 from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from sys import _getframe
+from types import FrameType
 from typing import Any
 
 from fluxrun._context import Scope, _get_ident, _task_of, current
@@ -24,6 +28,7 @@ from fluxrun._internal import (
     SiteRef,
     _verdicts,
     app_site,
+    app_site_from,
     caller_frame,
     frame_is_library,
     perf_ns,
@@ -39,6 +44,8 @@ _Environ = type(os.environ)
 
 
 _real_getitem = vars(_Environ)["__getitem__"]
+_real_get = _Environ.get  # Mapping.get and Mapping.__contains__, inherited: patched onto _Environ itself
+_real_contains = _Environ.__contains__
 
 
 @functools.wraps(_real_getitem)
@@ -78,6 +85,70 @@ def _getitem(self: Any, key: Any) -> Any:
     return value
 
 
+def _site_of_caller(frame: FrameType) -> SiteRef | None:
+    """The site of the code that made an env read whose caller frame is `frame`; None for a library's."""
+    code = frame.f_code
+    known = _verdicts.get(id(code))
+    if known is not None and known[0] is code and known[1] != _PLUMBING:
+        return None if known[1] == _LIBRARY else (known[2], code, frame.f_lasti)
+    return app_site_from(frame)
+
+
+def _record_present(scope: Scope, key: str, value: str, site: SiteRef) -> None:
+    try:
+        loop = _get_running_loop()
+        owner = _task_of(loop) if loop is not None else _get_ident()
+        here = scope if owner is scope.owner or owner == scope.owner else scope.here()
+        here.recording.log.append((KIND, f"env {key}", here.path, site, perf_ns(), 0, _present, (key, value), None))
+    except Exception as exc:
+        report_internal_error("env capture", exc)
+
+
+def _get(self: Any, key: Any, default: Any = None) -> Any:
+    """`os.environ.get` while installed: `Mapping.get` without its frame and its trip through `__getitem__`."""
+    scope = current()
+    if scope is None or self is not os.environ:
+        return _real_get(self, key, default)
+    if scope.session is not None:
+        try:
+            return _replay_read(scope, key, types.MethodType(_real_getitem, self), (key,), {})
+        except KeyError:
+            return default
+    site = _site_of_caller(_getframe(1))
+    if site is None:
+        return _real_get(self, key, default)
+    try:
+        value = _real_getitem(self, key)
+    except KeyError:
+        _record_missing(scope, key, site)
+        return default
+    _record_present(scope, key, value, site)
+    return value
+
+
+def _contains(self: Any, key: Any) -> bool:
+    """`key in os.environ` while installed: a read like any other (present, or recorded as absent)."""
+    scope = current()
+    if scope is None or self is not os.environ:
+        return _real_contains(self, key)
+    if scope.session is not None:
+        try:
+            _replay_read(scope, key, types.MethodType(_real_getitem, self), (key,), {})
+        except KeyError:
+            return False
+        return True
+    site = _site_of_caller(_getframe(1))
+    if site is None:
+        return _real_contains(self, key)
+    try:
+        value = _real_getitem(self, key)
+    except KeyError:
+        _record_missing(scope, key, site)
+        return False
+    _record_present(scope, key, value, site)
+    return True
+
+
 def _present(read: tuple[str, str]) -> dict[str, Any]:
     return {"key": read[0], "present": True, "value": read[1]}
 
@@ -114,7 +185,11 @@ class EnvInterceptor:
         self._getitem = _getitem
 
     def patches(self) -> list[Patch]:
-        return [Patch(_Environ, "__getitem__", self._getitem)]
+        return [
+            Patch(_Environ, "__getitem__", self._getitem),
+            Patch(_Environ, "get", _get),
+            Patch(_Environ, "__contains__", _contains),
+        ]
 
     def rebind(self) -> dict[int, Any]:
         return {}

@@ -51,3 +51,29 @@ async def test_async_code_records_env(captured, monkeypatch):
     with pytest.raises(RuntimeError):
         await job()
     assert captured.events("env")[0]["data"]["value"] == "eu"
+
+
+def test_membership_tests_are_reads_too_and_replay_from_the_recording(captured, keys, monkeypatch):
+    monkeypatch.setenv("SHOP_FEATURE", "on")
+    monkeypatch.delenv("SHOP_BETA", raising=False)
+    (path,) = _capture_flags(captured)
+    events = captured.events("env")
+    assert [(e["call"], "error" not in e) for e in events] == [("env SHOP_FEATURE", True), ("env SHOP_BETA", False)]
+    fluxrun.shutdown()
+    assert "get" not in vars(type(os.environ)) and "__contains__" not in vars(type(os.environ))  # restored
+
+    monkeypatch.delenv("SHOP_FEATURE")  # the other way round now: replay still answers from the recording
+    monkeypatch.setenv("SHOP_BETA", "1")
+    result = fluxrun.replay.run(path, keys.replay)
+    assert result.outcome == "reproduced"
+    assert result.new.message == "flags: True False"
+
+
+def flags() -> None:
+    raise RuntimeError(f"flags: {'SHOP_FEATURE' in os.environ} {os.environ.get('SHOP_BETA') is not None}")
+
+
+def _capture_flags(captured):
+    with pytest.raises(RuntimeError):
+        fluxrun.capture(flags)()
+    return captured.files()
