@@ -87,4 +87,5 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.include_router(control_routes.router)
     for module in (ingest, regressions, query, grants, health, dashboard):
         app.include_router(module.router)
+    app.add_middleware(ingest.IngestFastPath)  # POST /v1/executions without FastAPI's per-request machinery
     return app

@@ -254,6 +254,25 @@ def test_issue_status_changes_need_a_non_viewer(server, seal):
     assert wait_until(lambda: api(server, f"/v1/issues/{issue_id}").json()["status"] == "regressed")
 
 
+def test_a_shipper_hanging_up_mid_body_stores_nothing_and_logs_no_traceback(server, seal):
+    import socket
+    from urllib.parse import urlsplit
+
+    bundle_id, bundle = seal()
+    body = encode_batch([bundle])
+    url = urlsplit(server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        head = (
+            f"POST /v1/executions HTTP/1.1\r\nhost: {url.netloc}\r\ncontent-length: {len(body)}\r\n"
+            f"authorization: Bearer {server.tokens['ingest']}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body[: len(body) // 2])
+    _, other = seal()
+    assert post(server, [other]).status_code == 202  # still serving
+    assert api(server, f"/v1/runs/{bundle_id}").status_code == 404
+    assert "Traceback" not in server.output()
+
+
 def test_the_openapi_schema_is_served(server):
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/v1/executions", "/v1/projects/{project_id}/runs", "/v1/regression-runs"} <= set(schema["paths"])

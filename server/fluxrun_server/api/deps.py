@@ -10,7 +10,7 @@ from fastapi import Depends, HTTPException, Request
 from fluxrun_server.auth import API_KEY, INGEST_TOKEN, TokenError, check_token, token_prefix
 from fluxrun_server.state import ServerState
 
-__all__ = ["IngestProject", "Reader", "State", "Workspace"]
+__all__ = ["IngestProject", "Reader", "State", "Workspace", "project_for_authorization"]
 
 
 # `async def` dependencies run on the event loop; a plain `def` would hop to the threadpool for every request.
@@ -23,7 +23,10 @@ State = Annotated[ServerState, Depends(get_state)]
 
 
 def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
+    return _bearer_value(request.headers.get("authorization", ""))
+
+
+def _bearer_value(header: str) -> str:
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value:
         raise HTTPException(
@@ -34,7 +37,12 @@ def _bearer(request: Request) -> str:
 
 async def ingest_project(request: Request, state: State) -> int:
     """The project of the request's ingest token (cached for CACHE_SECONDS, so the database is rarely asked)."""
-    raw = _bearer(request)
+    return project_for_authorization(state, request.headers.get("authorization", ""))
+
+
+def project_for_authorization(state: ServerState, authorization: str) -> int:
+    """`ingest_project` from an Authorization header value (also used by the ingest fast path)."""
+    raw = _bearer_value(authorization)
     try:
         token = check_token(raw, INGEST_TOKEN)
     except TokenError as exc:
