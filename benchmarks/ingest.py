@@ -18,10 +18,23 @@ Sections:
    with its own keep-alive HTTP/1.1 connection, POSTing its next batch as soon as the previous one is
    acknowledged (closed loop). The transport is a minimal HTTP/1.1 client on asyncio streams: httpx's
    AsyncClient cost ~0.8 ms of CPU per request here and its pool bookkeeping grew to most of a core at 64
-   connections, which would take the second core from the server. Levels: 1 shipper with batches of 1
-   bundle, then 1, 8 and 64 shippers with batches of 20. One open-loop level offers exactly 5,000 bundles/s
-   (250 requests/s of 20, at most 64 in flight) and measures latency from each request's scheduled send
-   time, so a stall counts against it (no coordinated omission). Reported: bundles/s and requests/s over
+   connections, which would take the second core from the server. Levels:
+   - Saturation (capacity): 1 shipper with batches of 1 bundle, then 1, 8 and 64 shippers with batches of
+     20, each POSTing back to back. These give the bundles/s the server sustains (the 5,000/s target), but
+     their latency is not the server's: a closed loop holds shippers x batch bundles in flight, so its mean
+     latency is in-flight ÷ bundles/s (Little's law), 8 x 20 under 25 ms would need 6,400 bundles/s and
+     64 x 20 51,200/s on two cores. Their p99 is printed as information, not as a target.
+   - Latency at the target rate (the p99 target): one open-loop level offers exactly 5,000 bundles/s
+     (250 requests/s of 20, at most 64 in flight) and measures latency from each request's scheduled send
+     time, so a stall counts against it (no coordinated omission). Then 1, 8 and 64 "SDK shippers" offer
+     5,000 bundles/s together, each behaving as fluxrun's own shipper does (`HttpSink` in
+     src/fluxrun/shipping/http.py, one per app process): bundles arrive at random (Poisson, 5,000/s ÷ N
+     each), the first queued bundle waits up to 50 ms (its `linger`) for others, one request is in flight
+     at a time, a request takes at most 100 bundles (`max_batch_bundles`), and its latency is send to 202.
+     So 1 shipper sends ~100-bundle requests, 8 send ~30, 64 send ~4 (1,250 requests/s). This is the
+     reading of "p99 ack with 1, 8 and 64 concurrent shippers" that a deployment sees: N app processes
+     shipping 5,000 failures a second between them, rather than N clients that always have 20 more queued.
+   Reported: bundles/s and requests/s over
    the measured window (after a warm-up), ack latency p50/p99, the server's CPU (all threads, /proc) and
    the shippers' CPU over the window, and the WAL backlog the aggregator still had to index at the end,
    with the time it took to drain (each level starts drained). Baselines from the same run: the raw fsync
@@ -183,9 +196,19 @@ RUNLIST_P95_TARGET_MS = 50
 class Level:
     name: str
     shippers: int
-    batch: int
+    batch: int  # bundles per request; for an SDK level, the most a request takes (the SDK's max_batch_bundles)
     rate: float = 0.0  # requests/s offered (open loop); 0 = closed loop
+    sdk_rate: float = 0.0  # bundles/s arriving at the SDK-like shippers together (Poisson), 0 = not an SDK level
 
+    @property
+    def closed(self) -> bool:
+        return not self.rate and not self.sdk_rate
+
+
+# What fluxrun's HttpSink (src/fluxrun/shipping/http.py) does, per app process: one request in flight at a time,
+# the first queued bundle waits up to `linger` for others, a request takes at most `max_batch_bundles`.
+SDK_LINGER_S = 0.05
+SDK_MAX_BATCH = 100
 
 LEVELS = (
     Level("1 shipper, batch 1", 1, 1),
@@ -193,6 +216,15 @@ LEVELS = (
     Level("8 shippers, batch 20", 8, BATCH),
     Level("64 shippers, batch 20", 64, BATCH),
     Level(f"open loop {OPEN_LOOP_BUNDLES_PER_S:,}/s, batch 20", 64, BATCH, rate=OPEN_LOOP_BUNDLES_PER_S / BATCH),
+    *(
+        Level(
+            f"{n} SDK shipper{'s' if n > 1 else ''}, {OPEN_LOOP_BUNDLES_PER_S:,}/s",
+            n,
+            SDK_MAX_BATCH,
+            sdk_rate=OPEN_LOOP_BUNDLES_PER_S,
+        )
+        for n in (1, 8, 64)
+    ),
 )
 
 
@@ -722,7 +754,49 @@ async def ship(command: dict[str, Any], url: str, server_pid: int) -> dict[str, 
             records.append((sent, perf(), status, accepted))
 
     marker = asyncio.create_task(cpu_marker())
-    if rate > 0:
+    sdk_rate = float(command.get("sdk_rate") or 0)
+    batch_sizes: list[int] = []
+    if sdk_rate > 0:
+        # Each shipper is one app process's HttpSink: bundles arrive (Poisson, sdk_rate / shippers each), the
+        # first queued one waits up to the linger for company, one request is in flight at a time, and a
+        # request takes at most max_batch queued bundles. Latency is the request's: send to 202.
+        linger, most = float(command["linger"]), int(command["max_batch"])
+        rng = random.Random(20261128)
+
+        def arrivals() -> list[float]:
+            times, at = [], start
+            while at < end:
+                at += rng.expovariate(sdk_rate / concurrency)
+                times.append(at)
+            return times
+
+        async def sdk_shipper(connection: HttpConnection, times: list[float]) -> None:
+            i = 0
+            while i < len(times):
+                full_at = times[i + most - 1] if i + most <= len(times) else math.inf  # the request is full
+                send_at = min(times[i] + linger, full_at)
+                if send_at >= end:
+                    return
+                if send_at > perf():
+                    await asyncio.sleep(send_at - perf())
+                now, j = perf(), i
+                while j < len(times) and j - i < most and times[j] <= now:
+                    j += 1
+                taken = []
+                for _ in range(j - i):
+                    index = take_index()
+                    if index is None:
+                        return
+                    taken.append(bodies[index])  # single-bundle bodies: joined, they are one batch body
+                sent = perf()
+                status, data = await connection.request("POST", "/v1/executions", b"".join(taken))
+                accepted = len(orjson.loads(data)["accepted"]) if status == 202 else 0
+                records.append((sent, perf(), status, accepted))
+                batch_sizes.append(len(taken))
+                i = j
+
+        await asyncio.gather(*(sdk_shipper(c, arrivals()) for c in connections))
+    elif rate > 0:
         idle: asyncio.Queue[HttpConnection] = asyncio.Queue()
         for connection in connections:
             idle.put_nowait(connection)
@@ -767,6 +841,7 @@ async def ship(command: dict[str, Any], url: str, server_pid: int) -> dict[str, 
         "shipper_cpu": (cpu1[0] - cpu0[0]) / elapsed,
         "server_cpu": (cpu1[1][0] + cpu1[1][1] - cpu0[1][0] - cpu0[1][1]) / elapsed,
         "server_sys_cpu": (cpu1[1][1] - cpu0[1][1]) / elapsed,
+        "mean_batch": statistics.mean(batch_sizes) if batch_sizes else None,
     }
 
 
@@ -813,6 +888,7 @@ class ShipperProcess:
         warmup: float,
         duration: float,
         rate: float = 0.0,
+        sdk_rate: float = 0.0,
         endpoint: str = "executions",
     ) -> None:
         """Send one level; returns once the child has loaded its batches and opened its connections."""
@@ -823,6 +899,9 @@ class ShipperProcess:
             "warmup": warmup,
             "duration": duration,
             "rate": rate,
+            "sdk_rate": sdk_rate,
+            "linger": SDK_LINGER_S,
+            "max_batch": SDK_MAX_BATCH,
             "endpoint": endpoint,
         }
         assert self.proc.stdin is not None
@@ -874,6 +953,7 @@ def summarise_shipping(result: dict[str, Any]) -> dict[str, Any]:
         "server_cpu": result["server_cpu"],
         "server_sys_cpu": result["server_sys_cpu"],
         "shipper_cpu": result["shipper_cpu"],
+        "mean_batch": result.get("mean_batch"),
     }
 
 
@@ -897,10 +977,12 @@ def measure_ingest(
     sealed = 0
     watch: DrainWatch | None = None
     for level in LEVELS:
-        if level.rate:
+        if level.sdk_rate:
+            count = int(level.sdk_rate * span * 1.1) + SDK_MAX_BATCH  # Poisson arrivals: a margin over the mean
+        elif level.rate:
             count = int(level.rate * level.batch * span) + level.batch * 4
         elif level.batch == 1:
-            count = int(1500 * span)
+            count = int(2500 * span)
         else:
             count = min(int(estimate * 1.6 * span), settings.max_bundles_per_level)
         count -= count % level.batch
@@ -908,15 +990,20 @@ def measure_ingest(
         bundles = factory.many(count)  # while the aggregator indexes the previous level's backlog
         seal_seconds += perf() - started
         sealed += count
-        path = workdir / f"level-{level.shippers}x{level.batch}-{int(level.rate)}.batches"
-        write_batches(path, bundles, level.batch)
+        path = workdir / f"level-{level.shippers}x{level.batch}-{int(level.rate)}-{int(level.sdk_rate)}.batches"
+        write_batches(path, bundles, 1 if level.sdk_rate else level.batch)  # SDK shippers join single bodies
         del bundles
         if watch is not None:
             watch.finish()
         server.drain()
         console.print(f"  {level.name}: {count:,} bundles sealed ...")
         raw = shipper.run(
-            path, concurrency=level.shippers, warmup=settings.warmup_s, duration=settings.window_s, rate=level.rate
+            path,
+            concurrency=level.shippers,
+            warmup=settings.warmup_s,
+            duration=settings.window_s,
+            rate=level.rate,
+            sdk_rate=level.sdk_rate,
         )
         path.unlink(missing_ok=True)
         summary = summarise_shipping(raw)
@@ -924,7 +1011,7 @@ def measure_ingest(
         summary["pool"] = count
         results["levels"][level.name] = summary
         watch = DrainWatch(server, summary)
-        if level.batch > 1 and not level.rate:
+        if level.batch > 1 and level.closed:
             estimate = max(estimate, summary["bundles_per_s"])
     if watch is not None:
         watch.finish()
@@ -1551,7 +1638,10 @@ def ingest_table(results: dict[str, Any], fsync: dict[str, Any], settings: Setti
         "out: *). vs fsync = bundles/s ÷ the raw fsync ops/s of table 1 (> 1 only through batching and group "
         "commit); vs healthz = requests/s ÷ the /healthz requests/s. The open loop offers "
         f"{OPEN_LOOP_BUNDLES_PER_S:,} bundles/s as {OPEN_LOOP_BUNDLES_PER_S // BATCH} requests/s of {BATCH} on at "
-        "most 64 connections; its latency counts from each request's scheduled send time. Closed loops hold "
+        "most 64 connections; its latency counts from each request's scheduled send time. SDK shippers behave "
+        f"like fluxrun's HttpSink: bundles arrive (Poisson, {OPEN_LOOP_BUNDLES_PER_S:,}/s in all), the first queued "
+        f"one waits up to {SDK_LINGER_S * 1000:g} ms for others, one request in flight per shipper, at most "
+        f"{SDK_MAX_BATCH} bundles a request; latency is send to 202. Closed loops hold "
         "shippers x batch bundles in flight, so p50 ≥ in-flight ÷ bundles/s (Little's law). CPU is the share "
         "of one core over the window (server: all threads from /proc, kernel time in brackets). backlog: "
         "bundles acked but not yet indexed at the end, the time the aggregator then needed to index them with "
@@ -1593,13 +1683,18 @@ def ingest_table(results: dict[str, Any], fsync: dict[str, Any], settings: Setti
         r = results["levels"][level.name]
         non_202 = sum(v for k, v in r["statuses"].items() if k != "202")
         target = ""
-        if level.batch > 1:
+        if level.batch > 1 and level.closed:
             target = (
-                f"≥ {INGEST_TARGET_PER_S:,}/s {verdict(r['bundles_per_s'] >= INGEST_TARGET_PER_S * 0.98)}, "
-                f"p99 < {ACK_P99_TARGET_MS} ms {verdict(r['p99_ms'] < ACK_P99_TARGET_MS)}"
+                f"≥ {INGEST_TARGET_PER_S:,}/s {verdict(r['bundles_per_s'] >= INGEST_TARGET_PER_S * 0.98)} "
+                "(saturation: p99 is in flight ÷ rate)"
             )
+        elif not level.closed:
+            target = f"p99 < {ACK_P99_TARGET_MS} ms {verdict(r['p99_ms'] < ACK_P99_TARGET_MS)}"
+        name = escape(level.name) + (" *" if r["exhausted"] else "")
+        if level.sdk_rate and r.get("mean_batch"):
+            name += f" (mean batch {r['mean_batch']:.1f})"
         table.add_row(
-            escape(level.name) + (" *" if r["exhausted"] else ""),
+            name,
             f"{r['requests_per_s']:,.0f}",
             f"{r['bundles_per_s']:,.0f}",
             f"{r['bundles_per_s'] / fsync['ops_per_s']:.2f}",
@@ -1690,21 +1785,29 @@ def collect_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         targets.append({"target": f"{name} {sign} {limit:,} {unit}", "measured": value, "unit": unit, "pass": ok})
 
     levels = results["ingest"]["levels"]
-    batched = [level for level in LEVELS if level.batch > 1]
-    best = max(batched, key=lambda level: levels[level.name]["bundles_per_s"])
+    saturated = [level for level in LEVELS if level.batch > 1 and level.closed]
+    best = max(saturated, key=lambda level: levels[level.name]["bundles_per_s"])
     add(
-        f"durable ingest, best level ({best.name})",
+        f"durable ingest, best closed loop ({best.name})",
         levels[best.name]["bundles_per_s"],
         INGEST_TARGET_PER_S,
         "bundles/s",
         higher=True,
     )
-    for level in batched:
-        name = f"ack p99, {level.name}"
-        if not level.rate:  # closed loop: mean latency = in flight / throughput (Little's law)
-            needed = level.shippers * level.batch / (ACK_P99_TARGET_MS / 1000)
-            name += f" (mean under {ACK_P99_TARGET_MS} ms needs ≥ {needed:,.0f} bundles/s)"
-        add(name, levels[level.name]["p99_ms"], ACK_P99_TARGET_MS, "ms")
+    for level in LEVELS:
+        if not level.closed:
+            add(f"ack p99, {level.name}", levels[level.name]["p99_ms"], ACK_P99_TARGET_MS, "ms")
+    for level in saturated:  # not a target: a saturated closed loop's latency is in flight / rate (Little's law)
+        needed = level.shippers * level.batch / (ACK_P99_TARGET_MS / 1000)
+        targets.append(
+            {
+                "target": f"(saturation, not a target) ack p99, {level.name}: a mean under {ACK_P99_TARGET_MS} ms "
+                f"needs ≥ {needed:,.0f} bundles/s",
+                "measured": levels[level.name]["p99_ms"],
+                "unit": "ms",
+                "pass": None,
+            }
+        )
     for key in ("idle", "steady", "saturated"):
         label = results["visibility"][key].get("label", "idle").split(":")[0]
         add(f"ack to visible p99, {label}", results["visibility"][key]["p99_ms"], VISIBILITY_TARGET_MS, "ms")
@@ -1734,7 +1837,7 @@ def targets_table(targets: list[dict[str, Any]], quick: bool) -> Table:
         table.add_row(
             escape(target["target"]),
             f"{target['measured']:,.1f} {target['unit']}",
-            "[green]pass[/green]" if target["pass"] else "[red]FAIL[/red]",
+            "info" if target["pass"] is None else "[green]pass[/green]" if target["pass"] else "[red]FAIL[/red]",
         )
     return table
 
