@@ -42,8 +42,12 @@ Sections:
 3. Time from ack to query visibility: a single-bundle batch is POSTed; from its 202, `GET /v1/runs/{id}`
    is polled with an API key until it answers 200. Idle: one probe at a time, polled every 2 ms. Under
    load, while the child ingests batches of 20: (a) steady, an open loop at half the best rate of
-   section 2, and (b) saturated, 8 closed-loop shippers; probes spread over the load, the oldest
-   outstanding one polled every 10 ms (also after the load ended, until all are visible).
+   section 2 (at least the 5,000 bundles/s target), where the < 2 s target applies, and (b) saturated,
+   8 closed-loop shippers; probes spread over the load, the oldest outstanding one polled every 10 ms
+   (also after the load ended, until all are visible). Saturated is information, not a target: the edge
+   then acks faster than the aggregator, sharing the two cores, can index, so the lag grows by the
+   difference for as long as the overload lasts (bounded by the WAL backlog limit's 429s), whatever the
+   design; its row says how fast that is.
 4. Run-list query latency with 1,000,000 indexed executions (100,000 with --quick), on SQLite and on
    PostgreSQL (127.0.0.1:5432: a fresh database `fluxrun_bench_<hex>`, dropped at the end). Ingesting that
    many through HTTP would take too long, so the index is bulk-loaded: the server's own schema
@@ -153,7 +157,7 @@ FULL = Settings(
     fsync_ops=1000,
     warmup_s=0.7,
     window_s=3.0,
-    max_bundles_per_level=48_000,
+    max_bundles_per_level=72_000,
     visibility_idle=50,
     visibility_load=30,
     visibility_load_s=5.0,
@@ -972,7 +976,7 @@ def measure_ingest(
     health = shipper.run(None, concurrency=8, warmup=settings.warmup_s, duration=settings.window_s, endpoint="healthz")
     results["healthz"] = summarise_shipping(health)
 
-    estimate = 4000.0  # bundles/s, to size the first batch-20 pool; later levels use the best measurement
+    estimate = 12000.0  # bundles/s, to size the first batch-20 pool; later levels use the best measurement
     seal_seconds = 0.0
     sealed = 0
     watch: DrainWatch | None = None
@@ -1104,9 +1108,14 @@ def measure_visibility(
     results["idle"] = visibility_stats(probe_visibility(server, creds, probes, spacing_s=0, poll_s=POLL_INTERVAL_S))
 
     seconds = settings.visibility_load_s
-    steady_rate = round(best_per_s * STEADY_SHARE / BATCH)  # requests/s
+    steady_rate = round(max(best_per_s * STEADY_SHARE, INGEST_TARGET_PER_S) / BATCH)  # requests/s
     loads = (
-        ("steady", f"steady: open loop at {STEADY_SHARE:.0%} of the best ingest rate", 64, steady_rate),
+        (
+            "steady",
+            f"steady: open loop at {STEADY_SHARE:.0%} of the best ingest rate, ≥ {INGEST_TARGET_PER_S:,}/s",
+            64,
+            steady_rate,
+        ),
         ("saturated", "saturated: 8 shippers, closed loop", 8, 0),
     )
     for key, label, concurrency, rate in loads:
@@ -1734,7 +1743,9 @@ def visibility_table(results: dict[str, Any]) -> Table:
             f"{r['p99_ms']:.1f}",
             f"{r['max_ms']:.1f}",
             f"{r['drain_s']:.1f}" if "drain_s" in r else "",
-            f"p99 < {VISIBILITY_TARGET_MS:,} ms {verdict(r['p99_ms'] < VISIBILITY_TARGET_MS)}",
+            "information: overload (see above)"
+            if key == "saturated"
+            else f"p99 < {VISIBILITY_TARGET_MS:,} ms {verdict(r['p99_ms'] < VISIBILITY_TARGET_MS)}",
         )
     return table
 
@@ -1808,9 +1819,20 @@ def collect_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "pass": None,
             }
         )
-    for key in ("idle", "steady", "saturated"):
+    for key in ("idle", "steady"):
         label = results["visibility"][key].get("label", "idle").split(":")[0]
         add(f"ack to visible p99, {label}", results["visibility"][key]["p99_ms"], VISIBILITY_TARGET_MS, "ms")
+    saturated = results["visibility"]["saturated"]
+    targets.append(
+        {
+            "target": "(overload, not a target) ack to visible p99, saturated at "
+            f"{saturated['load_bundles_per_s']:,.0f} bundles/s: the lag grows while the edge acks faster than "
+            "the aggregator indexes",
+            "measured": saturated["p99_ms"],
+            "unit": "ms",
+            "pass": None,
+        }
+    )
     for runlist in results["runlist"]:
         if "skipped" in runlist:
             continue
