@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import httpx
 import psycopg
 import pytest
+from server_process import ServerProcess
 from servers import free_port
 
 from fluxrun.bundle import load_capture_key, signing_public_key
@@ -25,77 +22,14 @@ PG_ADMIN = os.environ.get("FLUXRUN_TEST_POSTGRES", "postgresql://postgres@127.0.
 
 
 @dataclass
-class Server:
-    url: str
-    env: dict[str, str]
-    data_dir: Path
-    backend: str
-    proc: subprocess.Popen[bytes] | None = None
-    log: Any = None
+class Server(ServerProcess):
+    backend: str = "embedded"
     tokens: dict[str, str] = field(default_factory=dict)
+    # A node whose WAL failed an fsync reports itself unhealthy (503) and still serves: the fault tests restart it so.
+    started_statuses: ClassVar[tuple[int, ...]] = (200, 503)
 
     def admin(self, *args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "fluxrun.cli.app", "server", "admin", *args],
-            env={**os.environ, **self.env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"admin {args} failed: {result.stdout}{result.stderr}")
-        return result.stdout.strip()
-
-    def start(self) -> None:
-        if self.log is None:
-            self.log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open across restarts, closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fluxrun.cli.app", "server"],
-            env={**os.environ, **self.env},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(
-                    f"server exited with {self.proc.returncode}:\n{self.log.read().decode(errors='replace')}"
-                )
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code in (200, 503):
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start within 30 s")
-            time.sleep(0.05)
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        if self.log is not None:
-            self.log.close()
-            self.log = None
-
-    def output(self) -> str:
-        if self.log is None:
-            return ""
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        return self.run_admin(*args).stdout.strip()
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import httpx
 from servers import free_port
@@ -34,6 +34,7 @@ class ServerProcess:
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     log: IO[bytes] | None = field(default=None, init=False)
+    started_statuses: ClassVar[tuple[int, ...]] = (200,)  # /healthz answers that mean the server is up
 
     def run_admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -61,7 +62,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code in self.started_statuses:
                     return
             except httpx.TransportError:
                 pass
