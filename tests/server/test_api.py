@@ -8,7 +8,7 @@ import secrets
 import httpx
 import pytest
 import zstandard
-from server_fixtures import wait_until
+from server_process import wait_until
 
 from fluxrun_server.ingest.batch import encode_batch
 

@@ -9,7 +9,8 @@ import time
 
 import httpx
 import pytest
-from server_fixtures import Server, wait_until
+from server_fixtures import Server
+from server_process import wait_until
 from servers import free_port
 
 from fluxrun.bundle import load_capture_key, signing_public_key

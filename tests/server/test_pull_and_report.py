@@ -10,7 +10,7 @@ import textwrap
 
 import httpx
 import pytest
-from server_fixtures import wait_until
+from server_process import wait_until
 
 from fluxrun_server.ingest.batch import encode_batch
 

@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import psycopg
 import pytest
-from server_fixtures import PG_ADMIN, wait_until
+from server_fixtures import PG_ADMIN
+from server_process import wait_until
 
 from fluxrun.bundle import load_capture_key, read_bundle, signing_public_key
 from fluxrun_server.ingest.batch import encode_batch
