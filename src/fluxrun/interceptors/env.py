@@ -44,8 +44,24 @@ _Environ = type(os.environ)
 
 
 _real_getitem = vars(_Environ)["__getitem__"]
-_real_get = _Environ.get  # Mapping.get and Mapping.__contains__, inherited: patched onto _Environ itself
-_real_contains = _Environ.__contains__
+
+
+# What Mapping.get and Mapping.__contains__ (which _Environ inherits) do, without their trip through the
+# patched `__getitem__`: a library's membership check (FastAPI's OTEL_* provider checks, on every request
+# when OpenTelemetry is installed) would otherwise be classified twice, once here and once in `_getitem`.
+def _lookup(environ: Any, key: Any, default: Any) -> Any:
+    try:
+        return _real_getitem(environ, key)
+    except KeyError:
+        return default
+
+
+def _has(environ: Any, key: Any) -> bool:
+    try:
+        _real_getitem(environ, key)
+    except KeyError:
+        return False
+    return True
 
 
 @functools.wraps(_real_getitem)
@@ -108,7 +124,7 @@ def _get(self: Any, key: Any, default: Any = None) -> Any:
     """`os.environ.get` while installed: `Mapping.get` without its frame and its trip through `__getitem__`."""
     scope = current()
     if scope is None or self is not os.environ:
-        return _real_get(self, key, default)
+        return _lookup(self, key, default)
     if scope.session is not None:
         try:
             return _replay_read(scope, key, types.MethodType(_real_getitem, self), (key,), {})
@@ -116,7 +132,7 @@ def _get(self: Any, key: Any, default: Any = None) -> Any:
             return default
     site = _site_of_caller(_getframe(1))
     if site is None:
-        return _real_get(self, key, default)
+        return _lookup(self, key, default)
     try:
         value = _real_getitem(self, key)
     except KeyError:
@@ -130,7 +146,7 @@ def _contains(self: Any, key: Any) -> bool:
     """`key in os.environ` while installed: a read like any other (present, or recorded as absent)."""
     scope = current()
     if scope is None or self is not os.environ:
-        return _real_contains(self, key)
+        return _has(self, key)
     if scope.session is not None:
         try:
             _replay_read(scope, key, types.MethodType(_real_getitem, self), (key,), {})
@@ -139,7 +155,7 @@ def _contains(self: Any, key: Any) -> bool:
         return True
     site = _site_of_caller(_getframe(1))
     if site is None:
-        return _real_contains(self, key)
+        return _has(self, key)
     try:
         value = _real_getitem(self, key)
     except KeyError:
