@@ -31,7 +31,7 @@ Sections:
      src/fluxrun/shipping/http.py, one per app process): bundles arrive at random (Poisson, 5,000/s ÷ N
      each), the first queued bundle waits up to 50 ms (its `linger`) for others, one request is in flight
      at a time, a request takes at most 100 bundles (`max_batch_bundles`), and its latency is send to 202.
-     So 1 shipper sends ~100-bundle requests, 8 send ~30, 64 send ~4 (1,250 requests/s). This is the
+     So 1 shipper sends ~100-bundle requests, 8 send ~33, 64 send ~5 (about 1,000 requests/s). This is the
      reading of "p99 ack with 1, 8 and 64 concurrent shippers" that a deployment sees: N app processes
      shipping 5,000 failures a second between them, rather than N clients that always have 20 more queued.
    Reported: bundles/s and requests/s over
