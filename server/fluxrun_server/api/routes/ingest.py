@@ -15,7 +15,6 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -130,12 +129,13 @@ class IngestFastPath:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        app_state = scope["app"].state
+        request = Request(scope, receive)
+        app_state = request.app.state
         state: ServerState = app_state.fluxrun
+        headers = request.headers
         try:
             project_id = project_for_authorization(state, headers.get("authorization", ""))
-            answer = await handle(state, app_state.control.gate, project_id, headers, _body(receive))
+            answer = await handle(state, app_state.control.gate, project_id, headers, request.stream())
         except ClientDisconnect:
             return  # the shipper hung up mid-body: nothing was stored, nobody is left to answer
         except HTTPException as exc:
@@ -143,15 +143,3 @@ class IngestFastPath:
         else:
             response = Response(answer, status_code=202, media_type="application/json")
         await response(scope, receive, send)
-
-
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
