@@ -27,6 +27,7 @@ def init(
     in_app_exclude: Iterable[str] | None = None,
     max_queue: int | None = None,
     enabled: bool | None = None,
+    max_db_rows: int | None = None,
 ) -> None:
     """Configure FluxRun and install its interceptors. Call once, early, before serving requests.
 
@@ -51,25 +52,14 @@ def init(
     - `max_queue` (`FLUXRUN_MAX_QUEUE`): kept executions waiting to be sealed; beyond it they are dropped
       and counted, never blocking a request. With a DSN it also bounds sealed bundles waiting to be sent
       (beyond it they go to the spool).
+    - `max_db_rows` (`FLUXRUN_MAX_DB_ROWS`): rows recorded of one database result (default 10,000); a
+      longer result is recorded truncated and marked, and replay refuses to serve reads past it.
     - `enabled` (`FLUXRUN_ENABLED`): false turns capture off without removing the code.
 
     Raises `ConfigError` (or `KeyFileError` for the key file) when a setting is invalid.
     """
-    options = resolve_options(
-        dsn=dsn,
-        directory=directory,
-        capture_key=capture_key,
-        sample_rate=sample_rate,
-        scrub=scrub,
-        max_body_size=max_body_size,
-        release=release,
-        environment=environment,
-        in_app_include=in_app_include,
-        in_app_exclude=in_app_exclude,
-        max_queue=max_queue,
-        enabled=enabled,
-    )
-    install_client(options)
+    arguments = dict(locals())  # exactly the settings: each is defined once, in fluxrun._config.Options
+    install_client(resolve_options(**arguments))
 
 
 def flush(timeout: float = 2.0) -> bool:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import wrapt
 
 from fluxrun._client import Client, begin, end
 from fluxrun._internal import report_internal_error
+from fluxrun.middleware.request import ENTRY_MARK, mark_entry
 from fluxrun.model.outcome import describe_exception
 from fluxrun.model.recording import Recording
 from fluxrun.model.values import encode
@@ -46,6 +48,15 @@ def _request(client: Client, recording: Recording, args: tuple[Any, ...], kwargs
         }
     except Exception as exc:
         report_internal_error("recording arguments", exc)
+
+
+def _marked(wrapped: Any) -> Any:
+    """Mark the captured function as an entry point replay may call when a bundle names it (the attribute
+    reaches methods read through the class too; the registry covers callables that take no attributes)."""
+    mark_entry(wrapped)
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(wrapped, ENTRY_MARK, True)
+    return wrapped
 
 
 @overload
@@ -87,7 +98,7 @@ def capture(func: Any = None, /, *, name: str | None = None) -> Any:
             def async_wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
                 return run_async(wrapped, args, kwargs)
 
-            return wrapt.FunctionWrapper(function, async_wrapper)  # type: ignore[return-value]
+            return cast(F, _marked(wrapt.FunctionWrapper(function, async_wrapper)))
 
         def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
             started = begin("function", entry)
@@ -106,7 +117,7 @@ def capture(func: Any = None, /, *, name: str | None = None) -> Any:
             end(started)
             return result
 
-        return wrapt.FunctionWrapper(function, wrapper)  # type: ignore[return-value]
+        return cast(F, _marked(wrapt.FunctionWrapper(function, wrapper)))
 
     if func is not None:
         return decorate(func)

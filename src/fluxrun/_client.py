@@ -7,23 +7,23 @@ Sealed bundles go to the server named by the DSN (`HttpSink`), else to the local
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import threading
 import uuid
-from asyncio.events import _get_running_loop
 from contextvars import Token
 from time import monotonic  # bound at import: FluxRun's own bookkeeping never calls a patched clock
 
 from fluxrun._config import Options
-from fluxrun._context import Scope, _get_ident, _task_of, scope_var
+from fluxrun._context import Scope, current_owner, scope_var
 from fluxrun._internal import InApp, logger, real_urandom, report_internal_error, set_app_modules, wall_time
+from fluxrun._platform import warm_platform_probe
+from fluxrun._replay_mode import replaying_here
 from fluxrun.bundle import Sealer, load_capture_key
 from fluxrun.interceptors import install
 from fluxrun.model.export import SDK, build_payload, build_summary
 from fluxrun.model.recording import Recording
-from fluxrun.shipping.base import BackgroundWorker, Sink
+from fluxrun.shipping.base import BackgroundWorker, Sink, after_fork_in_child
 from fluxrun.shipping.folder import FolderSink
 from fluxrun.shipping.http import HttpSink, ShipConfig, parse_dsn
 
@@ -36,11 +36,14 @@ STAT_NAMES = (
 )  # fmt: skip
 
 
-# HTTP clients FluxRun does not intercept yet: using one inside a captured execution is a gap.
+# HTTP clients an app may import. One counts as a gap only if it is imported and no installed interceptor
+# patched it (`Interceptor.modules`): an SDK that imports aiohttp without using it is not a gap once it is covered.
 UNINTERCEPTED_HTTP_CLIENTS = (
     "requests",
     "urllib3",
     "aiohttp",
+    "httpx",
+    "httpx2",
     "pycurl",
     "httplib2",
     "tornado.httpclient",
@@ -50,7 +53,20 @@ UNINTERCEPTED_HTTP_CLIENTS = (
 STDLIB_HTTP_CLIENTS = ("urllib.request", "http.client")
 
 _client: Client | None = None
-_client_lock = threading.Lock()
+
+
+class _ClientLock:
+    """Guards installing and removing the client; replaced in a forked child (a thread may have held it)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def _after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+
+
+_client_lock = _ClientLock()
+after_fork_in_child(_client_lock)
 _last_stats: dict[str, int] = {}  # the final counters of the client shut down last
 
 
@@ -68,8 +84,13 @@ class Client:
         self.in_app = InApp(options.in_app_include, options.in_app_exclude)
         self.sealer: Sealer | None = None
         if options.capture_key is not None:
-            self.sealer = Sealer(load_capture_key(options.capture_key), sdk=f"{SDK['name']}/{SDK['version']}")
-        else:
+            # The DSN's path names the project (WORKSPACE/PROJECT) and is signed into every bundle; without a
+            # DSN the bundles name none: they open and replay locally, and no server accepts them.
+            project = parse_dsn(options.dsn).project if options.dsn else ""
+            self.sealer = Sealer(
+                load_capture_key(options.capture_key), sdk=f"{SDK['name']}/{SDK['version']}", project=project
+            )
+        elif not replaying_here():  # a replay runs the app's own init(); it needs no capture key
             logger.warning(
                 "FluxRun has no capture key, so it cannot seal bundles and will not capture. "
                 "Run `fluxrun keys generate DIR` and set FLUXRUN_CAPTURE_KEY=DIR/capture.key "
@@ -77,6 +98,7 @@ class Client:
             )
         self.sink: Sink = make_sink(options)
         self.worker = BackgroundWorker(self._seal_and_write, max_queue=options.max_queue, name="fluxrun-shipper")
+        after_fork_in_child(self)
         self.installation: install.Installation | None = None
         self._sampler = random.Random()
         self.written: list[str] = []  # file paths, newest last (bounded), for tests and the CLI
@@ -85,13 +107,26 @@ class Client:
 
     # -- install ----------------------------------------------------------------------------------
     def install(self) -> None:
+        warm_platform_probe()  # `uname -p` now, not inside a request an SDK makes (see fluxrun._platform)
         set_app_modules(self.options.in_app_include)
         self.installation = install.acquire(self.in_app)
         self.installation.body_limit = self.options.max_body_size
+        self.installation.db_row_limit = self.options.max_db_rows
         self._report_gaps()
 
+    def _intercepted_modules(self) -> set[str]:
+        """Names of the client modules an installed interceptor actually patched."""
+        names: set[str] = set()
+        for interceptor in self.installation.interceptors if self.installation is not None else ():
+            for module in getattr(interceptor, "modules", ()):
+                name = module if isinstance(module, str) else getattr(module, "__name__", None)
+                if name:
+                    names.add(name)
+        return names
+
     def _report_gaps(self) -> None:
-        gaps = [name for name in UNINTERCEPTED_HTTP_CLIENTS if name in sys.modules]
+        covered = self._intercepted_modules()
+        gaps = [name for name in UNINTERCEPTED_HTTP_CLIENTS if name in sys.modules and name not in covered]
         stdlib = {id(m): name for name in STDLIB_HTTP_CLIENTS if (m := sys.modules.get(name)) is not None}
         if stdlib:
             for name, module in list(sys.modules.items()):
@@ -102,11 +137,11 @@ class Client:
                     hit = stdlib.get(id(value)) or (owner if owner in STDLIB_HTTP_CLIENTS else None)
                     if hit and hit not in gaps:
                         gaps.append(hit)
-        if gaps:
+        if gaps and not replaying_here():  # replay blocks every call it cannot serve, and says so
             logger.warning(
                 "FluxRun does not intercept these imported HTTP clients: %s. Calls made through them inside a "
-                "captured execution are not recorded, and replay will block them. Use httpx or httpx2, or "
-                "declare the call with @fluxrun.boundary.",
+                "captured execution are not recorded, and replay will block them. Use an intercepted client "
+                "(httpx, requests, urllib3, aiohttp), or declare the call with @fluxrun.boundary.",
                 ", ".join(gaps),
             )
 
@@ -169,8 +204,8 @@ class Client:
         # The child would otherwise sample exactly like its siblings, and could inherit the sealer's
         # lock held by the parent's sealing thread at the moment of the fork.
         self._sampler.seed(real_urandom(16))
-        if self.sealer is not None and hasattr(self.sealer, "_lock"):
-            self.sealer._lock = threading.Lock()
+        if self.sealer is not None:
+            self.sealer.reset_after_fork()
 
 
 def get_client() -> Client | None:
@@ -179,7 +214,7 @@ def get_client() -> Client | None:
 
 def install_client(options: Options) -> Client:
     global _client
-    with _client_lock:
+    with _client_lock.lock:
         client = Client(options)  # a bad DSN raises here, before the running client is touched
         if _client is not None:
             _client.close(2.0)
@@ -192,7 +227,7 @@ def install_client(options: Options) -> Client:
 
 def uninstall_client(timeout: float) -> bool:
     global _client, _last_stats
-    with _client_lock:
+    with _client_lock.lock:
         client, _client = _client, None
     if client is None:
         return True
@@ -216,18 +251,6 @@ def stats() -> dict[str, int]:
     return dict(_last_stats) if _last_stats else dict.fromkeys(STAT_NAMES, 0)
 
 
-def _after_fork_in_child() -> None:
-    global _client_lock
-    _client_lock = threading.Lock()  # another thread may have held it at the fork
-    client = _client
-    if client is not None:
-        client._after_fork_in_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
 def begin(execution: str, entry: str | None) -> tuple[Client, Recording, Token[Scope | None]] | None:
     """Start capturing an execution in the current context; None when FluxRun is not capturing."""
     client = _client
@@ -241,8 +264,7 @@ def begin(execution: str, entry: str | None) -> tuple[Client, Recording, Token[S
         if installation is not None and len(sys.modules) != installation.modules_seen:
             installation.rescan()  # rebind `from time import time` in app modules imported since
         recording = Recording(execution, entry, wall_time())
-        loop = _get_running_loop()  # Scope.root, inlined: this runs for every request
-        token = scope_var.set(Scope(recording, "0", _task_of(loop) if loop is not None else _get_ident()))
+        token = scope_var.set(Scope(recording, "0", current_owner()))  # Scope.root without its replay half
         return client, recording, token
     except Exception as exc:
         report_internal_error("starting a capture", exc)

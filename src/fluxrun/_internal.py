@@ -148,13 +148,17 @@ class InApp:
 # (os.getenv -> Mapping.get -> _Environ.__getitem__), so the caller is looked for above them.
 _PLUMBING_MODULES = ("os", "collections.abc", "_collections_abc", "random", "uuid", "secrets", "contextlib")
 _PLUMBING_PACKAGES = ("wrapt", "httpx", "httpx2", "httpcore", "httpcore2")
-# Caches keyed by id(code): hashing a code object hashes its whole body on every call (~0.5 µs).
+# HTTP clients whose calls are recorded whole: a clock read inside one (httpx timing a streamed response's
+# close) belongs to the client, not to the app line that the fetch's site skips up to.
+_CLIENT_PACKAGES = ("httpx", "httpx2", "httpcore", "httpcore2")
+_client_codes: dict[int, CodeType] = {}
+# Caches keyed by id(code): hashing a code object hashes its whole body on every call.
 # Each entry keeps the code object itself, so an id reused after garbage collection cannot match.
 _plumbing_cache: dict[int, tuple[CodeType, bool]] = {}
 _library_code_cache: dict[int, tuple[CodeType, bool]] = {}
 
 
-def _is_plumbing(frame: FrameType) -> bool:
+def is_plumbing(frame: FrameType) -> bool:
     code = frame.f_code
     entry = _plumbing_cache.get(id(code))
     if entry is not None and entry[0] is code:
@@ -175,7 +179,7 @@ def caller_frame(depth: int = 2) -> FrameType | None:
         frame: FrameType | None = sys._getframe(depth)
     except ValueError:
         return None
-    while frame is not None and _is_plumbing(frame):
+    while frame is not None and is_plumbing(frame):
         frame = frame.f_back
     return frame
 
@@ -194,7 +198,42 @@ def set_app_modules(include: tuple[str, ...]) -> None:
     if include != _app_modules:
         _app_modules = include
         _library_code_cache.clear()
-        _verdicts.clear()
+        verdicts.clear()
+        _frame_traits.clear()
+
+
+# Per code object: (code, is FluxRun's own, is a library's internals) for the frame walks of recorded calls
+# (`app_frame` in interceptors/api.py and db_common.py): one dict lookup per frame instead of two calls.
+_frame_traits: dict[int, tuple[CodeType, bool, bool]] = {}
+
+
+def frame_traits(frame: FrameType) -> tuple[CodeType, bool, bool]:
+    """(code, is FluxRun's file, `frame_is_library`) of `frame`, cached per code object."""
+    code = frame.f_code
+    entry = _frame_traits.get(id(code))
+    if entry is None or entry[0] is not code:
+        entry = (code, is_fluxrun_file(code.co_filename), frame_is_library(frame))
+        _frame_traits[id(code)] = entry
+    return entry
+
+
+def first_app_frame(frame: FrameType | None, *, skip_generated: bool = False) -> FrameType | None:
+    """From `frame` up, the nearest frame of the app's own code (past FluxRun and the internals of the standard
+    library and installed packages), else the nearest frame that is not FluxRun's. `skip_generated`: code
+    compiled from a string (`<sqlalchemy generated ...>`) does not count as the app's either."""
+    first = None
+    while frame is not None:
+        code = frame.f_code
+        entry = _frame_traits.get(id(code))
+        if entry is None or entry[0] is not code:
+            entry = frame_traits(frame)
+        if not entry[1]:  # not FluxRun's
+            if first is None:
+                first = frame
+            if not entry[2] and not (skip_generated and code.co_filename.startswith("<")):
+                return frame
+        frame = frame.f_back
+    return first
 
 
 def _declared_app(frame: FrameType) -> bool:
@@ -218,24 +257,51 @@ def frame_is_library(frame: FrameType) -> bool:
 
 SiteRef = tuple[str, CodeType, int]  # module, code, instruction offset (`frame.f_lasti`)
 
-# Per code object, in one dict lookup (the hot path of every recorded call): (code, verdict, module).
-_PLUMBING, _LIBRARY, _APP = 0, 1, 2
-_verdicts: dict[int, tuple[CodeType, int, str]] = {}
+# Who made a read, per code object, in one dict lookup (the hot path of every recorded call):
+# (code, verdict, module). The tape decides what the app can observe, wherever the read happens:
+# - APP: the app's own code. Recorded; at replay served from the recording, and a read it lacks diverges.
+# - PACKAGE: an installed package (an SDK reading its key, PyJWT's clock, a retry's jitter and sleep).
+#   Recorded; at replay served from its own per-call-site stream, and answered live (sleeps: at once) when
+#   that stream has nothing left, since a framework may read its clock more often in a test than in a server.
+# - LIBRARY: the standard library's machinery (asyncio's loop clock, logging's timestamps, tempfile).
+#   Clock and randomness stay real; env reads are recorded all the same (env is a snapshot of every key).
+PLUMBING, LIBRARY, APP, PACKAGE = 0, 1, 2, 3
+verdicts: dict[int, tuple[CodeType, int, str]] = {}
 
 
 def _verdict(frame: FrameType) -> tuple[CodeType, int, str]:
     code = frame.f_code
-    if _is_plumbing(frame):
-        verdict = _PLUMBING
+    if is_plumbing(frame):
+        verdict = PLUMBING
+        if frame.f_globals.get("__name__", "").split(".", 1)[0] in _CLIENT_PACKAGES:
+            _client_codes[id(code)] = code
+    elif not frame_is_library(frame):
+        verdict = APP
     else:
-        verdict = _LIBRARY if frame_is_library(frame) else _APP
+        verdict = LIBRARY if is_stdlib_file(code.co_filename) else PACKAGE
     entry = (code, verdict, frame.f_globals.get("__name__", "?"))
-    _verdicts[id(code)] = entry
+    verdicts[id(code)] = entry
     return entry
 
 
+def reader(frame: FrameType | None) -> int:
+    """Who made a read whose caller frame is `frame` (plumbing skipped): `APP`, `PACKAGE` or `LIBRARY`."""
+    while frame is not None:
+        code = frame.f_code
+        entry = verdicts.get(id(code))
+        if entry is None or entry[0] is not code:
+            entry = _verdict(frame)
+        if entry[1] != PLUMBING:
+            return entry[1]
+        if _client_codes.get(id(code)) is code:
+            return LIBRARY  # inside an intercepted client's own code: part of its call, not the app's read
+        frame = frame.f_back
+    return LIBRARY
+
+
 def app_site(depth: int) -> SiteRef | None:
-    """The caller's site (`site_ref`), skipping plumbing frames, or None for library internals."""
+    """The caller's site (`site_ref`), skipping plumbing frames, for the app's code or an installed
+    package's (both are recorded); None for the standard library's machinery."""
     try:
         frame: FrameType | None = sys._getframe(depth + 1)
     except ValueError:
@@ -247,16 +313,61 @@ def app_site_from(frame: FrameType | None) -> SiteRef | None:
     """`app_site` from a given frame up."""
     while frame is not None:
         code = frame.f_code
-        entry = _verdicts.get(id(code))
+        entry = verdicts.get(id(code))
         if entry is None or entry[0] is not code:
             entry = _verdict(frame)
         verdict = entry[1]
-        if verdict == _APP:
+        if verdict in (APP, PACKAGE):
             return (entry[2], code, frame.f_lasti)
-        if verdict == _LIBRARY:
-            return None
+        if verdict == LIBRARY or _client_codes.get(id(code)) is code:
+            return None  # the standard library's machinery, or an intercepted client's own code
         frame = frame.f_back
     return None
+
+
+def caller_site_from(frame: FrameType | None) -> SiteRef | str:
+    """The site of the code whose caller frame is `frame`, skipping plumbing; a library counts as a caller."""
+    found = skip_plumbing(frame)
+    if found is None:
+        return "?:?:0"
+    return (verdicts[id(found.f_code)][2], found.f_code, found.f_lasti)
+
+
+# Who made a read, as a bundle's env events name it (no mark: the app's own code).
+READ_BY = {PACKAGE: "package", LIBRARY: "library"}
+
+
+def read_by(frame: FrameType | None) -> tuple[FrameType | None, str | None]:
+    """The frame that made the read whose caller frame is `frame`, and who it is: None for the app's own
+    code, "package" or "library" (`READ_BY`). Unlike `skip_plumbing`, an intercepted HTTP client's own code is
+    the reader, not plumbing to skip: httpx reading SSL_CERT_FILE while it builds its SSL context is httpx's
+    read, not a read by the app line that created the client."""
+    while frame is not None:
+        code = frame.f_code
+        entry = verdicts.get(id(code))
+        if entry is None or entry[0] is not code:
+            entry = _verdict(frame)
+        if entry[1] != PLUMBING:
+            return frame, READ_BY.get(entry[1])
+        if _client_codes.get(id(code)) is code:
+            return frame, READ_BY[PACKAGE]
+        frame = frame.f_back
+    return None, READ_BY[LIBRARY]
+
+
+def read_site(frame: FrameType | None) -> tuple[SiteRef | str, str | None]:
+    """`read_by` with the reading frame's site (`site_ref`) in its place, in the same pass: a recorded env read."""
+    while frame is not None:
+        code = frame.f_code
+        entry = verdicts.get(id(code))
+        if entry is None or entry[0] is not code:
+            entry = _verdict(frame)
+        if entry[1] != PLUMBING:
+            return (entry[2], code, frame.f_lasti), READ_BY.get(entry[1])
+        if _client_codes.get(id(code)) is code:
+            return (entry[2], code, frame.f_lasti), READ_BY[PACKAGE]
+        frame = frame.f_back
+    return "?:?:0", READ_BY[LIBRARY]
 
 
 def caller_site(depth: int) -> SiteRef | str:
@@ -267,20 +378,33 @@ def caller_site(depth: int) -> SiteRef | str:
         return "?:?:0"
     while frame is not None:
         code = frame.f_code
-        entry = _verdicts.get(id(code))
+        entry = verdicts.get(id(code))
         if entry is None or entry[0] is not code:
             entry = _verdict(frame)
-        if entry[1] != _PLUMBING:
+        if entry[1] != PLUMBING:
             return (entry[2], code, frame.f_lasti)
         frame = frame.f_back
     return "?:?:0"
 
 
+def skip_plumbing(frame: FrameType | None) -> FrameType | None:
+    """The first frame from `frame` up that is not a patched API's own wrapper (os.getenv, Mapping.get)."""
+    while frame is not None:
+        code = frame.f_code
+        entry = verdicts.get(id(code))
+        if entry is None or entry[0] is not code:
+            entry = _verdict(frame)
+        if entry[1] != PLUMBING:
+            return frame
+        frame = frame.f_back
+    return None
+
+
 def site_ref(frame: FrameType) -> SiteRef:
     """What `site_of` needs, taken cheaply on the hot path; formatted only if the execution is kept.
 
-    The frame's instruction offset, not its line: `f_lineno` scans the code's line table (about 2 µs
-    in a 300-line function), so the line is looked up from the offset when the site is formatted."""
+    The frame's instruction offset, not its line: `f_lineno` scans the code's line table (long in a
+    long function), so the line is looked up from the offset when the site is formatted."""
     return (frame.f_globals.get("__name__", "?"), frame.f_code, frame.f_lasti)
 
 

@@ -28,6 +28,7 @@ BundleErrorReason = Literal[
     "unknown_key_id",
     "too_large",
     "malformed",
+    "wrong_project",  # server ingest: the bundle's signed project is not the ingest token's (format v2)
 ]
 
 

@@ -43,9 +43,28 @@ Decisions on false positives (documented because every one is a trade-off):
   ``x-access-token:TOKEN@`` put the secret in the username.
 * Card numbers need a Luhn-valid 13-19 digit run with an issuer prefix 2-6, so 13-digit
   millisecond timestamps and ~90% of long order ids are kept.
+* IBANs need a known country, that country's length and the mod-97 checksum, so random
+  capitalised words and hashes are kept (1 in 97 shape-matching strings would pass the checksum
+  alone).
+* E-mail addresses are masked whole (the domain can name a customer). scp-style remotes
+  (``git@github.com:org/repo``) and ``name@2x.png`` file names are kept.
+* A secret written as prose ("wrong password hunter2", "the password is hunter2", "api key
+  k9Qx") loses the word after the secret's name, unless that word is ordinary English
+  ("password authentication failed" is kept). A real password that is an English word in that
+  list ("password reset") is the price of readable messages.
+* ``key``, ``code``, ``ticket``, ``hmac`` and ``oauth_verifier`` are secrets only as URL query
+  parameters (Google API keys, OAuth authorization codes); a ``key`` field elsewhere is kept.
+* Webhook URLs whose path is the credential (Slack, Discord, Teams, Zapier, IFTTT) keep the
+  service's fixed prefix and lose the rest; Telegram bot tokens are masked by their shape.
+* An AWS secret access key has no prefix: any run of exactly 40 base64 characters mixing upper
+  case, lower case and digits is masked (hex digests, one-case ids and longer blobs are kept).
 
-What `Scrubber.text` cannot catch: a secret with no recognisable shape and no key in front of
-it ("the password is hunter2"), and generic high-entropy strings (hashes and ids look the same).
+Cost: every pattern is linear in the text (no nested unbounded repetition; e-mail and IBAN
+matches start at a rare character and scan a bounded window), checked by a test on 200 KB
+adversarial strings. Scrubbing runs when a failure is sealed, off the request path.
+
+What `Scrubber.text` cannot catch: a secret with no recognisable shape and no name in front of
+it ("hunter2 was rejected"), and generic high-entropy strings (hashes and ids look the same).
 """
 
 from __future__ import annotations
@@ -274,6 +293,7 @@ _PROVIDER_RE = re.compile(
     r"|shp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}"  # Shopify
     r"|sntry[su]_[A-Za-z0-9+/=_]{30,}"  # Sentry org / user auth tokens
     r"|key-[0-9a-f]{32}"  # Mailgun
+    r"|(?:bot)?\d{5,16}:A[A-Za-z0-9_\-]{30,40}(?![A-Za-z0-9_\-])"  # Telegram bot token (also as api.../bot<token>/)
     r")"
 )
 _AUTH_SCHEMES: Final = frozenset(
@@ -305,18 +325,91 @@ _EQ_VALUE_RE = re.compile(r"[ \t]*(" + _QUOTED_VALUE + r"""|[^\s&;,"'<>{})\]]+)"
 _COLON_VALUE_RE = re.compile(r"[ \t]*(" + _QUOTED_VALUE + r"""|[^\s,;"'<>{}\]][^\r\n,"<>{}\]]*)""")
 # Gate for _PROVIDER_RE: the separator inside each key prefix (or the "A" of AWS/Google keys),
 # with the prefix checked by fixed-width lookbehinds. Starting at a rare character lets Python's
-# re skip ahead at C speed; the full provider regex (~4 µs per 200 chars) only runs on a hit.
+# re skip ahead at C speed; the full provider regex (much slower per character) only runs on a hit.
 _PROVIDER_GATE_RE = re.compile(
     r"[_\-.A](?:(?<=A)(?:KIA|SIA|GPA|IDA|ROA|NPA|NVA|IPA|Iza)"
     r"|(?<=sk-)|(?<=k_live_)|(?<=k_test_)|(?<=whsec_)|(?<=gh[pousr]_)|(?<=github_pat_)"
     r"|(?<=glpat-)|(?<=xox[abposr]-)|(?<=xapp-)|(?<=ya29\.)|(?<=npm_)|(?<=pypi-)|(?<=SG\.)|(?<=hf_)"
-    r"|(?<=shp[a-z][a-z]_)|(?<=sntry[su]_)|(?<=key-))"
+    r"|(?<=shp[a-z][a-z]_)|(?<=sntry[su]_)|(?<=key-)|(?<=\d:A))"
 )
+
+# Webhook URLs whose path *is* the credential: anyone holding the URL can post. The path after the
+# service's fixed prefix is masked whole (gitleaks slack-webhook-url, discord-webhook; vendor docs).
+# Telegram's api.telegram.org/bot<token>/ is caught by the bot-token shape in _PROVIDER_RE.
+_WEBHOOK_RE = re.compile(
+    r"((?:hooks\.slack\.com/(?:services|workflows|triggers)"
+    r"|discord(?:app)?\.com/api/webhooks/\d{1,24}"
+    r"|\.webhook\.office\.com/webhookb2"
+    r"|outlook\.office(?:365)?\.com/webhook"
+    r"|hooks\.zapier\.com/hooks/catch/\d{1,24}"
+    r"|maker\.ifttt\.com/trigger/[^/\s?#]{1,128}/with/key"
+    r")/)([^\s?#\"'<>]+)",
+    re.IGNORECASE,
+)
+_WEBHOOK_GATE: Final = ("hooks.", "webhook", "ifttt")  # lower-case substrings, one of which each host has
+# Query parameters that hold a credential although their name is no secret word: Google's `key=`, the
+# OAuth authorization `code=` (RFC 6749 4.1.2), CAS `ticket=`, OAuth 1 `oauth_verifier=`, `hmac=`
+# (Shopify). Only as URL query or fragment parameters: a `key` or `code` field elsewhere is ordinary.
+_QUERY_SECRET_KEYS: Final = frozenset({"key", "code", "ticket", "oauthverifier", "hmac"})
+_QUERY_PARAM_RE = re.compile(r"([?&;#](?:key|code|ticket|oauth_verifier|hmac)=)([^\s&;#\"'<>]+)", re.IGNORECASE)
+# A secret written as prose after the word that names it ("wrong password hunter2", "the password is
+# hunter2", "api key k9Qx2"). The next word is masked unless it is ordinary English (`_PROSE_WORDS`):
+# "password authentication failed" stays readable.
+_PROSE_SECRET_RE = re.compile(
+    r"(?<![\w\-:<>/.@])(?:pass(?:word|wd|phrase|code)|secret(?:[ _\-]access)?(?:[ _\-]key)?|api[ _\-]?key"
+    r"|access[ _\-]key)(?![\w\-])[ \t]+(?:(?:is|was|of)[ \t]+)?([\"'`]?)([^\s\"'`=:\[<>(){}][^\s\"'`=]*)(=(?=[^\s=]))?",
+    re.IGNORECASE,
+)
+# The same names on the lower-cased text, without IGNORECASE (4x faster): the full rule runs only on a hit.
+_PROSE_GATE_RE = re.compile(r"pass(?:word|wd|phrase|code)|secret|api[ _\-]?key|access[ _\-]key")
+_PROSE_TRAILING: Final = ".,;:!?)]}>"
+_PROSE_WORDS_TEXT: Final = """
+    a an the is was are were be been being has have had do does did not no nor and or but for from to of in
+    on at by with without as if then than that this these those it its must should shall may might can cannot
+    could will would too so only also here there via using used please again now already just yet still
+    authentication authorization auth login logon signin sign incorrect invalid wrong bad expired expires expiry
+    required missing mismatch mismatched empty blank null none nil unset undefined unknown changed change changes
+    reset recovery forgotten forgot updated update set accepted rejected refused denied failed fails failure error
+    errors hash hashed hashing hasher hashes policy policies length complexity prompt manager file files store
+    storage vault protected supplied provided given entered typed check checks checked verification verified verify
+    validation validator strength weak strong rules rule history reuse reused attempt attempts based less encrypted
+    encryption decryption rotation rotated revoked disabled enabled found match matches matched needed needs
+    need limit value values header parameter param argument variable name names id type format reference key keys
+    characters chars input form field fields text box token tokens contains contain doesn't isn't wasn't can't
+    valid ok okay etc requirement requirements requires require too short long leaked exposed detected
+    configured configuration settings setting lookup rotate"""
+_PROSE_WORDS: Final = frozenset(_PROSE_WORDS_TEXT.split())
+# E-mail addresses: found at each "@" (or "%40"), the domain matched forward with bounded labels, the local
+# part scanned back at most 64 characters (RFC 5321), so no start position is tried twice.
+_EMAIL_DOMAIN_RE = re.compile(r"(?:@|%40)((?:[A-Za-z0-9\-]{1,63}\.){1,10}[A-Za-z]{2,24})(?![A-Za-z0-9\-])")
+_EMAIL_LOCAL: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+_FILE_SUFFIXES: Final = frozenset(
+    ("png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "bmp", "js", "mjs", "css", "map", "json", "txt", "html",
+     "htm", "xml", "pdf", "zip", "gz", "py", "pyc", "md", "yml", "yaml", "toml", "lock", "log", "csv")
+)  # fmt: skip  # "icon@2x.png" is a file name, not an address
+# IBANs (ISO 13616): country, two check digits, then the account, compact or printed in groups of four.
+# Masked only when the country is known, the length is that country's, and the mod-97 checksum holds.
+# (Starts at a capital and looks back afterwards: a leading lookbehind would be tried at every position.)
+_IBAN_RE = re.compile(r"([A-Z][A-Z])(?<![A-Za-z0-9][A-Z][A-Z])\d\d(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
+_IBAN_LENGTHS: Final = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BI": 27,
+    "BR": 29, "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27, "DK": 18, "DO": 28,
+    "EE": 20, "EG": 29, "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23,
+    "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27,
+    "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25,
+    "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MN": 20, "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18,
+    "NO": 15, "OM": 23, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "RU": 33,
+    "SA": 24, "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "SO": 23, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}  # fmt: skip  # SWIFT IBAN registry
+# AWS secret access keys: exactly 40 base64 characters with upper, lower and digits (hex digests have one
+# case only). Key ids (AKIA...) are in _PROVIDER_RE; the secret is what matters.
+_AWS_SECRET_RE = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{40}(?![A-Za-z0-9+/=])")
 
 # <password>...</password> and <wsse:Password ...>...</wsse:Password>
 _XML_RE = re.compile(r"<([A-Za-z_][\w.\-]*:)?([A-Za-z_][\w.\-]{0,63})(\s[^<>]*)?>([^<]+)</\1?\2\s*>")
 # Payment card numbers (Relay @creditcard) and US Social Security numbers (Relay @usssn), in one
-# pass because every regex pass costs ~1 µs per 200 characters.
+# pass because every regex pass costs time in proportion to the text.
 # Cards: 13-19 digits, contiguous or in the printed groupings (4-4-4-4[-3], Amex 4-6-5, Diners
 # 4-6-4), Luhn-checked in code. Only issuer prefixes 2-6 (Mastercard 2-series, Amex, JCB, Diners,
 # Visa, Mastercard, Discover, Maestro, UnionPay): that keeps 13-digit millisecond timestamps
@@ -567,6 +660,8 @@ class Scrubber:
         """Mask URL credentials (user and password, like Sentry), sensitive query/fragment
         parameters, and secret-shaped values anywhere in the path, query or fragment."""
         s = _as_text(url)
+        if any(word in s.lower() for word in _WEBHOOK_GATE):
+            s = _WEBHOOK_RE.sub(_webhook_repl, s)  # before splitting: the rule needs the host with the path
         try:
             parts = urlsplit(s)
         except ValueError:
@@ -602,7 +697,8 @@ class Scrubber:
                 continue
             if not raw_val:
                 continue
-            if self.is_sensitive_key(unquote_plus(raw_key)):
+            key = unquote_plus(raw_key)
+            if self.is_sensitive_key(key) or _normalise(key) in _QUERY_SECRET_KEYS:
                 pieces[i] = f"{raw_key}={MASK}"
                 continue
             decoded = unquote_plus(raw_val)
@@ -616,7 +712,7 @@ class Scrubber:
     def text(self, value: str) -> str:
         """Mask secrets in free text: error messages, log lines, repr()s, header values.
 
-        Each pass is gated by a cheap substring test, so ordinary text costs a few µs.
+        Each pass is gated by a cheap substring test, so ordinary text costs little.
         """
         try:
             return self._text(_as_text(value))
@@ -630,6 +726,9 @@ class Scrubber:
             s = _PEM_RE.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", s)
         if "://" in s and "@" in s:
             s = _URL_AUTH_RE.sub(_url_auth_repl, s)
+        low = s.lower()
+        if any(word in low for word in _WEBHOOK_GATE):
+            s = _WEBHOOK_RE.sub(_webhook_repl, s)
         if "eyJ" in s:
             s = _JWT_RE.sub(MASK, s)
         if _PROVIDER_GATE_RE.search(s):
@@ -641,6 +740,15 @@ class Scrubber:
             s = self._kv(s)
         if "</" in s:
             s = _XML_RE.sub(self._xml_repl, s)
+        if "=" in s:
+            s = _QUERY_PARAM_RE.sub(_query_param_repl, s)
+        if "@" in s or "%40" in s:
+            s = _mask_emails(s)
+        if ("pass" in low or "secret" in low or "key" in low) and _PROSE_GATE_RE.search(low):
+            s = _PROSE_SECRET_RE.sub(_prose_repl, s)  # after e-mails: "password jane@x.com" is masked whole
+        s = _IBAN_RE.sub(_iban_repl, s)
+        if len(s) >= 40:
+            s = _AWS_SECRET_RE.sub(_aws_secret_repl, s)
         s = _NUMBER_RE.sub(_number_repl, s)
         for pattern in self._extra_patterns:
             s = pattern.sub(MASK, s)
@@ -951,6 +1059,85 @@ def _mask_schemes(s: str, low: str) -> str:
         return s
     out.append(s[pos:])
     return "".join(out)
+
+
+def _webhook_repl(m: re.Match[str]) -> str:
+    return m.group(1) + MASK
+
+
+def _query_param_repl(m: re.Match[str]) -> str:
+    return m.group() if m.group(2).startswith(MASK[:-1]) else m.group(1) + MASK
+
+
+def _prose_repl(m: re.Match[str]) -> str:
+    """Mask the word after `password`/`api key`/... unless it is ordinary English or already masked."""
+    value = m.group(2)
+    core = value.rstrip(_PROSE_TRAILING)
+    if not core or core.lower() in _PROSE_WORDS or m.group(3):
+        return m.group()  # prose, or the key of a `Type='x'`-like pair (which `_kv` judged by its own key)
+    start = m.start(2) - m.start()
+    return m.group()[:start] + MASK + value[len(core) :]  # group 3 is empty here
+
+
+def _mask_emails(s: str) -> str:
+    """Replace each e-mail address with MASK; scp-style `git@host:path` and `icon@2x.png` are kept."""
+    out: list[str] = []
+    pos = 0
+    for m in _EMAIL_DOMAIN_RE.finditer(s):
+        at = m.start()
+        start = at
+        floor = max(pos, at - 64)
+        while start > floor and s[start - 1] in _EMAIL_LOCAL:
+            start -= 1
+        while start < at and s[start] == ".":
+            start += 1  # "...jane@x.com": a local part does not start with a dot
+        if start == at:
+            continue  # no local part: "@app.get", "[Filtered]@host"
+        end = m.end()
+        if s[end : end + 1] == ":" and s[end + 1 : end + 2].strip():
+            continue  # git@github.com:org/repo.git
+        if m.group(1).rsplit(".", 1)[1].lower() in _FILE_SUFFIXES:
+            continue
+        out.append(s[pos:start])
+        out.append(MASK)
+        pos = end
+    if not out:
+        return s
+    out.append(s[pos:])
+    return "".join(out)
+
+
+def _iban_ok(compact: str) -> bool:
+    """ISO 7064 mod 97-10: the country and check digits moved to the end, letters as 10-35, remainder 1."""
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def _iban_repl(m: re.Match[str]) -> str:
+    text = m.group()
+    length = _IBAN_LENGTHS.get(m.group(1))
+    if length is None:
+        return text
+    seen = 0
+    end = 0
+    for i, ch in enumerate(text):
+        if ch != " ":
+            seen += 1
+            if seen == length:
+                end = i + 1
+                break
+    if not end or text[end : end + 1] not in ("", " "):
+        return text  # too short, or the country's length ends inside a group: not this IBAN
+    if not _iban_ok(text[:end].replace(" ", "")):
+        return text
+    return MASK + text[end:]
+
+
+def _aws_secret_repl(m: re.Match[str]) -> str:
+    run = m.group()
+    if run.isupper() or run.islower() or not any(c.isdigit() for c in run):
+        return run  # one case only (hex digests, words) or no digit: not a random 240-bit key
+    return MASK
 
 
 def _number_repl(m: re.Match[str]) -> str:

@@ -19,6 +19,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console
 from rich.markup import escape
@@ -62,6 +63,7 @@ class Loop:
     shop: Process | None = None
     api_key: str = ""
     ingest_token: str = ""
+    ci_token: str = ""
     project_id: int = 0
     step_no: int = 0
 
@@ -122,6 +124,7 @@ def _provision(loop: Loop, data_dir: Path, capture_key: Path) -> str:
         loop.project_id = project.id
         admin.register_key(session, "demo/shop", f"{key_id}:{public}")
         loop.ingest_token = admin.issue_token(session, "demo/shop").secret
+        loop.ci_token = admin.issue_token(session, "demo/shop", kind="ci").secret  # reports replay outcomes
         loop.api_key = admin.create_api_key(session, "demo", "demo-admin", role="admin").secret
     engine.dispose()
     return key_id
@@ -146,6 +149,12 @@ def _pytest(loop: Loop, env: dict[str, str]) -> tuple[int, str, str]:
     return result.returncode, summary, report
 
 
+def sign_in_link(server: str, agent: str) -> str:
+    """The dashboard's sign-in page with the agent's URL filled in (`?agent=`, which the dashboard reads once
+    and takes off the address): the demo's agent runs on a random port the form cannot guess."""
+    return f"{server.rstrip('/')}/?agent={quote(agent, safe='')}"
+
+
 def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -160,13 +169,13 @@ def run_demo(console: Console, directory: Path | None = None, *, serve: bool = F
 
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a terminated demo still stops its server, agent and shop
-    keep = directory is not None or serve
+    keep = directory is not None  # a temporary folder holds replay.key: it goes when the demo ends, even on Ctrl-C
     root = (directory or Path(tempfile.mkdtemp(prefix="fluxrun-demo-"))).resolve()
     if directory is not None and directory.exists() and any(directory.iterdir()):
         raise FluxRunError(f"{directory} is not empty; give --dir a new folder (the demo makes its own server there)")
     root.mkdir(parents=True, exist_ok=True)
     loop = Loop(console, root)
-    console.print(f"FluxRun demo in {root}" + ("" if keep else " (removed at the end; --serve keeps it running)"))
+    console.print(f"FluxRun demo in {root}" + ("" if keep else " (removed when the demo ends; --dir keeps one)"))
     try:
         with ExitStack() as stack:
             keys = root / "keys"
@@ -191,7 +200,8 @@ def run_demo(console: Console, directory: Path | None = None, *, serve: bool = F
             loop.step(
                 "project",
                 f"workspace demo, project demo/shop with signing key {key_id}, "
-                f"ingest token {loop.ingest_token[:12]}…, admin API key {loop.api_key[:12]}…",
+                f"ingest token {loop.ingest_token[:12]}…, CI token {loop.ci_token[:12]}…, "
+                f"admin API key {loop.api_key[:12]}…",
             )
 
             agent_env = {
@@ -217,7 +227,7 @@ def run_demo(console: Console, directory: Path | None = None, *, serve: bool = F
             pricing = stack.enter_context(serve_in_thread(upstream.app))
             shop_file = root / "demo_shop.py"
             shutil.copyfile(Path(__file__).with_name("shop.py"), shop_file)  # not imported: it calls fluxrun.init()
-            dsn = f"http://{loop.ingest_token}@127.0.0.1:{server_port}/demo-shop"
+            dsn = f"http://{loop.ingest_token}@127.0.0.1:{server_port}/demo/shop"  # the path names the project
             shop_env = {
                 "FLUXRUN_DSN": dsn,
                 "FLUXRUN_CAPTURE_KEY": str(keys / "capture.key"),
@@ -284,7 +294,11 @@ def run_demo(console: Console, directory: Path | None = None, *, serve: bool = F
             loop.step("test", "wrote tests/test_regression.py: @fluxrun.replay of that bundle, expecting it fixed")
 
             test_env = clean_env(
-                {"FLUXRUN_REPLAY_KEY": str(keys / "replay.key"), "FLUXRUN_DSN": dsn, "PYTHONPATH": str(root)}
+                {
+                    "FLUXRUN_REPLAY_KEY": str(keys / "replay.key"),
+                    "FLUXRUN_DSN": f"http://{loop.ci_token}@127.0.0.1:{server_port}/demo/shop",  # its own token
+                    "PYTHONPATH": str(root),
+                }
             )
             code, summary, report = _pytest(loop, test_env)
             if code != 1:
@@ -312,6 +326,7 @@ def run_demo(console: Console, directory: Path | None = None, *, serve: bool = F
             )
             console.print(f"done in {time.monotonic() - started:.1f} s; logs in {root / 'logs'}")
             if serve:
+                console.print(escape(f"sign in: {sign_in_link(server, loop.agent.url)}"), soft_wrap=True)
                 console.print(
                     f"serving until Ctrl-C: dashboard {server} (sign in with API key {escape(loop.api_key)}), "
                     f"agent {loop.agent.url}, shop {loop.shop.url}"

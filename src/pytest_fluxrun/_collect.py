@@ -10,6 +10,7 @@ import pytest
 
 from fluxrun.bundle import read_bundle
 from fluxrun.errors import FluxRunError
+from pytest_fluxrun._run import judge
 
 __all__ = ["BundleItem", "bundle_items"]
 
@@ -35,9 +36,7 @@ class BundleItem(pytest.Item):
         self.add_marker(pytest.mark.fluxrun_replay(str(bundle), expect="fixed"))
 
     def runtest(self) -> None:
-        from pytest_fluxrun.plugin import run_marked
-
-        run_marked(self, self.get_closest_marker("fluxrun_replay"))
+        judge(self)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.bundle, 0, self.name

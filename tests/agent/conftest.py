@@ -26,7 +26,7 @@ import pytest
 from servers import free_port
 
 import fluxrun
-from fluxrun.bundle import Sealer, load_capture_key, signing_public_key
+from fluxrun.bundle import Sealer, generate_keys, load_capture_key, open_bundle, signing_public_key
 from fluxrun.model.export import build_summary
 from fluxrun.scrub import default_scrubber
 from fluxrun_server.ingest.batch import encode_batch
@@ -154,8 +154,14 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, keys: Any) -> Iterator[Server]:
-    """`acme/shop` (admin and member API keys) and `other/app` (its own workspace), both accepting the test keys."""
+def other_capture_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """other/app's own capture key: a signing key active in one workspace cannot be registered in another."""
+    return generate_keys(tmp_path_factory.mktemp("other-keys"))[0]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, keys: Any, other_capture_key: Path) -> Iterator[Server]:
+    """`acme/shop` (admin and member API keys, the test keys) and `other/app` (its own workspace and keys)."""
     data_dir = tmp_path_factory.mktemp("agent-server")
     port = free_port()
     srv = Server(
@@ -169,7 +175,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, keys: Any) -> Iterator[Serv
     srv.admin("create-project", "other", "app")
     key_id, public = signing_public_key(load_capture_key(keys.capture))
     srv.admin("add-key", "acme/shop", f"{key_id}:{public}")
-    srv.admin("add-key", "other/app", f"{key_id}:{public}")
+    other_id, other_public = signing_public_key(load_capture_key(other_capture_key))
+    srv.admin("add-key", "other/app", f"{other_id}:{other_public}")
     srv.tokens["ingest"] = srv.admin("create-token", "acme/shop")
     srv.tokens["other_ingest"] = srv.admin("create-token", "other/app")
     srv.tokens["admin"] = srv.admin("create-api-key", "acme", "lead", "--role", "admin")
@@ -315,28 +322,35 @@ def web_payload(bundle_id: str, marker: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def sealer(keys: Any) -> Sealer:
-    return Sealer(load_capture_key(keys.capture), sdk="tests")
+    return Sealer(load_capture_key(keys.capture), sdk="tests", project="acme/shop")
 
 
 @pytest.fixture(scope="session")
-def seal_payload(sealer: Sealer) -> Callable[[dict[str, Any]], bytes]:
-    """Seal a payload as the app would: summary built and scrubbed by the library, payload encrypted."""
+def other_sealer(other_capture_key: Path) -> Sealer:
+    return Sealer(load_capture_key(other_capture_key), sdk="tests", project="other/app")
 
-    def make(payload: dict[str, Any]) -> bytes:
+
+@pytest.fixture(scope="session")
+def seal_payload(sealer: Sealer, other_sealer: Sealer) -> Callable[..., bytes]:
+    """Seal a payload as the app would: summary built and scrubbed by the library, payload encrypted
+    (for acme/shop, or for other/app with `other=True`)."""
+
+    def make(payload: dict[str, Any], other: bool = False) -> bytes:
         summary = build_summary(payload, scrubber=default_scrubber(), duration_ns=1_000_000)
-        return sealer.seal(summary=summary, payload=payload, bundle_id=payload["bundle_id"])
+        chosen = other_sealer if other else sealer
+        return chosen.seal(summary=summary, payload=payload, bundle_id=payload["bundle_id"])
 
     return make
 
 
 @pytest.fixture
-def web_run(server: Server, seal_payload: Callable[[dict[str, Any]], bytes]) -> Callable[..., tuple[str, str]]:
+def web_run(server: Server, seal_payload: Callable[..., bytes]) -> Callable[..., tuple[str, str]]:
     """`web_run()` -> (bundle_id, marker): a fresh web-shaped bundle ingested into acme/shop (or other/app)."""
 
     def make(token: str = "ingest") -> tuple[str, str]:
         bundle_id = secrets.token_hex(16)
         marker = f"PLAINTEXT-MARKER-{secrets.token_hex(8)}"
-        server.ingest(seal_payload(web_payload(bundle_id, marker)), token)
+        server.ingest(seal_payload(web_payload(bundle_id, marker), other=token == "other_ingest"), token)
         return bundle_id, marker
 
     return make
@@ -359,4 +373,18 @@ def captured_failure(keys: Any, tmp_path_factory: pytest.TempPathFactory) -> byt
         fluxrun.shutdown()
         os.environ.pop("SHOP_DB_PASSWORD", None)
     [path] = directory.glob("*.fluxrun")
-    return path.read_bytes()
+    return sealed_for_acme_shop(path.read_bytes(), keys)
+
+
+@pytest.fixture(scope="session")
+def for_acme_shop(keys: Any) -> Callable[[bytes], bytes]:
+    """`for_acme_shop(folder_bundle)`: `sealed_for_acme_shop` for tests that capture to a folder."""
+    return lambda data: sealed_for_acme_shop(data, keys)
+
+
+def sealed_for_acme_shop(data: bytes, keys: Any) -> bytes:
+    """A capture written to a folder (no DSN) names no project, so no server accepts it: the same capture
+    sealed again for acme/shop, as an app with FLUXRUN_DSN=https://TOKEN@host/acme/shop seals it."""
+    opened = open_bundle(data, keys.replay_key)
+    sealer = Sealer(load_capture_key(keys.capture), sdk="tests", project="acme/shop")
+    return sealer.seal(summary=opened.summary, payload=opened.payload, bundle_id=opened.sealed.bundle_id)

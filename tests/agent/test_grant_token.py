@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import threading
@@ -10,19 +11,23 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fluxrun.agent.audit import AuditLog, NonceCache
+from fluxrun.agent.audit import AuditLog
 from fluxrun.agent.grant import (
+    GRANT_VERSION,
     GrantError,
+    bundle_digest,
     format_grant_public_key,
     grant_key_id,
     parse_grant_public_key,
     sign_grant,
     verify_grant,
 )
+from fluxrun.agent.nonces import NonceStore
 from fluxrun.errors import ConfigError
 from fluxrun_server import grants as server_grants
 
 NOW = 1_800_000_000
+SEALED = b"the exact sealed bundle bytes the server stores"
 
 
 @pytest.fixture
@@ -31,17 +36,17 @@ def signer(tmp_path):
 
 
 def issue(signer, **overrides):
-    token, claims = server_grants.issue_grant(
-        signer,
-        project_id=1,
-        project="acme/shop",
-        bundle_id="b" * 32,
-        action="unlock",
-        protected=False,
-        requested_by="fra_abcdefgh",
-        now=NOW,
-        **overrides,
-    )
+    arguments = {
+        "project_id": 1,
+        "project": "acme/shop",
+        "bundle_id": "b" * 32,
+        "bundle_sha256": bundle_digest(SEALED),
+        "action": "unlock",
+        "protected": False,
+        "requested_by": "fra_abcdefgh",
+        "now": NOW,
+    }
+    token, claims = server_grants.issue_grant(signer, **{**arguments, **overrides})
     return token, claims
 
 
@@ -55,9 +60,14 @@ def test_a_grant_round_trips_and_carries_its_claims(signer):
     assert grant.bundle_id == "b" * 32 and grant.action == "unlock" and grant.protected is False
     assert grant.project_id == 1 and grant.project == "acme/shop" and grant.requested_by == "fra_abcdefgh"
     assert grant.expires_at == NOW + 300 and grant.nonce == claims["nonce"] and len(grant.nonce) == 32
+    assert grant.bundle_sha256 == claims["bundle_sha256"] == hashlib.sha256(SEALED).hexdigest()
+    assert claims["version"] == GRANT_VERSION == 2
     assert "=" not in token and token.count(".") == 1
     with pytest.raises(ValueError):
         issue(signer, ttl_seconds=301)
+    with pytest.raises(ValueError, match="SHA-256"):
+        issue(signer, bundle_sha256="b" * 32)
+    assert issue(signer, bundle_sha256=bundle_digest(SEALED).upper())[1]["bundle_sha256"] == bundle_digest(SEALED)
 
 
 def test_expired_future_and_overlong_grants_are_refused(signer):
@@ -87,15 +97,27 @@ def test_malformed_tokens_are_refused_without_a_traceback(signer, token):
 def test_signed_claims_must_be_well_formed(signer):
     _, claims = issue(signer)
     for broken in (
-        {**claims, "version": 2},
         {**claims, "action": "delete"},
         {**claims, "nonce": "short"},
         {**claims, "protected": "yes"},
         {**claims, "project_id": True},
+        {key: value for key, value in claims.items() if key != "bundle_sha256"},
+        {**claims, "bundle_sha256": "B" * 64},
+        {**claims, "bundle_sha256": 7},
     ):
         with pytest.raises(GrantError) as refused:
             verify(signer, sign_grant(broken, signer.private))
         assert refused.value.reason == "forged"
+
+
+def test_grants_of_another_version_are_refused(signer):
+    """Version 1 grants named only the bundle id: refused, since a new one is a click away (single use, minutes)."""
+    _, claims = issue(signer)
+    unbound = {key: value for key, value in claims.items() if key != "bundle_sha256"}
+    for old_or_new in ({**unbound, "version": 1}, {**claims, "version": 1}, {**claims, "version": 3}):
+        with pytest.raises(GrantError, match="bind the bundle's SHA-256") as refused:
+            verify(signer, sign_grant(old_or_new, signer.private))
+        assert refused.value.status == 401 and refused.value.reason == "unsupported_version"
 
 
 def test_the_pinned_key_format_checks_its_id():
@@ -148,15 +170,28 @@ def test_a_damaged_grant_key_is_reported_not_replaced(tmp_path):
         server_grants.load_or_create(data)
 
 
-def test_used_nonces_are_bounded_and_survive_a_restart(tmp_path):
-    cache = NonceCache(max_entries=2)
-    assert cache.claim("a" * 32, NOW + 10, NOW) is True
-    assert cache.claim("a" * 32, NOW + 10, NOW) is False
-    assert cache.claim("b" * 32, NOW + 10, NOW) is True
-    assert cache.claim("c" * 32, NOW + 10, NOW) is None  # full of live grants: refuse, never forget one
-    assert cache.claim("c" * 32, NOW + 20, NOW + 11) is True  # the others expired and were dropped
-    assert len(cache) == 1
+def test_used_nonces_are_durable_bounded_and_pruned(tmp_path):
+    path = tmp_path / "agent" / "audit.used-grants.sqlite3"
+    store = NonceStore(path, max_entries=2)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert store.claim("a" * 32, NOW + 10, NOW) is True
+    assert store.claim("a" * 32, NOW + 10, NOW) is False
+    assert store.claim("b" * 32, NOW + 10, NOW) is True
+    assert store.claim("c" * 32, NOW + 10, NOW) is None  # full of live grants: refuse, never forget one
+    assert store.used("a" * 32) and not store.used("c" * 32)
+    store.close()
 
+    reopened = NonceStore(path, max_entries=2)  # a restart: everything claimed is still there
+    assert reopened.used("a" * 32) and reopened.claim("b" * 32, NOW + 10, NOW) is False
+    assert reopened.claim("c" * 32, NOW + 20, NOW + 11) is True  # the others expired and were dropped
+    assert len(reopened) == 1
+    other_process = NonceStore(path)  # another worker sharing the file sees the claim at once
+    assert other_process.claim("c" * 32, NOW + 20, NOW + 12) is False
+    reopened.close()
+    other_process.close()
+
+
+def test_a_new_nonce_store_starts_from_an_older_agents_audit_log(tmp_path):
     log = AuditLog(tmp_path / "audit" / "log.jsonl")
     assert stat.S_IMODE(log.path.stat().st_mode) == 0o600
     now = time.time()
@@ -167,3 +202,11 @@ def test_used_nonces_are_bounded_and_survive_a_restart(tmp_path):
         handle.write(b'{"torn line')
     assert AuditLog(log.path).used_nonces(now) == {"d" * 32: int(now) + 60}
     assert os.path.getsize(log.path) > 0
+
+    store = NonceStore(tmp_path / "audit" / "log.used-grants.sqlite3", seed=log.used_nonces)
+    assert store.used("d" * 32) and not store.used("e" * 32) and not store.used("f" * 32)
+    store.close()
+    log.write({"nonce": "9" * 32, "grant_consumed": True, "grant_expires_at": int(now) + 60})
+    again = NonceStore(tmp_path / "audit" / "log.used-grants.sqlite3", seed=log.used_nonces)
+    assert not again.used("9" * 32)  # seeded once, when the store is created; the log is not read again
+    again.close()

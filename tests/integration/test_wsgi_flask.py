@@ -73,9 +73,13 @@ def test_an_exception_is_recorded_with_request_body_and_io(client, captured):
     assert request_state["body"]["text"] == '{"email": "ada@example.test"}'
     assert [e["call"] for e in payload["events"]] == ["email.send", "env SIGNUP_PLAN", "ERROR shop_wsgi"]
     assert decode(payload["events"][0]["data"]["result"]) == "queued:ada@example.test"
-    # Flask turns the exception into a 500 answer itself; the recording has the answer
+    # Flask turns the exception into a 500 answer itself; the recording has the answer, and the exception
+    # Flask handled (heard through its got_request_exception signal) with the route's rule
     assert payload["outcome"]["status"] == 500
-    assert payload["outcome"]["kind"] == "http_5xx"
+    assert payload["outcome"]["kind"] == "error"
+    assert payload["outcome"]["error"]["type"] == "builtins:RuntimeError"
+    assert payload["outcome"]["response"]["status"] == 500
+    assert request_state["route"] == "/signup"
 
 
 def test_a_5xx_answer_is_kept_and_a_2xx_is_not(client, captured):

@@ -23,6 +23,8 @@ from servers import free_port
 
 from fluxrun.bundle import load_capture_key, signing_public_key
 
+START_TIMEOUT_S = 60.0  # a busy 2-core CI machine can take a while to import FastAPI, SQLAlchemy and boto3
+
 
 @dataclass
 class ServerProcess:
@@ -57,7 +59,7 @@ class ServerProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
@@ -67,7 +69,7 @@ class ServerProcess:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start within 30 s:\n{self.output()}")
+                raise RuntimeError(f"server did not start within {START_TIMEOUT_S:.0f} s:\n{self.output()}")
             time.sleep(0.05)
 
     def stop(self, kill: bool = False) -> None:
@@ -110,7 +112,7 @@ class FluxRunServer(ServerProcess):
     # -- for tests -------------------------------------------------------------------------------------
     @property
     def dsn(self) -> str:
-        return f"http://{self.tokens['ingest']}@127.0.0.1:{self.port}/acme-shop"
+        return f"http://{self.tokens['ingest']}@127.0.0.1:{self.port}/acme/shop"  # the path names the project
 
     def api(self, path: str, **params: Any) -> httpx.Response:
         return httpx.get(
@@ -140,12 +142,14 @@ class FluxRunServer(ServerProcess):
 
 
 def provision(server: FluxRunServer, capture_key: Path) -> None:
-    """Workspace `acme`, project `shop` with the signing key of `capture_key`, an ingest token and an API key."""
+    """Workspace `acme`, project `shop` with the signing key of `capture_key`, an ingest token, a CI token (for
+    replay reports) and an API key."""
     server.admin("create-workspace", "acme")
     server.admin("create-project", "acme", "shop")
     key_id, public = signing_public_key(load_capture_key(capture_key))
     server.admin("add-key", "acme/shop", f"{key_id}:{public}")
     server.tokens["ingest"] = server.admin("create-token", "acme/shop")
+    server.tokens["ci"] = server.admin("create-token", "acme/shop", "--ci")
     server.tokens["api"] = server.admin("create-api-key", "acme", "triager")
 
 

@@ -78,3 +78,18 @@ def test_a_dsn_error_does_not_echo_the_token():
     with pytest.raises(ConfigError) as raised:
         resolve({"FLUXRUN_DSN": "ftp://secret-token@fluxrun.example/7"})
     assert "secret-token" not in str(raised.value)
+
+
+def test_init_takes_exactly_the_settings_options_define():
+    """Each setting is defined once (a field of Options); init's typed signature is held to that list."""
+    import inspect
+
+    import fluxrun
+    from fluxrun._config import argument_names
+
+    assert list(inspect.signature(fluxrun.init).parameters) == argument_names()
+
+
+def test_an_unknown_setting_is_named():
+    with pytest.raises(ConfigError, match="unknown setting 'sample_rat'"):
+        resolve(sample_rat=0.5)

@@ -1,4 +1,4 @@
-"""Regenerate the committed bundle-format v1 test vectors, deterministically.
+"""Regenerate the committed bundle-format test vectors (v1 and v2), deterministically.
 
     python tests/vectors/make_vectors.py          # rewrite the files in tests/vectors/
     python tests/vectors/make_vectors.py --check  # exit 1 if the committed files differ
@@ -30,8 +30,11 @@ from fluxrun.bundle.keys import _capture_document, _dump_document, _keys_from_pr
 
 HERE = Path(__file__).resolve().parent
 BUNDLE_FILE = "bundle-v1.fluxrun"
+BUNDLE_FILE_V2 = "bundle-v2.fluxrun"
 
 BUNDLE_ID = "bnd_vector_v1_0001"
+BUNDLE_ID_V2 = "bnd_vector_v2_0001"
+PROJECT_V2 = "acme/shop"
 CREATED_AT = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 SDK = "fluxrun-python/test-vectors"
 
@@ -97,13 +100,18 @@ def vector_keys() -> tuple[CaptureKey, ReplayKey]:
 def build() -> dict[str, bytes]:
     """Every committed vector file, by name."""
     capture, replay = vector_keys()
-    sealer = Sealer(capture, sdk=SDK, _rng=seeded_rng(b"fluxrun vector v1 rng"), _clock=lambda: 0.0)
+    sealer = Sealer(capture, sdk=SDK, _rng=seeded_rng(b"fluxrun vector v1 rng"), _clock=lambda: 0.0, _version=1)
     bundle = sealer.seal(summary=SUMMARY, payload=PAYLOAD, bundle_id=BUNDLE_ID, created_at=CREATED_AT)
+    sealer_v2 = Sealer(
+        capture, sdk=SDK, project=PROJECT_V2, _rng=seeded_rng(b"fluxrun vector v2 rng"), _clock=lambda: 0.0
+    )
+    bundle_v2 = sealer_v2.seal(summary=SUMMARY, payload=PAYLOAD, bundle_id=BUNDLE_ID_V2, created_at=CREATED_AT)
     pretty = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
     return {
         "capture.key": _dump_document(_capture_document(capture)),
         "replay.key": _dump_document(_replay_document(replay)),
         BUNDLE_FILE: bundle,
+        BUNDLE_FILE_V2: bundle_v2,
         "summary.json": orjson.dumps(SUMMARY, option=pretty),
         "payload.json": orjson.dumps(PAYLOAD, option=pretty),
     }

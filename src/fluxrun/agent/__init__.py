@@ -9,7 +9,7 @@ Run it standalone (`fluxrun agent`, uvicorn on loopback) or mount it in your own
     fluxrun.agent.mount(app)                     # serves /_fluxrun/v1/{health,unlock,replay}
 
 Settings come from keyword arguments or `FLUXRUN_AGENT_*` variables (see `resolve_config`). This module
-imports no web framework until one of its functions is called, so `fluxrun.agent.grant` stays light for
+imports no web framework until one of its functions is called, so `fluxrun.grant` stays light for
 the server, which signs grants with it.
 """
 

@@ -6,6 +6,11 @@ both here; the agent checks the grant against the server's pinned grant key, ope
 answers with the payload (masked unless the grant is protected) or the outcome of replaying it against
 the code this process runs. Every request, allowed or refused, is written to the audit log.
 
+A grant names the bundle's SHA-256, and the posted bytes must have it before anything else is done with
+them. Used grants are remembered in their own durable store (`fluxrun.agent.nonces`), which only verified
+grants reach; refusals are rate limited per client address (`fluxrun.agent.limits`) and answered 429 over
+the limit, with one summarising audit line per interval instead of one line each.
+
 Endpoints (relative to where the app is served or mounted):
 
 - ``GET  /v1/health``  version, project, grant key id and the key ids it can open; no secrets
@@ -18,7 +23,9 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hmac
 import logging
+import math
 import threading
 import time
 from datetime import UTC, datetime
@@ -35,12 +42,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fluxrun._version import __version__
-from fluxrun.agent.audit import AuditLog, NonceCache
+from fluxrun.agent.audit import AuditLog
 from fluxrun.agent.config import AgentConfig
-from fluxrun.agent.grant import ACTIONS, Grant, GrantError, iso, unverified_claims, verify_grant
+from fluxrun.agent.limits import RefusalLimiter
 from fluxrun.agent.mask import mask_payload, mask_text
+from fluxrun.agent.nonces import NonceStore, NonceStoreError, default_nonce_store
 from fluxrun.bundle import OpenedBundle, SealedBundle, open_bundle, read_bundle
 from fluxrun.errors import BundleError, FluxRunError, LiveIOBlocked, ReplayDivergence
+from fluxrun.grant import ACTIONS, Grant, GrantError, bundle_digest, iso, unverified_claims, verify_grant
 
 __all__ = ["Agent", "build_app"]
 
@@ -57,15 +66,19 @@ class Refused(Exception):
 
 
 class Agent:
-    """The agent's state: its settings, the audit log, the used-nonce cache, and one replay at a time.
+    """The agent's state: its settings, the audit log, the used-nonce store, and one replay at a time.
 
-    Replays are serialised because replay patches process-wide hooks (interceptors, socket blocking).
+    Replays run one at a time, each in its own child process without network (`fluxrun.replay.isolation`),
+    so the app that mounts the agent keeps its own connections.
     """
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.audit = AuditLog(config.audit_log)
-        self.nonces = NonceCache(initial=self.audit.used_nonces(time.time()))
+        # An older agent kept used nonces only in its audit log: a store created now starts from that log.
+        store = config.nonce_store or default_nonce_store(config.audit_log)
+        self.nonces = NonceStore(store, seed=self.audit.used_nonces)
+        self.refusals = RefusalLimiter(burst=config.refusal_burst, rate=config.refusal_rate)
         self._replay_lock = threading.Lock()
 
     # --- request handling ----------------------------------------------------------------------------
@@ -110,9 +123,15 @@ class Agent:
             except GrantError as exc:
                 raise Refused(exc.status, exc.reason, str(exc)) from None
             _note_claims(entry, grant.claims, verified=True)
-            data, sealed = self._check(grant, action, body)
+            data, sealed = await run_in_threadpool(self._check, grant, action, body, entry)
             entry["bundle_id"] = sealed.bundle_id
-            claimed = self.nonces.claim(grant.nonce, grant.expires_at, now)
+            try:  # committed before the grant's action runs
+                claimed = await run_in_threadpool(self.nonces.claim, grant.nonce, grant.expires_at, now)
+            except NonceStoreError as exc:
+                log.error("%s", exc)
+                raise Refused(
+                    503, "nonce_store_failed", "the agent cannot record the grant as used; see its log"
+                ) from None
             if claimed is None:
                 raise Refused(503, "busy", "too many unexpired grants in flight; retry in a minute")
             if not claimed:
@@ -134,15 +153,34 @@ class Agent:
                 return _refusal(503, "audit_failed", f"the agent cannot write its audit log ({exc.strerror or exc})")
             return JSONResponse(result)
         except Refused as exc:
+            if limited := await self._over_limit(request, entry, now):
+                return limited
             entry.update(result="refused", status=exc.status, reason=exc.reason, message=str(exc))
             await self._write_refusal(entry)
             return _refusal(exc.status, exc.reason, str(exc))
         except Exception as exc:
             log.exception("agent %s failed", action)
+            if limited := await self._over_limit(request, entry, now):
+                return limited
             message = f"the agent failed ({type(exc).__name__}); see its log"
             entry.update(result="error", status=500, reason="internal", message=message)
             await self._write_refusal(entry)
             return _refusal(500, "internal", message)
+
+    async def _over_limit(self, request: Request, entry: dict[str, Any], now: float) -> Response | None:
+        """Charge a refusal to its client; over the limit, a 429 (and at most one summary line an interval)."""
+        client = request.client.host if request.client else "unknown"
+        wait = self.refusals.retry_after(client, now)
+        if wait <= 0:
+            return None
+        summary = self.refusals.limited(client, now, entry["time"])
+        if summary is not None:
+            await self._write_refusal(summary)
+        seconds = max(1, math.ceil(wait))
+        message = f"too many refused requests from {client[:64]}; retry in {seconds} s with a valid grant"
+        response = _refusal(429, "rate_limited", message)
+        response.headers["Retry-After"] = str(seconds)
+        return response
 
     async def _write_refusal(self, entry: dict[str, Any]) -> None:
         try:
@@ -171,8 +209,14 @@ class Agent:
             raise Refused(400, "malformed", 'send JSON: {"grant": "<grant from the server>", "bundle": "<base64>"}')
         return body
 
-    def _check(self, grant: Grant, action: str, body: dict[str, Any]) -> tuple[bytes, SealedBundle]:
-        """Everything about the grant and the posted bundle that does not need the replay key."""
+    def _check(
+        self, grant: Grant, action: str, body: dict[str, Any], entry: dict[str, Any]
+    ) -> tuple[bytes, SealedBundle]:
+        """Everything about the grant and the posted bundle that does not need the replay key.
+
+        The posted bytes' SHA-256 is compared with the grant's before they are parsed: the grant opens
+        exactly the sealed bundle the server stores, not another one sealed with the same id.
+        """
         if self.nonces.used(grant.nonce):
             raise Refused(409, "reused", "grant already used: grants are single use; ask the server for a new one")
         project = self.config.project
@@ -188,6 +232,15 @@ class Agent:
             raise Refused(400, "malformed", "'bundle' is not valid base64 of the sealed bundle") from None
         if len(data) > self.config.max_bundle_bytes:
             raise Refused(413, "too_large", f"bundle is {len(data)} bytes; the limit is {self.config.max_bundle_bytes}")
+        posted = entry["posted_sha256"] = bundle_digest(data)
+        if not hmac.compare_digest(posted, grant.bundle_sha256):
+            raise Refused(
+                403,
+                "wrong_bundle",
+                f"grant is for bundle {grant.bundle_id} with SHA-256 {grant.bundle_sha256}, but the posted bytes have "
+                f"SHA-256 {posted}: post the sealed bundle exactly as the FluxRun server serves it "
+                f"(GET /v1/runs/{grant.bundle_id}/bundle)",
+            )
         try:
             sealed = read_bundle(data)
         except BundleError as exc:
@@ -241,7 +294,7 @@ class Agent:
         }
         with self._replay_lock:
             try:
-                result = run(opened, self.config.replay_key)
+                result = run(opened, self.config.replay_key, isolate=True)  # never in this serving process
             except ReplayDivergence as exc:
                 error: dict[str, Any] = {"type": "divergence", "message": str(exc), "call": exc.call, "site": exc.site}
                 return {**base, "error": {**shown(error), "kind": exc.kind}}
@@ -264,6 +317,7 @@ class Agent:
             "recorded_calls": result.recorded_calls,
             "unconsumed": shown(result.unconsumed),
             "warnings": shown(result.warnings),
+            "isolation": result.isolation,
         }
 
 
@@ -291,8 +345,12 @@ class _PrivateNetworkAccess:
     """Answer Chrome's Private Network Access preflight for the allowed origin.
 
     A dashboard served from the internet that calls an agent on loopback or the LAN gets a preflight with
-    ``Access-Control-Request-Private-Network: true``; without the matching answer the browser blocks it.
-    Only the configured origin gets it (CORSMiddleware has already refused any other).
+    ``Access-Control-Request-Private-Network: true``; without a 2xx answer carrying
+    ``Access-Control-Allow-Private-Network: true`` the browser blocks it. Starlette's CORSMiddleware
+    refuses such a preflight (400) unless its own private-network option exists and is on, so for the
+    configured origin this middleware takes the request header away, lets CORSMiddleware judge the rest
+    (method, headers) as for any preflight, and adds the allow header to its 2xx answer. A preflight from
+    any other origin passes through untouched, and CORSMiddleware refuses it.
     """
 
     def __init__(self, app: ASGIApp, origin: str) -> None:
@@ -303,19 +361,26 @@ class _PrivateNetworkAccess:
         if scope["type"] != "http" or scope.get("method") != "OPTIONS":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        wants = headers.get(b"access-control-request-private-network", b"").lower() == b"true"
-        allowed = wants and headers.get(b"origin") == self.origin
+        headers = scope.get("headers") or []
+        wants = any(
+            name == b"access-control-request-private-network" and value.strip().lower() == b"true"
+            for name, value in headers
+        )
+        origins = [value for name, value in headers if name == b"origin"]
+        if not wants or origins != [self.origin]:
+            await self.app(scope, receive, send)
+            return
+        inner = {**scope, "headers": [(n, v) for n, v in headers if n != b"access-control-request-private-network"]}
 
         async def send_with_header(message: Message) -> None:
-            if allowed and message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
                 message = {
                     **message,
                     "headers": [*message.get("headers", []), (b"access-control-allow-private-network", b"true")],
                 }
             await send(message)
 
-        await self.app(scope, receive, send_with_header)
+        await self.app(inner, receive, send_with_header)
 
 
 def build_app(config: AgentConfig) -> Starlette:

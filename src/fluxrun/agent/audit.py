@@ -1,12 +1,13 @@
-"""The agent's audit trail and its memory of used grants.
+"""The agent's audit trail: one bounded JSON line per unlock and replay, allowed or refused.
 
-Every unlock and replay, allowed or refused, becomes one JSON line: who asked (the API key prefix the
-server put in the grant), for what, and what happened. The file is the customer's record of every time
-plaintext left the agent, so a write that fails makes the request fail rather than go unrecorded.
+Every request becomes one line: who asked (the API key prefix the server put in the grant), for what, and
+what happened. The file is the customer's record of every time plaintext left the agent, so a write that
+fails makes the request fail rather than go unrecorded.
 
-Used grant nonces are kept until their grant expires (after that the expiry check refuses the grant
-anyway), in a bounded map. At start-up the map is refilled from the audit log's tail, so restarting the
-agent does not make a used grant usable again.
+A refusal's fields partly come from whoever sent it (the unverified claims of a forged grant, the client
+address), so every line is bounded: each text field is cut to a few hundred characters and the whole line
+to `MAX_LINE_BYTES`. Used grant nonces are not kept here (see `fluxrun.agent.nonces`); `used_nonces` only
+seeds a new nonce store from the log an older agent wrote.
 """
 
 from __future__ import annotations
@@ -18,11 +19,53 @@ from typing import Any
 
 import orjson
 
-__all__ = ["AuditLog", "NonceCache"]
+__all__ = ["MAX_LINE_BYTES", "AuditLog", "bounded_line"]
 
-# How much of the audit log's end is read at start-up to recover used nonces: grants live at most five
-# minutes, so this covers thousands of grants.
+MAX_LINE_BYTES = 2048
+# Per text field; a refusal's message says what was wrong in far fewer characters.
+MAX_FIELD_CHARS = 256
+MAX_MESSAGE_CHARS = 512
+# What a line keeps if even short fields do not fit (many fields): enough to know what happened.
+_ESSENTIAL = ("time", "action", "client", "result", "status", "reason", "bundle_id", "nonce", "grant_verified")
+# How much of an older agent's log end is read to seed a new nonce store: covers thousands of grants.
 _TAIL_BYTES = 4 * 1024 * 1024
+_INT64 = 2**63
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more chars]"
+
+
+def _field(value: Any, limit: int) -> Any:
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else _cut(str(value), limit)
+    if isinstance(value, str):
+        return _cut(value, limit)
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        text = repr(value)
+    return _cut(text, limit)
+
+
+def bounded_line(entry: dict[str, Any]) -> bytes:
+    """`entry` as one JSON line of at most MAX_LINE_BYTES: long fields are cut, and cut again if needed."""
+    limits = (MAX_FIELD_CHARS, 128, 64, 24)
+    fields: dict[str, Any] = {}
+    for limit in limits:
+        fields = {
+            str(key)[:64]: _field(value, MAX_MESSAGE_CHARS * limit // MAX_FIELD_CHARS if key == "message" else limit)
+            for key, value in entry.items()
+        }
+        line = orjson.dumps(fields) + b"\n"
+        if len(line) <= MAX_LINE_BYTES:
+            return line
+    essential = {key: fields[key] for key in _ESSENTIAL if key in fields}
+    return orjson.dumps({**essential, "truncated": True}) + b"\n"
 
 
 class AuditLog:
@@ -36,8 +79,8 @@ class AuditLog:
         os.close(fd)
 
     def write(self, entry: dict[str, Any]) -> None:
-        """Append one entry; raises OSError if it cannot be made durable (the caller refuses the request)."""
-        line = orjson.dumps(entry, default=str) + b"\n"
+        """Append one bounded entry; raises OSError if it cannot be made durable (the caller refuses the request)."""
+        line = bounded_line(entry)
         with self._lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
@@ -47,7 +90,7 @@ class AuditLog:
                 os.close(fd)
 
     def used_nonces(self, now: float) -> dict[str, int]:
-        """Nonces of grants this agent consumed that have not expired yet (read from the log's tail)."""
+        """Unexpired nonces an older agent recorded as consumed in this log's tail (to seed a new nonce store)."""
         try:
             with self.path.open("rb") as handle:
                 size = handle.seek(0, os.SEEK_END)
@@ -67,34 +110,3 @@ class AuditLog:
             if isinstance(nonce, str) and isinstance(expires, int) and expires > now:
                 found[nonce] = expires
         return found
-
-
-class NonceCache:
-    """Grant nonces already used, each kept until its grant expires; bounded, and full means refuse."""
-
-    def __init__(self, max_entries: int = 100_000, initial: dict[str, int] | None = None) -> None:
-        self.max_entries = max_entries
-        self._used: dict[str, int] = dict(initial or {})
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._used)
-
-    def used(self, nonce: str) -> bool:
-        with self._lock:
-            return nonce in self._used
-
-    def claim(self, nonce: str, expires_at: int, now: float) -> bool | None:
-        """Mark `nonce` used: True if it was fresh, False if it was used before, None if the cache is full."""
-        with self._lock:
-            if nonce in self._used:
-                return False
-            if len(self._used) >= self.max_entries:
-                self._prune(now)
-                if len(self._used) >= self.max_entries:
-                    return None
-            self._used[nonce] = expires_at
-            return True
-
-    def _prune(self, now: float) -> None:
-        self._used = {nonce: expires for nonce, expires in self._used.items() if expires > now}

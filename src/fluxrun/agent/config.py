@@ -21,9 +21,10 @@ from urllib.parse import urlsplit
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from fluxrun.agent.grant import parse_grant_public_key
+from fluxrun.agent.nonces import default_nonce_store
 from fluxrun.bundle import ReplayKey, load_replay_keys
 from fluxrun.errors import ConfigError
+from fluxrun.grant import parse_grant_public_key
 from fluxrun.scrub import Scrubber
 
 __all__ = ["DEFAULT_AUDIT_LOG", "DEFAULT_HOST", "DEFAULT_PORT", "AgentConfig", "resolve_config"]
@@ -34,6 +35,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8401
 DEFAULT_AUDIT_LOG = Path(".fluxrun") / "agent" / "audit.jsonl"
 DEFAULT_MAX_BUNDLE_BYTES = 16 * 1024 * 1024
+# Refusals (requests without a valid grant) per client address: a burst, then this many a second; all
+# clients together get ten times both. A dashboard user makes a handful; a flood gets 429.
+DEFAULT_REFUSAL_BURST = 30
+DEFAULT_REFUSAL_RATE = 1.0
 _FETCH_TIMEOUT = 10.0
 
 ReplayKeyArg = str | os.PathLike[str] | ReplayKey | Sequence[str | os.PathLike[str]]
@@ -53,11 +58,15 @@ class AgentConfig:
     audit_log: Path
     scrubber: Scrubber
     max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
+    nonce_store: Path | None = None  # None: beside the audit log (`default_nonce_store`)
+    refusal_burst: int = DEFAULT_REFUSAL_BURST
+    refusal_rate: float = DEFAULT_REFUSAL_RATE
 
     def __repr__(self) -> str:
         return (
             f"AgentConfig(project={self.project!r}, grant_key_id={self.grant_key_id!r}, "
-            f"replay_key={self.replay_key!r}, origin={self.origin!r}, audit_log={str(self.audit_log)!r})"
+            f"replay_key={self.replay_key!r}, origin={self.origin!r}, audit_log={str(self.audit_log)!r}, "
+            f"nonce_store={str(self.nonce_store)!r})"
         )
 
 
@@ -119,13 +128,23 @@ def _origin(value: str | None) -> str | None:
     return origin
 
 
-def _positive_int(name: str, value: Any) -> int:
+def _positive_int(name: str, value: Any, unit: str = "bytes") -> int:
     try:
         number = int(value)
     except (TypeError, ValueError):
         number = 0
     if number <= 0:
-        raise ConfigError(f"{name}={value!r} must be a positive whole number of bytes")
+        raise ConfigError(f"{name}={value!r} must be a positive whole number of {unit}")
+    return number
+
+
+def _positive_float(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = 0.0
+    if not number > 0 or number == float("inf"):
+        raise ConfigError(f"{name}={value!r} must be a positive number (refusals a second per client)")
     return number
 
 
@@ -139,6 +158,9 @@ def resolve_config(
     audit_log: str | os.PathLike[str] | None = None,
     scrubber: Scrubber | None = None,
     max_bundle_bytes: int | None = None,
+    nonce_store: str | os.PathLike[str] | None = None,
+    refusal_burst: int | None = None,
+    refusal_rate: float | None = None,
     env: Mapping[str, str] | None = None,
 ) -> AgentConfig:
     """Build the agent's settings; an argument beats its environment variable, which beats the default.
@@ -150,6 +172,9 @@ def resolve_config(
     - `origin` (`FLUXRUN_AGENT_ORIGIN`): the dashboard origin CORS allows; none means no browser access
     - `audit_log` (`FLUXRUN_AGENT_AUDIT_LOG`): JSON lines, default .fluxrun/agent/audit.jsonl
     - `max_bundle_bytes` (`FLUXRUN_AGENT_MAX_BUNDLE_BYTES`): largest bundle accepted, default 16 MiB
+    - `nonce_store` (`FLUXRUN_AGENT_NONCE_STORE`): the used-grant SQLite file, default beside the audit log
+    - `refusal_burst`, `refusal_rate` (`FLUXRUN_AGENT_REFUSAL_BURST`, `FLUXRUN_AGENT_REFUSAL_RATE`): refusals
+      per client address before 429, and how many a second after that (default 30, then 1/s)
     - `scrubber` (`FLUXRUN_SCRUB_KEYS`, comma-separated extra key names): the masking rules
     """
     env = os.environ if env is None else env
@@ -190,6 +215,10 @@ def resolve_config(
 
     audit = audit_log if audit_log is not None else _env(env, "FLUXRUN_AGENT_AUDIT_LOG")
     limit = max_bundle_bytes if max_bundle_bytes is not None else _env(env, "FLUXRUN_AGENT_MAX_BUNDLE_BYTES")
+    nonces = nonce_store if nonce_store is not None else _env(env, "FLUXRUN_AGENT_NONCE_STORE")
+    audit_path = Path(audit) if audit is not None else Path.cwd() / DEFAULT_AUDIT_LOG
+    burst = refusal_burst if refusal_burst is not None else _env(env, "FLUXRUN_AGENT_REFUSAL_BURST")
+    rate = refusal_rate if refusal_rate is not None else _env(env, "FLUXRUN_AGENT_REFUSAL_RATE")
     return AgentConfig(
         replay_key=key,
         grant_key_id=key_id,
@@ -198,9 +227,14 @@ def resolve_config(
         grant_key_server=fetched_from,
         project=str(project_value).strip(),
         origin=_origin(origin if origin is not None else _env(env, "FLUXRUN_AGENT_ORIGIN")),
-        audit_log=Path(audit) if audit is not None else Path.cwd() / DEFAULT_AUDIT_LOG,
+        audit_log=audit_path,
         scrubber=scrubber,
         max_bundle_bytes=(
             DEFAULT_MAX_BUNDLE_BYTES if limit is None else _positive_int("FLUXRUN_AGENT_MAX_BUNDLE_BYTES", limit)
         ),
+        nonce_store=Path(nonces) if nonces is not None else default_nonce_store(audit_path),
+        refusal_burst=(
+            DEFAULT_REFUSAL_BURST if burst is None else _positive_int("FLUXRUN_AGENT_REFUSAL_BURST", burst, "refusals")
+        ),
+        refusal_rate=DEFAULT_REFUSAL_RATE if rate is None else _positive_float("FLUXRUN_AGENT_REFUSAL_RATE", rate),
     )

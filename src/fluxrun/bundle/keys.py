@@ -300,8 +300,6 @@ def _read_document(path: Path, *, expected_kind: str) -> dict[str, Any]:
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read key file ({exc.strerror or exc})") from exc
 
-    _warn_if_exposed(path)
-
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -330,6 +328,7 @@ def _read_document(path: Path, *, expected_kind: str) -> dict[str, Any]:
             f"{path}: key file version {version!r} is not supported; this fluxrun reads version "
             f"{_KEY_FILE_VERSION}. Upgrade fluxrun (pip install -U fluxrun) to read newer key files"
         )
+    _warn_if_exposed(path)  # once it is known to be a key: a stray file passed by mistake is named as such
     return document
 
 

@@ -1,8 +1,10 @@
-"""Seal, read, verify and open bundles (binary format v1, specified in docs/bundle-format.md).
+"""Seal, read, verify and open bundles (binary format v2, specified in docs/bundle-format.md; v1 still reads).
 
 A bundle is what leaves the app: a plaintext header and scrubbed summary the server may read, a payload
 only the owner can decrypt, and an Ed25519 signature so the server can tell the app's bundles from
 forgeries made with a leaked project token. The server never holds a key that opens a payload.
+Format v2 adds the project the app ships to (`WORKSPACE/PROJECT`, from its DSN) to the signed header, so
+a bundle signed for one project cannot be accepted into another, whoever registered the public key there.
 
 Layout (all lengths u32 big-endian)::
 
@@ -57,15 +59,18 @@ __all__ = [
 ]
 
 MAGIC = b"FLXR"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+# What a project reference may be: `WORKSPACE/PROJECT` as the DSN names it, or "" for a bundle sealed
+# without a DSN (written to a folder, never accepted by a server). Bounded so the header stays small.
+PROJECT_MAX_LENGTH = 200
 CIPHER = "X25519-HKDF-SHA256-AES-256-GCM"
 COMPRESSION = "zstd"
 SIGNATURE_SIZE = 64
 DEFAULT_MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
 
-# One ephemeral X25519 key pair serves many bundles: an X25519 exchange costs ~70 µs, more than the
-# rest of sealing a 16 KiB payload. Rotating bounds how much one leaked ephemeral key (from app memory)
+# One ephemeral X25519 key pair serves many bundles: an X25519 exchange costs more than the rest of
+# sealing a 16 KiB payload. Rotating bounds how much one leaked ephemeral key (from app memory)
 # exposes. See "Ephemeral key reuse" in docs/bundle-format.md.
 EPHEMERAL_MAX_AGE_SECONDS = 600.0
 EPHEMERAL_MAX_BUNDLES = 10_000
@@ -73,6 +78,7 @@ EPHEMERAL_MAX_BUNDLES = 10_000
 _U32 = struct.Struct(">I")
 _U32_MAX = 0xFFFFFFFF
 _PREAMBLE = MAGIC + bytes([FORMAT_VERSION])
+_PREAMBLES = {version: MAGIC + bytes([version]) for version in SUPPORTED_VERSIONS}
 _KEK_INFO = b"fluxrun/v1 kek"
 _WRAP_AAD_PREFIX = b"fluxrun/v1 wrap "
 _KEY_SIZE = 32
@@ -138,6 +144,11 @@ class Sealer:
 
     `_rng` and `_clock` are private hooks for the committed test vectors and rotation tests only;
     production code must leave them alone (a predictable `_rng` would make every bundle readable).
+    `_version=1` seals the old layout (no project), for the committed v1 vector only.
+
+    `project` is the project the bundles are for, as the DSN names it (`WORKSPACE/PROJECT`); it is signed,
+    so a server accepts the bundle only into that project. "" (no DSN: bundles go to a folder) seals
+    bundles that open and replay locally but that no server accepts.
     """
 
     def __init__(
@@ -145,20 +156,34 @@ class Sealer:
         key: CaptureKey,
         *,
         sdk: str,
+        project: str = "",
         _rng: Callable[[int], bytes] = urandom,
         _clock: Callable[[], float] = monotonic,
+        _version: int = FORMAT_VERSION,
     ) -> None:
+        if not isinstance(project, str) or len(project) > PROJECT_MAX_LENGTH:
+            raise ValueError(f"project must be a string of at most {PROJECT_MAX_LENGTH} characters (WORKSPACE/PROJECT)")
+        if _version not in SUPPORTED_VERSIONS or (_version == 1 and project):
+            raise ValueError(f"cannot seal format version {_version} with project {project!r}")
         self._key = key
         self._sdk = sdk
+        self._project = project
+        self._version = _version
         self._rng = _rng
         self._clock = _clock
         self._recipient_raw = _raw_public(key.recipient_public)
-        # libsodium's Ed25519 (through PyNaCl) signs in ~19 µs here against ~31 µs for OpenSSL's; the
-        # signatures are the same bytes (Ed25519 is deterministic), only faster to make.
+        # libsodium's Ed25519 (through PyNaCl) signs faster than OpenSSL's; the signatures are the same
+        # bytes (Ed25519 is deterministic), only faster to make.
         self._signing_secret = crypto_sign_seed_keypair(key.signing_private.private_bytes_raw())[1]
         self._lock = threading.Lock()
         self._ephemeral = self._new_ephemeral()
         self._uses = 0
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a fresh lock (the parent's sealing thread may have held it at the fork), and a
+        new ephemeral key on next use, so sibling workers never share one."""
+        self._lock = threading.Lock()
+        self._uses = EPHEMERAL_MAX_BUNDLES
 
     def _new_ephemeral(self) -> _Ephemeral:
         private = X25519PrivateKey.from_private_bytes(self._rng(_KEY_SIZE))
@@ -203,9 +228,12 @@ class Sealer:
         payload_nonce = self._rng(_NONCE_SIZE)
         wrapped_key = AESGCM(ephemeral.kek).encrypt(wrap_nonce, data_key, _wrap_aad(bundle_id))
 
+        header: dict[str, Any] = {"bundle_id": bundle_id}
+        if self._version >= 2:
+            header["project"] = self._project
         header_bytes = orjson.dumps(
             {
-                "bundle_id": bundle_id,
+                **header,
                 "created_at": created,
                 "sdk": self._sdk,
                 "signing_key_id": self._key.signing_key_id,
@@ -223,7 +251,7 @@ class Sealer:
         # summary with their lengths), so neither can be swapped or edited without breaking decryption.
         associated = b"".join(
             (
-                _PREAMBLE,
+                _PREAMBLES[self._version],
                 _U32.pack(len(header_bytes)),
                 header_bytes,
                 _U32.pack(len(summary_bytes)),
@@ -254,6 +282,11 @@ class SealedBundle:
     @property
     def bundle_id(self) -> str:
         return str(self.header["bundle_id"])
+
+    @property
+    def project(self) -> str | None:
+        """The signed project reference (v2; "" when sealed without a DSN), None for a v1 bundle."""
+        return str(self.header["project"]) if self.version >= 2 else None
 
     @property
     def signing_key_id(self) -> str:
@@ -390,7 +423,7 @@ def _split(data: bytes) -> _Frame:
     )
 
 
-def _parse_header(raw: bytes) -> dict[str, Any]:
+def _parse_header(raw: bytes, version: int) -> dict[str, Any]:
     try:
         header = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -400,6 +433,11 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
     for field in _HEADER_STR_FIELDS:
         if not isinstance(header.get(field), str):
             raise BundleError("malformed", f"bundle header field {field!r} is missing or not a string")
+    if version >= 2 and (not isinstance(header.get("project"), str) or len(header["project"]) > PROJECT_MAX_LENGTH):
+        raise BundleError(
+            "malformed",
+            f"bundle header field 'project' is missing, not a string or over {PROJECT_MAX_LENGTH} characters",
+        )
     plain_size = header.get("plain_size")
     if not isinstance(plain_size, int) or isinstance(plain_size, bool) or plain_size < 0:
         raise BundleError("malformed", "bundle header field 'plain_size' is missing or not a size")
@@ -426,7 +464,7 @@ def _parse_summary(raw: bytes) -> dict[str, Any]:
 def _parse(frame: _Frame) -> SealedBundle:
     return SealedBundle(
         version=frame.version,
-        header=_parse_header(frame.header),
+        header=_parse_header(frame.header, frame.version),
         summary=_parse_summary(frame.summary),
         ciphertext=frame.ciphertext,
         signature=frame.signature,
@@ -445,15 +483,15 @@ _SIGNING_CONTEXT = b"fluxrun/v1 bundle signature\x00"
 def signing_message(signed: bytes) -> bytes:
     """What Ed25519 signs: a context string and the SHA-256 of the signed bytes.
 
-    Ed25519 hashes its message twice (SHA-512), so signing a 7 KB bundle directly costs ~45 µs here;
-    signing a 32-byte digest costs ~25 µs whatever the size, and SHA-256 of the bytes adds ~5 µs.
+    Ed25519 hashes its message twice (SHA-512), so signing a bundle directly costs more the larger it
+    is; signing a 32-byte digest costs the same whatever the size, and SHA-256 of the bytes is cheap.
     The context string keeps these signatures from being valid for anything else.
     """
     return _SIGNING_CONTEXT + hashlib.sha256(signed).digest()
 
 
 def _sodium_accepts(public: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
-    """libsodium's verification (through PyNaCl): ~55 µs here against ~105 µs for OpenSSL's, and it
+    """libsodium's verification (through PyNaCl): about twice as fast as OpenSSL's, and it
     releases the GIL. It is the stricter of the two (it also refuses small-order and non-canonical
     points), so only its "valid" is taken as final."""
     if len(signature) != 64:  # libsodium reads the first 64 bytes of signature + message as the signature

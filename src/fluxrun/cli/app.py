@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,9 +12,50 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup, TyperOption
+from typer.models import DefaultPlaceholder
 
 from fluxrun._version import __version__
 from fluxrun.errors import FluxRunError
+
+
+class _BareFlags:
+    """`--help` without a type label on flags: typer labels every flag `<bool>`, as if it took a value."""
+
+    def get_params(self, ctx: Any) -> list[Any]:  # typer's own (vendored) click Context and Parameter
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+                param.metavar = ""  # typer's help shows the metavar, when one is set, in the type column
+        return params
+
+
+class Command(_BareFlags, TyperCommand):
+    """Every `fluxrun` command (see `bare_flags`)."""
+
+
+class Group(_BareFlags, TyperGroup):
+    """Every `fluxrun` command group (see `bare_flags`)."""
+
+
+def bare_flags(typer_app: typer.Typer) -> None:
+    """Build `typer_app`'s commands and groups, and those added to it (`server`, `demo`), with `Command` and
+    `Group`, unless one chose a class of its own."""
+    if _plain(typer_app.info.cls, TyperGroup):
+        typer_app.info.cls = Group
+    for command in typer_app.registered_commands:
+        if _plain(command.cls, TyperCommand):
+            command.cls = Command
+    for group in typer_app.registered_groups:
+        if _plain(group.cls, TyperGroup):
+            group.cls = Group
+        if group.typer_instance is not None:
+            bare_flags(group.typer_instance)
+
+
+def _plain(cls: object, default: type) -> bool:
+    return cls is None or cls is default or isinstance(cls, DefaultPlaceholder)
+
 
 app = typer.Typer(
     name="fluxrun",
@@ -49,6 +91,27 @@ def friendly(func: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# What a replay may be asked to end as: the outcome words a replay prints, and the older verbs.
+EXPECT_WORDS = {"fixed": "fixed", "reproduced": "reproduce", "reproduce": "reproduce"}
+
+
+def expectation(word: str) -> str:
+    """`--expect` as the replay engine names it ("fixed" or "reproduce")."""
+    try:
+        return EXPECT_WORDS[word]
+    except KeyError:
+        raise FluxRunError(f"--expect {word!r}: use fixed or reproduced") from None
+
+
+def bundle_file(path: Path) -> Path:
+    """The bundle a command was given, or one line saying why it is not there (the same for every command)."""
+    if path.is_dir():
+        raise FluxRunError(f"{path} is a folder, not a bundle file")
+    if not path.exists():
+        raise FluxRunError(f"no bundle at {path} (check the path, or fetch it with `fluxrun pull`)")
+    return path
 
 
 def _version(value: bool) -> None:
@@ -113,7 +176,7 @@ def bundle_inspect(
     """Print a bundle's summary and, with --key, its decrypted event timeline as a table."""
     from fluxrun.cli.inspect import inspect_bundle
 
-    inspect_bundle(out, file, key, show_secrets=show_secrets, as_json=as_json)
+    inspect_bundle(out, bundle_file(file), key, show_secrets=show_secrets, as_json=as_json)
 
 
 @app.command("replay")
@@ -123,25 +186,37 @@ def replay_command(
     key: Annotated[Path | None, typer.Option("--key", help="replay.key (default: FLUXRUN_REPLAY_KEY).")] = None,
     app_entry: Annotated[
         str | None,
-        typer.Option("--app", help="Replay against this entry point (module:attr) instead of the recorded one."),
+        typer.Option(
+            "--app",
+            help="Replay against this entry point (module:attr; default FLUXRUN_REPLAY_APP). Without it the "
+            "bundle's recorded entry replays only if @fluxrun.capture or the FluxRun middleware marked it.",
+        ),
     ] = None,
     expect: Annotated[
-        str | None, typer.Option("--expect", help="fixed or reproduce: exit 1 unless the replay ends that way.")
+        str | None,
+        typer.Option("--expect", help="fixed or reproduced: exit 1 unless the replay ends that way."),
     ] = None,
     lenient: Annotated[
-        bool, typer.Option("--lenient", help="With --expect reproduce: recorded calls never made only warn.")
+        bool, typer.Option("--lenient", help="With --expect reproduced: recorded calls never made only warn.")
     ] = False,
 ) -> None:
     """Replay a captured failure against the code in this folder, with no network, and say how it ended."""
+    from fluxrun._replay_mode import replaying
     from fluxrun.replay import ReplayExpectationError, check, run
 
-    if expect not in (None, "fixed", "reproduce"):
-        raise FluxRunError(f"--expect {expect!r}: use fixed or reproduce")
-    result = run(file, key, app=app_entry)
+    wanted = expectation(expect) if expect is not None else None
+    bundle_file(file)
+    if key is None and not os.environ.get("FLUXRUN_REPLAY_KEY"):
+        raise FluxRunError(
+            "replay opens the bundle with your replay key: pass --key path/to/replay.key or set "
+            "FLUXRUN_REPLAY_KEY (the replay.key written by `fluxrun keys generate`)"
+        )
+    with replaying():  # the app's own fluxrun.init() runs when it is imported: no capture warnings
+        result = run(file, key, app=app_entry)
     out.print(escape(result.summary()))
-    if expect is not None:
+    if wanted is not None:
         try:
-            check(result, expect, strict=not lenient)  # type: ignore[arg-type]
+            check(result, wanted, strict=not lenient)  # type: ignore[arg-type]
         except ReplayExpectationError as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc).splitlines()[0])}")
             raise typer.Exit(1) from None
@@ -152,7 +227,11 @@ def replay_command(
 @app.command("export-test")
 @friendly
 def export_test(
-    file: Annotated[Path, typer.Argument(help="A .fluxrun bundle file (no key needed).")],
+    file: Annotated[Path, typer.Argument(help="A .fluxrun bundle file.")],
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="replay.key (default: FLUXRUN_REPLAY_KEY): the signature is verified first."),
+    ] = None,
     out_file: Annotated[
         Path | None,
         typer.Option(
@@ -160,14 +239,14 @@ def export_test(
         ),
     ] = None,
     expect: Annotated[
-        str, typer.Option("--expect", help="fixed (a regression guard) or reproduce (the bug, before its fix).")
+        str, typer.Option("--expect", help="fixed (a regression guard) or reproduced (the bug, before its fix).")
     ] = "fixed",
 ) -> None:
-    """Write a readable pytest file that replays the bundle, for people who prefer code."""
+    """Write a readable pytest file that replays the bundle, once its signature checks out."""
     from fluxrun.cli.export import write_test
 
-    path = write_test(file, out_file, expect=expect)
-    out.print(f"wrote {path}; run it with FLUXRUN_REPLAY_KEY=path/to/replay.key pytest {path}")
+    path = write_test(bundle_file(file), out_file, expect=expectation(expect), key=key)
+    out.print(escape(f"wrote {path}; run it with FLUXRUN_REPLAY_KEY=path/to/replay.key pytest {path}"))
 
 
 @app.command("pull")
@@ -224,43 +303,46 @@ def agent_command(
     )
 
 
-@app.command("demo")
-@friendly
-def demo(
-    directory: Annotated[
-        Path | None, typer.Option("--dir", help="Keep the demo's server data, keys, app and tests in this new folder.")
-    ] = None,
-    serve: Annotated[
-        bool, typer.Option("--serve", help="Keep the server, agent and shop running afterwards (until Ctrl-C).")
-    ] = False,
-) -> None:
-    """The whole loop on loopback: server, agent, a shop that fails, capture, ship, pull, replay, fix, guard."""
-    from fluxrun_demo.run import run_demo
-
-    run_demo(out, directory, serve=serve)
+COMMANDS_GROUP = "fluxrun.commands"
 
 
-def _add_server_commands() -> None:
-    """`fluxrun server ...` comes from the server package, installed with the `server` extra."""
-    try:
-        from fluxrun_server.cli import server_app
-    except ImportError as exc:
-        missing = exc.name or "a server dependency"
+def _add_plugged_commands(argv: list[str]) -> None:
+    """Commands registered under the `fluxrun.commands` entry point group (`server` and `demo` are, in this
+    distribution): each is loaded only when asked for (or for `--help`), so the client CLI never imports the
+    server. An entry point is a Typer app (a command group) or a function (one command)."""
+    from importlib.metadata import entry_points
 
-        @app.command("server", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-        def server_missing() -> None:
-            """Run the FluxRun server (needs the server extra)."""
-            err.print(f"[bold red]error:[/] fluxrun server needs {missing}: pip install 'fluxrun[server]'")
-            raise typer.Exit(1)
+    wanted = next((arg for arg in argv if not arg.startswith("-")), None)
+    for point in entry_points(group=COMMANDS_GROUP):
+        if wanted is not None and point.name != wanted:
+            continue
+        try:
+            command = point.load()
+        except ImportError as exc:
+            _add_missing(point.name, exc.name or "a dependency")
+            continue
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=point.name)
+        else:
+            app.command(point.name)(command)
 
-        return
-    app.add_typer(server_app, name="server")
+
+def _add_missing(name: str, missing: str) -> None:
+    extra = "server" if name == "server" else "demo"
+
+    @app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def command_missing() -> None:
+        """Needs an extra that is not installed."""
+        err.print(f"[bold red]error:[/] fluxrun {name} needs {missing}: pip install 'fluxrun[{extra}]'")
+        raise typer.Exit(1)
 
 
-_add_server_commands()
+bare_flags(app)
 
 
 def main() -> None:
+    _add_plugged_commands(sys.argv[1:])
+    bare_flags(app)
     app(prog_name="fluxrun")
 
 

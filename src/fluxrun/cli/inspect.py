@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fluxrun.bundle import OpenedBundle, SealedBundle, load_replay_key, open_bundle, read_bundle
-from fluxrun.model.values import UnreplayableValue, decode
+from fluxrun.model.values import describe
 from fluxrun.scrub import Scrubber, default_scrubber
 
 __all__ = ["inspect_bundle"]
@@ -39,10 +39,8 @@ def _short(text: str, limit: int = _PREVIEW) -> str:
 
 
 def _value(encoded: Any) -> str:
-    try:
-        return repr(decode(encoded))
-    except (UnreplayableValue, Exception):
-        return str(encoded)
+    """The value as recorded, rendered from its encoding: inspecting a bundle never imports or runs app code."""
+    return describe(encoded)
 
 
 def _body(body: dict[str, Any] | None, content_type: str | None, scrub: Scrubber | None) -> str:

@@ -1,20 +1,17 @@
 """The seam every interceptor shares: patches as (owner, attribute, replacement) triples.
 
 `Patcher.apply` and `Patcher.restore` mirror each other exactly, so `fluxrun.shutdown()` leaves
-every module and class as it found it. `record_call` is the common path of value-returning calls
-(time, randomness, env): read the context variable, find the caller, run the real call with nested
-capture suspended, and append one event.
+every module and class as it found it. The wrappers (`wrap`, `wrap_method`, `wrap_client_method`)
+read the context variable and call straight through outside an execution; what a recorded call then
+costs is in hot_path.py. `serve_call` is the replay side of a value-returning call.
 """
 
 from __future__ import annotations
 
-import datetime
 import functools
 import inspect
 import sys
 import types
-import uuid
-from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from dataclasses import dataclass
 from sys import _getframe
@@ -22,21 +19,24 @@ from typing import Any, Protocol
 
 import wrapt
 
-from fluxrun._context import Scope, _get_ident, _task_of, current, scope_var
+from fluxrun._context import Scope, current
 from fluxrun._internal import (
-    _LIBRARY,
-    _PLUMBING,
-    SiteRef,
-    _verdicts,
-    app_site,
+    LIBRARY,
+    PACKAGE,
     caller_frame,
-    frame_is_library,
-    perf_ns,
+    reader,
     report_internal_error,
     site_of,
 )
 
-__all__ = ["Interceptor", "Patch", "Patcher", "record_call", "value_patch", "wrap", "wrap_method"]
+__all__ = [
+    "Interceptor",
+    "Patch",
+    "Patcher",
+    "wrap",
+    "wrap_client_method",
+    "wrap_method",
+]
 
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -93,8 +93,8 @@ class Patcher:
 def wrap(original: Any, wrapper: Wrapper) -> Any:
     """A replacement for a module-level function that calls `wrapper(wrapped, instance, args, kwargs)`.
 
-    A closure for synchronous functions, builtins included: about 0.06 µs per idle call here, against
-    0.12 µs for wrapt's C `FunctionWrapper` around a builtin and 0.6 µs around a Python function.
+    A closure for synchronous functions, builtins included: cheaper per idle call than wrapt's C
+    `FunctionWrapper` around a builtin, and far cheaper than one around a Python function.
     Coroutine functions keep wrapt's wrapper, which `inspect.iscoroutinefunction` still recognises.
     """
     if inspect.iscoroutinefunction(original):
@@ -113,7 +113,7 @@ def wrap_method(original: Callable[..., Any], wrapper: Wrapper) -> Callable[...,
     """A replacement for a method set on a class (`_Environ.__getitem__`, `Logger.handle`).
 
     A plain function binds through CPython's fast path; a wrapt wrapper on a class builds a bound
-    wrapper object on every call (about 0.7 µs), which env reads cannot afford.
+    wrapper object on every call, which env reads cannot afford.
     """
 
     @functools.wraps(original)
@@ -125,216 +125,113 @@ def wrap_method(original: Callable[..., Any], wrapper: Wrapper) -> Callable[...,
     return patched
 
 
-# Results that cannot change after the call returns: recorded as they are, formatted only if kept.
-_IMMUTABLE = frozenset({float, int, bool, str, bytes, type(None), uuid.UUID, datetime.datetime, datetime.date})
+def wrap_client_method(original: Callable[..., Any], wrapper: Wrapper) -> Callable[..., Any]:
+    """A client method's replacement (`HTTPAdapter.send`, `Redis.execute_command`): a plain function with
+    the original's own parameters that reads the context variable and, outside a capture or replay, calls
+    the original straight through with them.
 
-
-def _as_value(value: Any) -> dict[str, Any]:
-    return {"value": value}
-
-
-def _encoded_value(value: Any) -> dict[str, Any]:
-    from fluxrun.model.values import encode
-
-    return {"value": encode(value)}
-
-
-def _as_data(data: dict[str, Any]) -> dict[str, Any]:
-    return data
-
-
-def _no_data(_: Any) -> dict[str, Any]:
-    return {}
-
-
-def record_call(
-    scope: Scope,
-    kind: str,
-    call: str,
-    wrapped: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    data: Callable[[Any], dict[str, Any]],
-    *,
-    on_error: Callable[[BaseException], dict[str, Any]] | None = None,
-) -> Any:
-    """Run `wrapped` and record it as one event of `kind` whose fields `data(result)` builds.
-
-    Calls made by the internals of the standard library or an installed package (asyncio's clock,
-    logging's timestamps, tempfile's env reads) are not the app's IO and go straight through.
-    `data(result)` runs when the execution is sealed if the result is immutable, else at once (a snapshot).
+    The idle path is the one that must cost nothing. A wrapt wrapper on a class builds a bound wrapper object
+    and calls a Python wrapper on every call, and a `(*args, **kwargs)` function forwards through CPython's
+    slow generic call; a function with the original's signature passes its arguments on as an ordinary call
+    (f3f076b's message gives the instructions of each). Past `KEYWORD_ONLY_SPELLED_OUT` keyword-only
+    parameters, those are collected in one dict and passed on as they came. Inside an execution,
+    `wrapper(bound original, instance, args, kwargs)` runs, wrapt-style, with every positional parameter in
+    `args` and the keyword-only ones the caller passed (all of them, when spelled out) in `kwargs`. A
+    coroutine function's replacement returns the original's coroutine (or the wrapper's awaitable) and is
+    marked so `asyncio.iscoroutinefunction` still says so.
     """
-    try:
-        site = app_site(2)
-        if site is None:
-            here = None
-        else:
-            here = scope.here()
-            # a list, filled in when the call returns; its place in the log is the call's start
-            entry: list[Any] = [kind, call, here.path, site, perf_ns(), 0, _no_data, None, None]
-            here.recording.log.append(entry)  # type: ignore[arg-type]
-    except Exception as exc:
-        report_internal_error(f"{kind} capture", exc)
-        here = None
-    if here is None:
-        return wrapped(*args, **kwargs)
-    token = scope_var.set(None)
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        scope_var.reset(token)
-        try:
-            entry[5] = perf_ns() - entry[4]
-            entry[8] = on_error(exc) if on_error else error_fields(exc)
-        except Exception as internal:
-            report_internal_error(f"{kind} capture", internal)
-        raise
-    scope_var.reset(token)
-    try:
-        entry[5] = perf_ns() - entry[4]
-        if type(result) in _IMMUTABLE:
-            entry[6], entry[7] = data, result
-        else:
-            entry[6], entry[7] = _as_data, data(result)
-    except Exception as exc:
-        report_internal_error(f"{kind} capture", exc)
-    return result
-
-
-def record_value(
-    scope: Scope,
-    kind: str,
-    call: str,
-    wrapped: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    *,
-    encoded: bool = False,
-) -> Any:
-    """The lean path of `record_call` for calls that return a value and do no IO of their own
-    (clock reads, `random.random`): nothing to suspend, one event appended after the call.
-    `encoded`: the value is recorded through `values.encode` (deferred to sealing when immutable)."""
-    site = app_site(2)
-    if site is None:
-        return wrapped(*args, **kwargs)
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        try:
-            here = scope.here()
-            event = here.recording.add(kind, call, here.path, site, {})
-            event.error = error_fields(exc)
-        except Exception as internal:
-            report_internal_error(f"{kind} capture", internal)
-        raise
-    try:
-        here = scope.here()
-        if not encoded:
-            here.recording.log.append((kind, call, here.path, site, perf_ns(), 0, _as_value, result, None))
-        elif type(result) in _IMMUTABLE:
-            here.recording.log.append((kind, call, here.path, site, perf_ns(), 0, _encoded_value, result, None))
-        else:
-            here.recording.log.append(
-                (kind, call, here.path, site, perf_ns(), 0, _as_data, _encoded_value(result), None)
-            )
-    except Exception as exc:
-        report_internal_error(f"{kind} capture", exc)
-    return result
-
-
-def value_patch(
-    original: Callable[..., Any],
-    kind: str,
-    call: str,
-    answer: Callable[[dict[str, Any]], Any],
-    *,
-    encoded: bool = False,
-    keywords: bool = True,
-    run: Callable[..., Any] | None = None,
-) -> Callable[..., Any]:
-    """The replacement of a call that returns a value and does no IO of its own (clock reads,
-    `random.random`, `os.urandom`): the most frequent calls, idle or recorded, so the idle path is one
-    thin closure (`keywords=False` for functions that take none: no keyword dict per call) and the
-    recorded path one more frame. At replay, `answer(event)` gives the value back. `encoded`: the
-    value is recorded through `values.encode` (deferred when immutable). `run`: what is called in the
-    original's place, the same function written without patched calls inside (uuid4 without os.urandom)."""
-    build = _encoded_value if encoded else _as_value
-    if run is not None:
-        original, replaced = run, original
+    patched = _same_signature(original, wrapper)
+    if patched is None:  # not a plain Python function (a builtin, a C method): the generic form
+        patched = wrap_method(original, wrapper)
     else:
-        replaced = original
-
-    def recorded(scope: Scope, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if scope.session is not None:
-            return serve_call(scope, kind, call, original, args, kwargs, answer, depth=4)
-        frame = _getframe(2)  # app_site(2), its common case inlined: called straight from the app's code
-        code = frame.f_code
-        known = _verdicts.get(id(code))
-        if known is not None and known[0] is code and known[1] != _PLUMBING:
-            if known[1] == _LIBRARY:  # a library's own internals (asyncio's clock): not the app's IO
-                return original(*args, **kwargs)
-            site: SiteRef = (known[2], code, frame.f_lasti)
-        else:
-            found = app_site(2)
-            if found is None:
-                return original(*args, **kwargs)
-            site = found
-        try:
-            result = original(*args, **kwargs)
-        except BaseException as exc:
-            try:
-                here = scope.here()
-                here.recording.add(kind, call, here.path, site, {}).error = error_fields(exc)
-            except Exception as internal:
-                report_internal_error(f"{kind} capture", internal)
-            raise
-        try:
-            loop = _get_running_loop()  # Scope.here's common case inlined: the scope's own task or thread
-            owner = _task_of(loop) if loop is not None else _get_ident()
-            here = scope if owner is scope.owner or owner == scope.owner else scope.here()
-            if not encoded or type(result) in _IMMUTABLE:
-                here.recording.log.append((kind, call, here.path, site, perf_ns(), 0, build, result, None))
-            else:
-                here.recording.log.append((kind, call, here.path, site, perf_ns(), 0, _as_data, build(result), None))
-        except Exception as exc:
-            report_internal_error(f"{kind} capture", exc)
-        return result
-
-    if keywords:
-
-        @functools.wraps(replaced)
-        def patched(*args: Any, **kwargs: Any) -> Any:
-            scope = current()
-            if scope is None:
-                return original(*args, **kwargs)
-            return recorded(scope, args, kwargs)
-
-        return patched
-
-    @functools.wraps(replaced)
-    def patched_positional(*args: Any) -> Any:
-        scope = current()
-        if scope is None:
-            return original(*args)
-        return recorded(scope, args, _NO_KEYWORDS)
-
-    return patched_positional
+        functools.update_wrapper(patched, original)
+    if inspect.iscoroutinefunction(original):
+        _mark_coroutine_function(patched)
+    return patched
 
 
-_NO_KEYWORDS: dict[str, Any] = {}
+KEYWORD_ONLY_SPELLED_OUT = 4  # past this many keyword-only parameters, `_same_signature` forwards a dict
 
 
-def error_fields(exc: BaseException) -> dict[str, Any]:
-    from fluxrun.model.values import encode, type_path
+def _same_signature(original: Any, wrapper: Wrapper) -> Callable[..., Any] | None:
+    """The idle-fast replacement of `wrap_client_method`, compiled with `original`'s parameters and defaults
+    (the defaults are the original's own objects). None when `original` has no Python code to copy."""
+    code = getattr(original, "__code__", None)
+    if not isinstance(code, types.CodeType) or code.co_argcount < 1 or not isinstance(original, types.FunctionType):
+        return None
+    flags, positional, keyword_only = code.co_flags, code.co_argcount, code.co_kwonlyargcount
+    names = list(code.co_varnames[: positional + keyword_only])
+    rest = code.co_varnames[positional + keyword_only :]
+    star = rest[0] if flags & inspect.CO_VARARGS else None
+    double_star = rest[1 if star else 0] if flags & inspect.CO_VARKEYWORDS else None
+    if any(not name.isidentifier() or name.startswith("_fluxrun_") for name in (*names, star, double_star) if name):
+        return None
+    params, call, args, kwargs = [], [], [], []
+    for i, name in enumerate(names[:positional]):
+        params.append(name)
+        if i + 1 == code.co_posonlyargcount:
+            params.append("/")
+        call.append(name)
+        if i:
+            args.append(name)
+    if star:
+        params.append(f"*{star}")
+        call.append(f"*{star}")
+        args.append(f"*{star}")
+    if keyword_only > KEYWORD_ONLY_SPELLED_OUT:
+        # many keyword-only parameters (aiohttp's `_request` has 31): collected in one dict and passed on
+        # as it came, since spelling them out costs a default to fill and a keyword to match again for each
+        # one on every call, where the dict costs only the keywords the caller passed
+        double_star = double_star or "_fluxrun_keywords"
+    else:
+        if keyword_only and not star:
+            params.append("*")
+        for name in names[positional:]:
+            params.append(name)
+            call.append(f"{name}={name}")
+            kwargs.append(f"{name!r}: {name}")
+    if double_star:
+        params.append(f"**{double_star}")
+        call.append(f"**{double_star}")
+        kwargs.append(f"**{double_star}")
+    self_name = names[0]
+    source = (
+        "def _fluxrun_make(_fluxrun_original, _fluxrun_current, _fluxrun_wrapper, _fluxrun_bind):\n"
+        f"    def patched({', '.join(params)}):\n"
+        "        if _fluxrun_current() is None:\n"
+        f"            return _fluxrun_original({', '.join(call)})\n"
+        f"        return _fluxrun_wrapper(_fluxrun_bind(_fluxrun_original, {self_name}), {self_name}, "
+        f"({''.join(a + ', ' for a in args)}), {{{', '.join(kwargs)}}})\n"
+        "    return patched\n"
+    )
+    namespace: dict[str, Any] = {"__name__": __name__}
+    exec(compile(source, __file__, "exec"), namespace)  # this file's name: frame walks skip it as FluxRun's
+    patched: Any = namespace["_fluxrun_make"](original, current, wrapper, types.MethodType)
+    patched.__defaults__ = original.__defaults__
+    if keyword_only <= KEYWORD_ONLY_SPELLED_OUT:
+        patched.__kwdefaults__ = original.__kwdefaults__
+    return patched  # type: ignore[no-any-return]
 
-    return {"type": type_path(type(exc)), "message": str(exc), "exception": encode(exc)}
+
+def _mark_coroutine_function(function: Callable[..., Any]) -> None:
+    mark = getattr(inspect, "markcoroutinefunction", None)  # Python 3.12+
+    if mark is not None:
+        mark(function)
+    else:
+        import asyncio.coroutines
+
+        function._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
 
 
 def loaded(module: str) -> Any:
-    """The module if the app can import it, else None (interceptors for absent libraries do nothing)."""
+    """The module if the app has imported its package (a submodule is imported then), else None: FluxRun
+    never imports a library the app does not use (its interceptor is built when the app imports it)."""
     mod = sys.modules.get(module)
     if mod is not None:
         return mod
+    top = module.partition(".")[0]
+    if top not in sys.modules and top not in sys.stdlib_module_names:
+        return None
     import importlib.util
 
     try:
@@ -355,19 +252,30 @@ def serve_call(
     answer: Callable[[dict[str, Any]], Any],
     *,
     depth: int = 3,
+    live: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any] | None = None,
 ) -> Any:
     """The replay side of `record_call`: answer from the recording; the real function does not run.
 
-    Library internals (standard library and installed packages) keep the real functions at replay as
-    at capture (so asyncio's clock stays real and awaiting code never hangs).
+    The standard library's machinery keeps the real functions at replay as at capture (so asyncio's clock
+    stays real and awaiting code never hangs). An installed package's read is answered from its own
+    stream, and by `live` (default: the real call) once that stream has nothing left.
     """
     frame = caller_frame(depth)
-    if frame is None or frame_is_library(frame):
-        return wrapped(*args, **kwargs)
+    # who reads, judged from the call itself as capture judges it (app_site): a read inside an intercepted
+    # client's own code (httpx timing a request to an in-process app) is the client's, not the app line above
+    who = reader(_getframe(depth - 1)) if frame is not None else LIBRARY
+    if frame is None or who == LIBRARY:
+        return live(wrapped, args, kwargs) if live is not None else wrapped(*args, **kwargs)
     here = scope.here()
     site = site_of(frame)
     assert here.session is not None
-    event = here.session.take(kind, call, here.path, frame, site)
+    if who == PACKAGE:
+        found = here.session.take_if_recorded(kind, call, here.path, site)
+        if found is None:
+            return live(wrapped, args, kwargs) if live is not None else wrapped(*args, **kwargs)
+        event = found
+    else:
+        event = here.session.take(kind, call, here.path, frame, site)
     here.recording.add(kind, call, here.path, site, {})
     raise_recorded_error(event)
     return answer(event)

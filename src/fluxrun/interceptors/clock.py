@@ -7,8 +7,14 @@ event loop's timers keep working (the freezegun/asyncio trap does not arise).
 The `time` functions are patched on the module with `value_patch` closures. `datetime` is a C type whose methods
 cannot be replaced, so app modules see `CapturedDatetime`/`CapturedDate`: subclasses whose
 constructors hand back real `datetime`/`date` objects (pickling, orjson and `type(x) is datetime`
-keep working) and whose `isinstance` checks accept real instances. Only the app's own modules are
-rebound; library internals keep the real classes and the real clock, so they never enter the tape.
+keep working) and whose `isinstance` checks accept real instances. The app's own modules are rebound,
+and so is an installed package's module whose code calls `now()`, `utcnow()` or `today()` (PyJWT comparing
+`exp` with `datetime.now(timezone.utc)`): the tape decides what the app can observe, wherever the read
+happens. Other package modules and the standard library keep the real classes (`type(x) is datetime` there
+stays true). An installed package's `time.time()`-style reads go through the patched module attributes and
+are recorded too; its `from time import time` names are not rebound, so a framework's own timing
+(FastAPI's telemetry) stays out of the tape. The standard library's clock reads (asyncio's loop clock,
+logging's timestamps) are never recorded and stay real at replay.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fluxrun._context import current
-from fluxrun.interceptors.base import Patch, record_call, record_value, serve_call, value_patch
+from fluxrun.interceptors.base import Patch, serve_call
+from fluxrun.interceptors.hot_path import record_call, record_value, value_patch
 from fluxrun.model.values import decode, encode
 
 __all__ = ["CapturedDate", "CapturedDatetime", "ClockInterceptor"]
@@ -119,6 +126,32 @@ def _datetime_module_proxy() -> types.ModuleType:
     return proxy
 
 
+_CLOCK_NAMES = frozenset({"now", "utcnow", "today"})
+
+
+def _reads_the_clock(code: types.CodeType) -> bool:
+    if _CLOCK_NAMES.intersection(code.co_names):
+        return True
+    return any(isinstance(const, types.CodeType) and _reads_the_clock(const) for const in code.co_consts)
+
+
+def package_rebinds(module: types.ModuleType, name: str) -> list[tuple[str, Any]]:
+    """For an installed package's module bound to `datetime`/`date` (or the module) whose code asks them for
+    the current time: (attribute, replacement) pairs. Empty for every other module (one dict pass)."""
+    targets = {id(_real_datetime): CapturedDatetime, id(_real_date): CapturedDate, id(_dt): _MODULE_PROXY}
+    names = [(attr, targets[id(value)]) for attr, value in vars(module).items() if id(value) in targets]
+    names = [(attr, replacement) for attr, replacement in names if not attr.startswith("__")]
+    if not names:
+        return []
+    try:
+        spec = getattr(module, "__spec__", None)
+        get_code = getattr(getattr(spec, "loader", None), "get_code", None)
+        code = get_code(name) if get_code is not None else None
+    except Exception:  # no source or bytecode to read: leave the module as it is
+        return []
+    return names if code is not None and _reads_the_clock(code) else []
+
+
 class ClockInterceptor:
     kind = KIND
 
@@ -136,5 +169,8 @@ class ClockInterceptor:
         mapping: dict[int, Any] = {id(self._originals[name]): w for name, w in self._wrappers.items()}
         mapping[id(_real_datetime)] = CapturedDatetime
         mapping[id(_real_date)] = CapturedDate
-        mapping[id(_dt)] = _datetime_module_proxy()
+        mapping[id(_dt)] = _MODULE_PROXY
         return mapping
+
+
+_MODULE_PROXY = _datetime_module_proxy()

@@ -1,67 +1,194 @@
-"""Env reads: `os.environ[...]`, `os.environ.get`, `os.getenv` and `key in os.environ`.
+"""Env reads: `os.environ[...]`, `os.environ.get`, `os.getenv` and `key in os.environ`, by any code.
+
+The environment is a snapshot: the first read of each variable in an execution is recorded (its value, or
+that it was not set), whoever reads it: the app, an installed SDK reading its API key inside the request,
+or the standard library. Later reads of the same variable add nothing. At replay every read of a recorded
+variable is answered from the recording, whatever the environment holds now, so a CI without the
+production secrets takes the same path. A variable the app's own code reads at replay that the recording
+lacks was not read at capture at all: a `ReplayDivergence` that says so. A library's read of a variable the
+recording lacks is answered live: libraries read their settings once and cache them (OpenTelemetry's
+OTEL_PYTHON_TRACER_PROVIDER, tempfile's TMPDIR), so whether that first read falls inside the execution
+depends on what ran before it in the process, not on what the execution did.
+
+A variable the replayed code sets or deletes itself is read live from then on, as it was at capture.
+
+Walking the environment (`for key in os.environ`, `.keys()`, `.items()`, `.copy()`, `dict(os.environ)`,
+`len(os.environ)`: urllib's proxy lookup, which httpx and requests use, botocore's copy) is a read of the
+set of names: recorded once per execution, the first time the code walks it, as one env event under the
+key `=names` (no variable can be named so). At replay every walk goes over the recorded names (plus what the
+replayed code set, less what it deleted), and each value comes from the recorded snapshot. A walk by the
+app's own code that the capture never made is a `ReplayDivergence`; a library's is answered live.
+
+Each read names the code that made it (`site`), and a read the app's own code did not make is marked
+with who did (`data["reader"]`: "package" for an installed package, "library" for the standard library):
+httpx reading SSL_CERT_FILE while it builds its SSL context is httpx's read, not the app line that created
+the client, and a display can leave it out of the app's reads. Replay serves it all the same.
 
 `__getitem__`, `get` and `__contains__` are patched on `_Environ` (`os.getenv` calls `get`), so each
-read is one call of ours whatever the spelling.
-
-At replay a read returns the recorded value even if the environment has changed since; the
-recording is a snapshot, so a variable read once and read again is answered both times.
-
-A read of a missing variable is recorded as absent (the KeyError `get` swallows), because "not set"
-is as much a part of what the code saw as a value.
+read is one call of ours whatever the spelling. The common case, a variable already read in this
+execution, costs a set lookup. Values are recorded in the encrypted payload only; every display masks
+them by the variable's name (`fluxrun bundle inspect`, the agent's unlock answer).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import types
-from asyncio.events import _get_running_loop
-from collections.abc import Callable
 from sys import _getframe
 from types import FrameType
 from typing import Any
 
-from fluxrun._context import Scope, _get_ident, _task_of, current
-from fluxrun._internal import (
-    _LIBRARY,
-    _PLUMBING,
-    SiteRef,
-    _verdicts,
-    app_site,
-    app_site_from,
-    caller_frame,
-    frame_is_library,
-    perf_ns,
-    report_internal_error,
-    site_of,
-)
+from fluxrun._context import Scope, current
+from fluxrun._internal import SiteRef, read_by, read_site, report_internal_error, site_ref
 from fluxrun.interceptors.base import Patch
+from fluxrun.interceptors.hot_path import append_value
 
 __all__ = ["EnvInterceptor"]
 
 KIND = "env"
 _Environ = type(os.environ)
-
-
 _real_getitem = vars(_Environ)["__getitem__"]
+_real_setitem = vars(_Environ)["__setitem__"]
+_real_delitem = vars(_Environ)["__delitem__"]
+_real_iter = vars(_Environ)["__iter__"]
+_real_len = vars(_Environ)["__len__"]
+_ABSENT: Any = object()
+NAMES_KEY = "=names"  # the recorded set of names; os.environ refuses a name with "=" in it, so none collides
+NAMES_CALL = f"env {NAMES_KEY}"
 
 
-# What Mapping.get and Mapping.__contains__ (which _Environ inherits) do, without their trip through the
-# patched `__getitem__`: a library's membership check (FastAPI's OTEL_* provider checks, on every request
-# when OpenTelemetry is installed) would otherwise be classified twice, once here and once in `_getitem`.
-def _lookup(environ: Any, key: Any, default: Any) -> Any:
+def _live(environ: Any, key: Any) -> Any:
     try:
         return _real_getitem(environ, key)
     except KeyError:
-        return default
+        return _ABSENT
 
 
-def _has(environ: Any, key: Any) -> bool:
-    try:
-        _real_getitem(environ, key)
+def _present(read: tuple[str, str, str | None]) -> dict[str, Any]:
+    key, value, by = read
+    data = {"key": key, "present": True, "value": value}
+    if by is not None:
+        data["reader"] = by
+    return data
+
+
+def _read(scope: Scope, environ: Any, key: Any, frame: FrameType) -> Any:
+    """The value the code sees (or `_ABSENT`) for a read whose caller frame is `frame`."""
+    if scope.session is not None:
+        return _replay_read(scope, environ, key, frame)
+    seen = scope.recording.env_seen
+    if key in seen or type(key) is not str:  # the snapshot holds it already (or os.environ will refuse it)
+        return _live(environ, key)
+    try:  # _live, inlined
+        value = _real_getitem(environ, key)
     except KeyError:
-        return False
-    return True
+        value = _ABSENT
+    try:
+        seen.add(key)
+        site, by = read_site(frame)
+        if value is _ABSENT:
+            here = scope.here()
+            event = here.recording.add(KIND, f"env {key}", here.path, site, {} if by is None else {"reader": by})
+            event.error = {"type": "builtins:KeyError", "message": repr(key), "key": key, "present": False}
+        else:
+            append_value(scope, KIND, f"env {key}", site, _present, (key, value, by))
+    except Exception as exc:
+        report_internal_error("env capture", exc)
+    return value
+
+
+def _replay_read(scope: Scope, environ: Any, key: Any, frame: FrameType) -> Any:
+    """Replay: the recorded value (or absence), whatever the environment holds now."""
+    session = scope.session
+    assert session is not None
+    if type(key) is not str or key in session.env_written:
+        return _live(environ, key)
+    reading, by = read_by(frame)
+    here = scope.here()
+    event = session.env_read(key, here.path, reading, lenient=by is not None)
+    if event is None:  # a library's own read of a setting the recording lacks (read and cached before capture)
+        return _live(environ, key)
+    recording = here.recording
+    if key not in recording.env_seen:  # the replayed execution's events mirror the capture's: one per key
+        recording.env_seen.add(key)
+        recording.add(KIND, f"env {key}", here.path, _site(reading), {})
+    data = event["data"]
+    if not data.get("present", "error" not in event):
+        return _ABSENT
+    return data["value"]
+
+
+def _site(frame: FrameType | None) -> SiteRef | str:
+    return site_ref(frame) if frame is not None else "?:?:0"
+
+
+def _names(walk: tuple[tuple[str, ...], str | None]) -> dict[str, Any]:
+    names, by = walk
+    data = {"key": NAMES_KEY, "present": True, "value": list(names)}
+    if by is not None:
+        data["reader"] = by
+    return data
+
+
+def _record_names(scope: Scope, environ: Any, frame: FrameType) -> None:
+    """The first walk of the environment in this execution: record the names it holds now."""
+    try:
+        scope.recording.env_seen.add(NAMES_KEY)
+        names = tuple(_real_iter(environ))
+        site, by = read_site(frame)
+        append_value(scope, KIND, NAMES_CALL, site, _names, (names, by))
+    except Exception as exc:
+        report_internal_error("env capture", exc)
+
+
+def _replay_names(scope: Scope, environ: Any, frame: FrameType) -> list[str]:
+    """Replay: the names the walk saw at capture, with what the replayed code set or deleted since."""
+    session = scope.session
+    assert session is not None
+    caller, by = read_by(frame)
+    here = scope.here()
+    event = session.env_read(NAMES_KEY, here.path, caller, lenient=True)
+    if event is None:
+        if by is not None:
+            return list(_real_iter(environ))  # a library's walk the capture did not see: answered live
+        hint = (
+            "  the code walks the environment (iterates os.environ, its keys, items or copy, or takes its len), "
+            "which it did not do when this execution was captured, so the recording holds no set of names"
+        )
+        raise session.diverge(KIND, NAMES_CALL, here.path, caller, [], None, hint=hint)
+    recording = here.recording
+    if NAMES_KEY not in recording.env_seen:  # the replayed execution's events mirror the capture's
+        recording.env_seen.add(NAMES_KEY)
+        recording.add(KIND, NAMES_CALL, here.path, _site(caller), {})
+    names = [str(name) for name in event["data"]["value"]]
+    for key in sorted(session.env_written):  # set or deleted by the replayed code: as it is now
+        if _live(environ, key) is _ABSENT:
+            if key in names:
+                names.remove(key)
+        elif key not in names:
+            names.append(key)
+    return names
+
+
+def _iter(self: Any) -> Any:
+    """`iter(os.environ)` (and so `.keys()`, `.items()`, `.copy()`, `dict(...)`): the set of names is a read."""
+    scope = current()
+    if scope is not None and self is os.environ:
+        if scope.session is not None:
+            return iter(_replay_names(scope, self, _getframe(1)))
+        if NAMES_KEY not in scope.recording.env_seen:
+            _record_names(scope, self, _getframe(1))
+    return _real_iter(self)
+
+
+def _len(self: Any) -> int:
+    scope = current()
+    if scope is not None and self is os.environ:
+        if scope.session is not None:
+            return len(_replay_names(scope, self, _getframe(1)))
+        if NAMES_KEY not in scope.recording.env_seen:
+            _record_names(scope, self, _getframe(1))
+    return _real_len(self)  # type: ignore[no-any-return]
 
 
 @functools.wraps(_real_getitem)
@@ -71,127 +198,53 @@ def _getitem(self: Any, key: Any) -> Any:
     scope = current()
     if scope is None or self is not os.environ:
         return _real_getitem(self, key)
-    if scope.session is not None:
-        return _replay_read(scope, key, types.MethodType(_real_getitem, self), (key,), {})
-    frame = _getframe(1)  # app_site(1), its common case inlined: read straight from the app's code
-    code = frame.f_code
-    known = _verdicts.get(id(code))
-    if known is not None and known[0] is code and known[1] != _PLUMBING:
-        if known[1] == _LIBRARY:  # a library's own internals (tempfile, a telemetry check): not the app's IO
-            return _real_getitem(self, key)
-        site: SiteRef = (known[2], code, frame.f_lasti)
-    else:
-        found = app_site(1)
-        if found is None:
-            return _real_getitem(self, key)
-        site = found
-    try:
-        value = _real_getitem(self, key)  # a dict lookup: no IO of its own, nothing to suspend
-    except KeyError:
-        _record_missing(scope, key, site)
-        raise
-    try:
-        loop = _get_running_loop()
-        owner = _task_of(loop) if loop is not None else _get_ident()
-        here = scope if owner is scope.owner or owner == scope.owner else scope.here()
-        # str key and value: kept as they are, the event is formatted only if the execution is sealed
-        here.recording.log.append((KIND, f"env {key}", here.path, site, perf_ns(), 0, _present, (key, value), None))
-    except Exception as exc:
-        report_internal_error("env capture", exc)
+    if scope.session is None and key in scope.recording.env_seen:  # the common case: read already
+        return _real_getitem(self, key)
+    value = _read(scope, self, key, _getframe(1))
+    if value is _ABSENT:
+        raise KeyError(key)
     return value
-
-
-def _site_of_caller(frame: FrameType) -> SiteRef | None:
-    """The site of the code that made an env read whose caller frame is `frame`; None for a library's."""
-    code = frame.f_code
-    known = _verdicts.get(id(code))
-    if known is not None and known[0] is code and known[1] != _PLUMBING:
-        return None if known[1] == _LIBRARY else (known[2], code, frame.f_lasti)
-    return app_site_from(frame)
-
-
-def _record_present(scope: Scope, key: str, value: str, site: SiteRef) -> None:
-    try:
-        loop = _get_running_loop()
-        owner = _task_of(loop) if loop is not None else _get_ident()
-        here = scope if owner is scope.owner or owner == scope.owner else scope.here()
-        here.recording.log.append((KIND, f"env {key}", here.path, site, perf_ns(), 0, _present, (key, value), None))
-    except Exception as exc:
-        report_internal_error("env capture", exc)
 
 
 def _get(self: Any, key: Any, default: Any = None) -> Any:
     """`os.environ.get` while installed: `Mapping.get` without its frame and its trip through `__getitem__`."""
     scope = current()
-    if scope is None or self is not os.environ:
-        return _lookup(self, key, default)
-    if scope.session is not None:
-        try:
-            return _replay_read(scope, key, types.MethodType(_real_getitem, self), (key,), {})
-        except KeyError:
-            return default
-    site = _site_of_caller(_getframe(1))
-    if site is None:
-        return _lookup(self, key, default)
-    try:
-        value = _real_getitem(self, key)
-    except KeyError:
-        _record_missing(scope, key, site)
-        return default
-    _record_present(scope, key, value, site)
-    return value
+    if scope is None or self is not os.environ or (scope.session is None and key in scope.recording.env_seen):
+        value = _live(self, key)
+    else:
+        value = _read(scope, self, key, _getframe(1))
+    return default if value is _ABSENT else value
 
 
 def _contains(self: Any, key: Any) -> bool:
     """`key in os.environ` while installed: a read like any other (present, or recorded as absent)."""
     scope = current()
     if scope is None or self is not os.environ:
-        return _has(self, key)
-    if scope.session is not None:
-        try:
-            _replay_read(scope, key, types.MethodType(_real_getitem, self), (key,), {})
-        except KeyError:
-            return False
-        return True
-    site = _site_of_caller(_getframe(1))
-    if site is None:
-        return _has(self, key)
-    try:
-        value = _real_getitem(self, key)
-    except KeyError:
-        _record_missing(scope, key, site)
-        return False
-    _record_present(scope, key, value, site)
-    return True
+        return _live(self, key) is not _ABSENT
+    if scope.session is None and key in scope.recording.env_seen:
+        return _live(self, key) is not _ABSENT
+    return _read(scope, self, key, _getframe(1)) is not _ABSENT
 
 
-def _present(read: tuple[str, str]) -> dict[str, Any]:
-    return {"key": read[0], "present": True, "value": read[1]}
+def _written(key: Any) -> None:
+    scope = current()
+    if scope is not None and scope.session is not None:
+        scope.session.env_written.add(key)
 
 
-def _record_missing(scope: Scope, key: str, site: SiteRef) -> None:
-    try:
-        here = scope.here()
-        event = here.recording.add(KIND, f"env {key}", here.path, site, {})
-        event.error = {"type": "builtins:KeyError", "message": repr(key), "key": key, "present": False}
-    except Exception as exc:
-        report_internal_error("env capture", exc)
+@functools.wraps(_real_setitem)
+def _setitem(self: Any, key: Any, value: Any) -> None:
+    """`os.environ[key] = value`: at replay, later reads of `key` see what the code set, as at capture."""
+    if self is os.environ:
+        _written(key)
+    _real_setitem(self, key, value)
 
 
-def _replay_read(
-    scope: Scope, key: str, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Replay: the recorded value (or absence), whatever the environment holds now."""
-    frame = caller_frame(3)
-    if frame is None or frame_is_library(frame):
-        return wrapped(*args, **kwargs)
-    here = scope.here()
-    assert here.session is not None
-    event = here.session.env_read(key, here.path, frame)
-    here.recording.add(KIND, f"env {key}", here.path, site_of(frame), {})
-    if not event["data"].get("present", "error" not in event):
-        raise KeyError(key)
-    return event["data"]["value"]
+@functools.wraps(_real_delitem)
+def _delitem(self: Any, key: Any) -> None:
+    if self is os.environ:
+        _written(key)
+    _real_delitem(self, key)
 
 
 class EnvInterceptor:
@@ -205,6 +258,10 @@ class EnvInterceptor:
             Patch(_Environ, "__getitem__", self._getitem),
             Patch(_Environ, "get", _get),
             Patch(_Environ, "__contains__", _contains),
+            Patch(_Environ, "__iter__", _iter),
+            Patch(_Environ, "__len__", _len),
+            Patch(_Environ, "__setitem__", _setitem),
+            Patch(_Environ, "__delitem__", _delitem),
         ]
 
     def rebind(self) -> dict[int, Any]:

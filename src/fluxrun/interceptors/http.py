@@ -8,32 +8,36 @@ them); streamed ones are teed chunk by chunk as the app reads them, raw, up to t
 At replay `send` is answered from the recording: matched by method, URL and body within the task
 that made it, the same request twice gets the recorded answers in order, and a recorded transport
 error is raised again as the same httpx exception. No connection is opened.
+
+A request whose transport runs an app in this process (`ASGITransport`, `WSGITransport`, Starlette's
+TestClient) is no outside call: it passes through, neither recorded nor served, and the IO that app
+makes is recorded and served as the app's own, so a failure inside it reproduces where it happened.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
-from asyncio.events import _get_running_loop
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import wrapt
-
-from fluxrun._context import Scope, _get_ident, _task_of, current, scope_var
-from fluxrun._internal import caller_frame, caller_site, perf_ns, report_internal_error, site_of
-from fluxrun.interceptors.base import Patch, error_fields, loaded, raise_recorded_error
+from fluxrun._context import Scope, current, scope_var
+from fluxrun._internal import caller_frame, caller_site, report_internal_error, site_of
+from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error, wrap_client_method
+from fluxrun.interceptors.hot_path import end_call, fail_call, start_call
+from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody
 from fluxrun.model.export import body_bytes
+from fluxrun.model.recording import CallEntry
 from fluxrun.replay.matchers import RequestView, http_matcher
 
 __all__ = ["HttpInterceptor", "body_snapshot"]
 
 KIND = "http"
 MODULES = ("httpx", "httpx2")
-
-
-def _as_data(data: dict[str, Any]) -> dict[str, Any]:
-    return data
+IN_PROCESS_TRANSPORTS = ("ASGITransport", "WSGITransport")
+TEST_CLIENT_MODULE = "starlette.testclient"  # its transport runs the app on an anyio portal; never imported here
 
 
 def body_snapshot(content: bytes, limit: int) -> dict[str, Any]:
@@ -51,48 +55,84 @@ class _Support:
         self.module = module
         self.name = module.__name__
         self.limit = limit
-        support = self
 
         class TeeStream(module.SyncByteStream):  # type: ignore[misc]
-            def __init__(self, inner: Any, entry: list[Any]) -> None:
-                self.inner, self.entry, self.size = inner, entry, 0
-                self.chunks: list[bytes] = []
+            """Hands the app each raw chunk and keeps it, with its boundary, as the app consumes it."""
+
+            def __init__(self, inner: Any, consumed: ConsumedBody) -> None:
+                self.inner, self.consumed = inner, consumed
 
             def __iter__(self) -> Iterator[bytes]:
-                for chunk in self.inner:
-                    support.tee(self, chunk)
-                    yield chunk
-                support.finish_stream(self)
+                try:
+                    for chunk in self.inner:
+                        self.consumed.piece(chunk)
+                        yield chunk
+                except Exception as exc:
+                    self.consumed.fail(exc)
+                    raise
+                self.consumed.end()
 
             def close(self) -> None:
-                support.finish_stream(self)
                 self.inner.close()
 
         class AsyncTeeStream(module.AsyncByteStream):  # type: ignore[misc]
-            def __init__(self, inner: Any, entry: list[Any]) -> None:
-                self.inner, self.entry, self.size = inner, entry, 0
-                self.chunks: list[bytes] = []
+            def __init__(self, inner: Any, consumed: ConsumedBody) -> None:
+                self.inner, self.consumed = inner, consumed
 
             async def __aiter__(self) -> AsyncIterator[bytes]:
-                async for chunk in self.inner:
-                    support.tee(self, chunk)
-                    yield chunk
-                support.finish_stream(self)
+                try:
+                    async for chunk in self.inner:
+                        self.consumed.piece(chunk)
+                        yield chunk
+                except asyncio.CancelledError:
+                    self.consumed.cancelled()
+                    raise
+                except Exception as exc:
+                    self.consumed.fail(exc)
+                    raise
+                self.consumed.end()
 
             async def aclose(self) -> None:
-                support.finish_stream(self)
                 await self.inner.aclose()
+
+        class TapeStream(module.SyncByteStream, module.AsyncByteStream):  # type: ignore[misc]
+            """At replay: the recorded chunks at their recorded boundaries, then the end of what was recorded."""
+
+            def __init__(self, tape: BodyTape) -> None:
+                self.tape = tape
+
+            def __iter__(self) -> Iterator[bytes]:
+                while True:
+                    chunk = self.tape.piece()
+                    if not chunk:
+                        return
+                    yield chunk
+
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                while chunk := await self.tape.pend(self.tape.piece):
+                    yield chunk
 
         self.TeeStream = TeeStream
         self.AsyncTeeStream = AsyncTeeStream
+        self.TapeStream = TapeStream
+        self.in_process = tuple(getattr(module, name) for name in IN_PROCESS_TRANSPORTS if hasattr(module, name))
+
+    def runs_in_process(self, client: Any, request: Any) -> bool:
+        """True when the transport that would carry `request` runs an app in this process: no outside call."""
+        try:
+            transport = client._transport_for_url(request.url)  # the client's transport, or a mounted one
+            if isinstance(transport, self.in_process):
+                return True
+            test_client = sys.modules.get(TEST_CLIENT_MODULE)
+            return test_client is not None and isinstance(transport, getattr(test_client, "_TestClientTransport", ()))
+        except Exception as exc:
+            report_internal_error("http capture", exc)
+            return False
 
     # -- request side ------------------------------------------------------------------------------
-    def start(self, scope: Scope, request: Any, stream: bool) -> list[Any] | None:
-        """Append the fetch to the log as a list entry (see `Recording.log`) that `finish` completes."""
+    def start(self, scope: Scope, request: Any, stream: bool) -> CallEntry | None:
+        """Append the fetch to the log as an entry that `finish` or `fail` completes."""
         try:
-            loop = _get_running_loop()
-            owner = _task_of(loop) if loop is not None else _get_ident()
-            here = scope if owner is scope.owner or owner == scope.owner else scope.here()
             try:
                 content = request.content
             except self.module.RequestNotRead:
@@ -108,9 +148,7 @@ class _Support:
                 "request": {"method": request.method, "url": request.url, "headers": request.headers.raw, "body": body},
                 "stream": stream,
             }
-            entry = [KIND, None, here.path, caller_site(3), perf_ns(), 0, _as_data, data, None]
-            here.recording.log.append(entry)  # type: ignore[arg-type]
-            return entry
+            return start_call(scope, KIND, None, caller_site(3), data)
         except Exception as exc:
             report_internal_error("http capture", exc)
             return None
@@ -139,11 +177,12 @@ class _Support:
                 await request.aread()
 
     # -- response side -----------------------------------------------------------------------------
-    def finish(self, entry: list[Any] | None, response: Any, stream: bool) -> None:
+    def finish(self, entry: CallEntry | None, response: Any, stream: bool, scope: Scope) -> None:
         if entry is None:
             return
         try:
-            entry[5] = perf_ns() - entry[4]
+            if not end_call(entry, scope):
+                return  # the execution had ended: the app never saw this answer, it stays pending
             extensions = response.extensions
             recorded: dict[str, Any] = {
                 "status": response.status_code,
@@ -152,20 +191,20 @@ class _Support:
                 "headers": response.headers.raw,
                 "redirects": len(response.history),
             }
-            entry[7]["response"] = recorded
+            entry.value["response"] = recorded
             try:
                 content = response.content  # a streamed response may come complete (from a mock transport)
             except self.module.ResponseNotRead:
                 content = None
             if content is None:
-                if stream:
-                    recorded["body"] = {"bytes": b"", "size": 0, "encoding": "raw", "complete": False}
+                if stream:  # kept as the app reads it: an abandoned stream keeps what was consumed
+                    recorded["body"] = {"encoding": "raw"}
                     tee = (
                         self.AsyncTeeStream
                         if isinstance(response.stream, self.module.AsyncByteStream)
                         else self.TeeStream
                     )
-                    response.stream = tee(response.stream, entry)
+                    response.stream = tee(response.stream, ConsumedBody(recorded["body"], self.limit()))
                     return
                 content = b""
             limit = self.limit()
@@ -177,35 +216,13 @@ class _Support:
         except Exception as exc:
             report_internal_error("http capture", exc)
 
-    def fail(self, entry: list[Any] | None, exc: BaseException) -> None:
+    def fail(self, entry: CallEntry | None, exc: BaseException, scope: Scope) -> None:
         if entry is None:
             return
         try:
-            entry[5] = perf_ns() - entry[4]
-            entry[8] = error_fields(exc)
+            fail_call(entry, exc, scope)
         except Exception as internal:
             report_internal_error("http capture", internal)
-
-    def tee(self, stream: Any, chunk: bytes) -> None:
-        try:
-            room = self.limit() - sum(len(c) for c in stream.chunks)
-            if room > 0:
-                stream.chunks.append(chunk[:room])
-            stream.size += len(chunk)
-        except Exception as exc:
-            report_internal_error("http stream capture", exc)
-
-    def finish_stream(self, stream: Any) -> None:
-        try:
-            body = stream.entry[7]["response"]["body"]
-            if body.get("complete"):
-                return
-            content = b"".join(stream.chunks)
-            body.update(bytes=content, size=stream.size, complete=True)
-            if stream.size > len(content):
-                body["truncated"] = True
-        except Exception as exc:
-            report_internal_error("http stream capture", exc)
 
 
 def _replay_body(request: Any, module: Any) -> bytes | None:
@@ -218,10 +235,12 @@ def _replay_body(request: Any, module: Any) -> bytes | None:
 class _Replayer:
     """The replay side: answer `send` from the recording, matched by method, URL and body, per task."""
 
-    def __init__(self, module: Any) -> None:
-        self.module = module
+    def __init__(self, support: _Support) -> None:
+        self.support = support
+        self.module = support.module
 
-    def answer(self, scope: Scope, request: Any, body: bytes | None) -> Any:
+    def find(self, scope: Scope, request: Any, body: bytes | None) -> tuple[Any, ...]:
+        """The recorded answer of this request (taken now, in request order), and where it was made."""
         frame = caller_frame(4)
         here = scope.here()
         site = site_of(frame)
@@ -231,13 +250,32 @@ class _Replayer:
         view = RequestView(request.method, str(request.url), headers, body)
         call = f"{request.method} {request.url}"
         event = session.take(KIND, call, here.path, frame, site, match=http_matcher(view))
+        return here, event, frame, site, call
+
+    def answer(self, found: tuple[Any, ...], request: Any) -> Any:
+        """The response (or error) of a found answer, once its turn has come; a recorded call that has no
+        answer is a `ReplayDivergence`, never an internal error."""
+        here, event, frame, site, call = found
+        session = here.session
         here.recording.add(KIND, call, here.path, site, {})
         error = event.get("error")
         if error is not None:
             raise self.rebuild_error(error, request)
+        try:
+            return self.respond(here, event, frame, call, request)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise session.refuse(
+                KIND, call, here.path, frame,
+                f"the recording holds no usable answer for it ({type(exc).__name__}: {exc})",
+            ) from None  # fmt: skip
+
+    def respond(self, here: Scope, event: dict[str, Any], frame: Any, call: str, request: Any) -> Any:
+        session = here.session
+        assert session is not None
         recorded = event["data"]["response"]
         content = recorded.get("body") or {}
-        if content.get("truncated") or (event["data"].get("stream") and not content.get("complete", True)):
+        streamed = bool(event["data"].get("stream")) and "chunks" in content
+        if content.get("truncated") and not streamed:
             raise session.refuse(
                 KIND, call, here.path, frame,
                 f"the recorded response body is incomplete ({content.get('size')} bytes arrived, "
@@ -246,11 +284,20 @@ class _Replayer:
             )  # fmt: skip
         decoded = content.get("encoding", "decoded") == "decoded"
         skip = {"content-length", "transfer-encoding"} | ({"content-encoding"} if decoded else set())
+        if streamed:  # what the app consumed, chunk by chunk; reading further names the real cause
+            tape = BodyTape(
+                content,
+                lambda reason: session.refuse(KIND, call, here.path, frame, reason),
+                lambda error: self.rebuild_error(error, request),
+            )
+            body: dict[str, Any] = {"stream": self.support.TapeStream(tape)}
+        else:
+            body = {"content": body_bytes(content)}
         response = self.module.Response(
             recorded["status"],
             headers=[(k, v) for k, v in recorded.get("headers", []) if k.lower() not in skip],
-            content=body_bytes(content),
             request=request,
+            **body,
             extensions={
                 "http_version": str(recorded.get("http_version") or "HTTP/1.1").encode(),
                 **({"reason_phrase": str(recorded["reason"]).encode()} if recorded.get("reason") else {}),
@@ -272,17 +319,21 @@ class _Replayer:
 
 
 def _sync_wrapper(support: _Support) -> Callable[..., Any]:
-    replayer = _Replayer(support.module)
+    replayer = _Replayer(support)
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         scope = current()
         if scope is None:
             return wrapped(*args, **kwargs)
         request: Any = args[0] if args else kwargs.get("request")
+        if support.runs_in_process(instance, request):  # the app behind it is the app: its own IO is recorded
+            return wrapped(*args, **kwargs)
         if scope.session is not None:
             with contextlib.suppress(Exception):  # nothing is sent at replay: buffering an upload is harmless
                 request.read()
-            return replayer.answer(scope, request, _replay_body(request, support.module))
+            found = replayer.find(scope, request, _replay_body(request, support.module))
+            found[0].session.wait_turn(found[1], "response")
+            return replayer.answer(found, request)
         stream = bool(kwargs.get("stream", False))
         event = support.start(scope, request, stream)
         token = scope_var.set(None)
@@ -290,23 +341,25 @@ def _sync_wrapper(support: _Support) -> Callable[..., Any]:
             response = wrapped(*args, **kwargs)
         except BaseException as exc:
             scope_var.reset(token)
-            support.fail(event, exc)
+            support.fail(event, exc, scope)
             raise
         scope_var.reset(token)
-        support.finish(event, response, stream)
+        support.finish(event, response, stream, scope)
         return response
 
     return wrapper
 
 
 def _async_wrapper(support: _Support) -> Callable[..., Any]:
-    replayer = _Replayer(support.module)
+    replayer = _Replayer(support)
 
     async def replay(scope: Scope, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request: Any = args[0] if args else kwargs.get("request")
         with contextlib.suppress(Exception):
             await request.aread()
-        return replayer.answer(scope, request, _replay_body(request, support.module))
+        found = replayer.find(scope, request, _replay_body(request, support.module))
+        await found[0].session.turn(found[1], "response")
+        return replayer.answer(found, request)
 
     async def record(scope: Scope, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request: Any = args[0] if args else kwargs.get("request")
@@ -326,15 +379,15 @@ def _async_wrapper(support: _Support) -> Callable[..., Any]:
             response = await wrapped(*args, **kwargs)
         except BaseException as exc:
             scope_var.reset(token)
-            support.fail(event, exc)
+            support.fail(event, exc, scope)
             raise
         scope_var.reset(token)
-        support.finish(event, response, stream)
+        support.finish(event, response, stream, scope)
         return response
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         scope = current()
-        if scope is None:
+        if scope is None or support.runs_in_process(instance, args[0] if args else kwargs.get("request")):
             return wrapped(*args, **kwargs)
         if scope.session is not None:
             return replay(scope, args, kwargs)
@@ -358,14 +411,14 @@ class HttpInterceptor:
                 Patch(
                     module.Client,
                     "send",
-                    wrapt.FunctionWrapper(vars(module.Client)["send"], _sync_wrapper(support)),
+                    wrap_client_method(vars(module.Client)["send"], _sync_wrapper(support)),
                 )
             )
             patches.append(
                 Patch(
                     module.AsyncClient,
                     "send",
-                    wrapt.FunctionWrapper(vars(module.AsyncClient)["send"], _async_wrapper(support)),
+                    wrap_client_method(vars(module.AsyncClient)["send"], _async_wrapper(support)),
                 )
             )
         return patches

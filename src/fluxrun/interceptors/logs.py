@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from asyncio.events import _get_running_loop
 from typing import Any
 
-from fluxrun._context import Scope, _get_ident, _task_of, current, scope_var
-from fluxrun._internal import perf_ns, report_internal_error
+from fluxrun._context import Scope, current, scope_var
+from fluxrun._internal import report_internal_error
 from fluxrun.interceptors.base import Patch
+from fluxrun.interceptors.hot_path import append_value
 
 __all__ = ["LogsInterceptor"]
 
@@ -21,9 +21,6 @@ KIND = "log"
 
 
 def _record(scope: Scope, record: logging.LogRecord) -> None:
-    loop = _get_running_loop()
-    owner = _task_of(loop) if loop is not None else _get_ident()
-    here = scope if owner is scope.owner or owner == scope.owner else scope.here()
     exc_info = record.exc_info
     # A snapshot of the record's fields (strings and ints): handlers may change the record afterwards.
     fields = (
@@ -36,7 +33,7 @@ def _record(scope: Scope, record: logging.LogRecord) -> None:
     )
     site = f"{record.module}:{record.funcName}:{record.lineno}"
     call = f"{fields[1]} {fields[0]}"
-    here.recording.log.append((KIND, call, here.path, site, perf_ns(), 0, _log_data, fields, None))
+    append_value(scope, KIND, call, site, _log_data, fields)
 
 
 def _log_data(fields: tuple[str, str, str, str, int, str | None]) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from typing import Any
 
 from fluxrun._context import current
 from fluxrun._internal import real_urandom
-from fluxrun.interceptors.base import Patch, record_call, serve_call, value_patch, wrap
+from fluxrun.interceptors.base import Patch, serve_call, wrap
+from fluxrun.interceptors.hot_path import record_call, value_patch
 from fluxrun.model.values import decode, encode
 
 __all__ = ["RandomnessInterceptor"]

@@ -1,33 +1,102 @@
-"""Carry the capture into threads the execution starts (`threading.Thread`, thread pools).
+"""Carry the capture into threads the execution starts (`threading.Thread`, thread pools), and nothing else.
 
-asyncio tasks, `asyncio.to_thread` and Starlette's thread pool copy the context already; plain
-threads and `ThreadPoolExecutor` workers start with an empty one, so their IO would be lost.
+asyncio tasks, `asyncio.to_thread` and Starlette's thread pool copy the context already; plain threads
+and `ThreadPoolExecutor` workers start without the caller's context, so their IO would be lost. Only
+FluxRun's own scope crosses: the app's context variables stay where they were, as without FluxRun.
+Copying the whole context used to carry sniffio's "asyncio is running here" into a new thread, and anyio
+then refused to start a loop there ("Already running asyncio in this thread": blocking portals,
+Starlette's TestClient inside a captured function).
+
+A pool worker runs many jobs in one context, so the scope is set for each job and reset after it, and the
+worker thread itself (started by the first `submit`, maybe inside an execution) gets none: the next job,
+from another execution or from none, never inherits it.
+
+Lineage is given at creation: each thread the app's code starts and each pool job gets a child scope when
+`start` or `submit` is called, numbered in creation order within its parent, so a job that does CPU work
+before its first call has the same lineage at capture and at replay. Threads a library starts for itself
+(anyio's workers, pools' own threads) are not numbered: whether one is started depends on timing.
+At replay each numbered thread and job tells the scheduler while it runs (see replay/scheduler.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import thread as _pool_thread
 from typing import Any
 
-from fluxrun._context import current
+from fluxrun._context import Scope, current, current_owner, scope_var
+from fluxrun._internal import frame_is_library
 from fluxrun.interceptors.base import Patch, wrap_method
 
 __all__ = ["ThreadsInterceptor"]
 
 
+def _in_scope(scope: Scope, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run `function` in the thread's own context with only FluxRun's scope set, and unset it afterwards."""
+    token = scope_var.set(scope)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        scope_var.reset(token)
+
+
+def _in_child(scope: Scope, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`_in_scope` for a thread or job numbered at creation: it owns its scope from the moment it runs."""
+    scope.owner = current_owner()
+    scheduler = scope.session.scheduler if scope.session is not None else None
+    if scheduler is not None:
+        scheduler.thread_started()
+    token = scope_var.set(scope)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        scope_var.reset(token)
+        if scheduler is not None:
+            scheduler.thread_finished()
+
+
+def _spawn(scope: Scope) -> Scope:
+    child = scope.here().spawn()
+    if child.session is not None:
+        child.session.scheduler.touch()
+    return child
+
+
+def _enter_copied_context(function: Any, child: Scope) -> None:
+    """`asyncio.to_thread` submits `partial(context.run, func)`: that context replaces the worker's, so the
+    job's scope is set in it too (a fresh copy made for this one call)."""
+    target = function.func if isinstance(function, functools.partial) else function
+    context = getattr(target, "__self__", None)
+    if isinstance(context, contextvars.Context):
+        with contextlib.suppress(RuntimeError):  # that context runs somewhere: the job gets first-IO lineage
+            context.run(scope_var.set, child)
+
+
+_POOL_WORKER = getattr(_pool_thread, "_worker", None)
+
+
 def _start_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if current() is not None:
-        instance.run = functools.partial(contextvars.copy_context().run, instance.run)
+    scope = current()
+    if scope is not None and getattr(instance, "_target", None) is not _POOL_WORKER:
+        if frame_is_library(sys._getframe(2)):  # a library's own thread: not numbered, see the docstring
+            instance.run = functools.partial(_in_scope, scope, instance.run)
+        else:
+            instance.run = functools.partial(_in_child, _spawn(scope), instance.run)
     return wrapped(*args, **kwargs)
 
 
 def _submit_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if current() is not None and args:
-        args = (functools.partial(contextvars.copy_context().run, args[0]), *args[1:])
+    scope = current()
+    if scope is not None and args:
+        child = _spawn(scope)
+        _enter_copied_context(args[0], child)
+        args = (functools.partial(_in_child, child, args[0]), *args[1:])
     return wrapped(*args, **kwargs)
 
 

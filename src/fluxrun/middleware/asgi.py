@@ -17,7 +17,8 @@ from typing import Any
 from fluxrun._capture import record_error
 from fluxrun._client import begin, end
 from fluxrun._internal import report_internal_error
-from fluxrun.middleware.request import find_entry
+from fluxrun.middleware.frameworks import HANDLED, hook_frameworks, hook_litestar, take_handled
+from fluxrun.middleware.request import declare_entry, find_entry, mark_entry
 from fluxrun.model.recording import Recording
 
 __all__ = ["FluxRunMiddleware"]
@@ -112,7 +113,7 @@ class _Exchange:
         except Exception as exc:
             report_internal_error("reading the rest of an ASGI request body", exc)
 
-    def finish(self, entry: str | None, app: Any) -> None:
+    def finish(self, entry: str | None, middleware: FluxRunMiddleware) -> None:
         """Assemble the recorded request and response (a kept execution only)."""
         try:
             recording, scope, arrived = self.recording, self.scope, self.snapshot
@@ -127,7 +128,8 @@ class _Exchange:
                 "headers": self.headers,  # request id and traceparent are read from these on export
             }
             route = scope.get("route")
-            request["route"] = getattr(route, "path", None) or scope.get("path")
+            # Starlette's matched route, Litestar's path template, else the path
+            request["route"] = getattr(route, "path", None) or scope.get("path_template") or scope.get("path")
             body = b"".join(self.request_body)
             request["body"] = {
                 "bytes": body,
@@ -147,7 +149,9 @@ class _Exchange:
                     },
                 }
             if recording.entry is None:
-                recording.entry = entry or find_entry(scope.get("app") or app)
+                # the middleware itself when a module holds it (`app = FluxRunMiddleware(app)`), else the app
+                # Starlette added it to (`add_middleware`), else the app it wraps
+                recording.entry = entry or find_entry(middleware, scope.get("app"), middleware.app)
         except Exception as exc:
             report_internal_error("finishing an ASGI capture", exc)
 
@@ -163,11 +167,20 @@ class FluxRunMiddleware:
     def __init__(self, app: Any, *, entry: str | None = None) -> None:
         self.app = app
         self.entry = entry
+        mark_entry(self)  # replay may call what this middleware wraps when a bundle names it
+        mark_entry(app)
+        if entry:
+            declare_entry(entry)
+        hook_frameworks()
+        self.hooked = hook_litestar(app)  # Litestar answers 500 itself: hear the exception it handled
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not self.hooked:  # inside Litestar's own middleware stack: its app is in the scope
+            self.hooked = True
+            hook_litestar(scope.get("litestar_app"))
         started = begin("asgi", self.entry)
         if started is None:
             await self.app(scope, receive, send)
@@ -183,19 +196,24 @@ class FluxRunMiddleware:
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except BaseException as exc:
+            take_handled(recording.outcome)
             record_error(client, recording, exc)
             recording.outcome.setdefault("status", 500)  # what the server in front will answer
             kept = client.keep(recording)
             if kept:
                 await exchange.drain()
-                exchange.finish(self.entry, self.app)
+                exchange.finish(self.entry, self)
             end(started, kept=kept)
             raise
         outcome = recording.outcome
+        handled = take_handled(outcome) if HANDLED in outcome else None  # a framework's caught exception
+        if handled is not None and outcome.get("status", 500) >= 500 and not outcome.get("kind"):
+            record_error(client, recording, handled)  # the framework answered 500 for this exception
+            outcome = recording.outcome
         if not outcome.get("kind"):
             outcome["kind"] = "ok" if outcome.get("status", 500) < 500 else "http_5xx"
         kept = client.keep(recording)
         if kept:
             await exchange.drain()
-            exchange.finish(self.entry, self.app)
+            exchange.finish(self.entry, self)
         end(started, kept=kept)

@@ -14,7 +14,8 @@ from fluxrun._capture import record_error
 from fluxrun._client import begin, end
 from fluxrun._context import scope_var
 from fluxrun._internal import report_internal_error
-from fluxrun.middleware.request import find_entry
+from fluxrun.middleware.frameworks import ROUTE, hook_frameworks, take_handled
+from fluxrun.middleware.request import declare_entry, find_entry, mark_entry
 
 __all__ = ["FluxRunWSGIMiddleware"]
 
@@ -78,6 +79,12 @@ class FluxRunWSGIMiddleware:
     def __init__(self, app: Callable[[Environ, StartResponse], Iterable[bytes]], *, entry: str | None = None) -> None:
         self.app = app
         self.entry = entry
+        for marked in (self, app, getattr(app, "__self__", None)):  # Flask: the app whose wsgi_app this wraps
+            if marked is not None:
+                mark_entry(marked)  # replay may call what this middleware wraps when a bundle names it
+        if entry:
+            declare_entry(entry)
+        hook_frameworks()  # Flask and Django answer 500 themselves: hear the exception they handled
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         started = begin("wsgi", self.entry)
@@ -124,16 +131,19 @@ class FluxRunWSGIMiddleware:
             return start_response(status, headers)
 
         def finish(exc: BaseException | None, chunks: list[bytes], size: int, *, reset: bool = False) -> None:
+            handled = take_handled(recording.outcome)
             if exc is not None:
                 record_error(client, recording, exc)
                 recording.outcome.setdefault("status", 500)
+            elif handled is not None and recording.outcome.get("status", 500) >= 500:
+                record_error(client, recording, handled)  # the framework answered 500 for this exception
             elif not recording.outcome.get("kind"):
                 recording.outcome["kind"] = "ok" if recording.outcome.get("status", 500) < 500 else "http_5xx"
             kept = client.keep(recording)
             try:
                 if kept and body_input is not None:
                     body_input.drain(environ.get("CONTENT_LENGTH"))
-                route = environ.get("fluxrun.route")
+                route = environ.get(ROUTE)  # Flask's rule or Django's route, noted by their signals
                 recording.request["route"] = route or recording.request.get("path")
                 if body_input is not None:
                     body = b"".join(body_input.chunks)
@@ -149,11 +159,10 @@ class FluxRunWSGIMiddleware:
                     }
                     recording.outcome["response"] = response
                 if recording.entry is None:
-                    # Flask and friends: the middleware wraps `app.wsgi_app`; replay calls `app` itself
+                    # the middleware itself when a module holds it (Django's `application = ...`), else the app
+                    # whose `wsgi_app` it wraps (Flask: replay calls `app` itself), else the app it wraps
                     owner = getattr(self.app, "__self__", None)
-                    recording.entry = (
-                        self.entry or (find_entry(owner) if owner is not None else None) or find_entry(self.app)
-                    )
+                    recording.entry = self.entry or find_entry(self, owner, self.app)
             except Exception as internal:
                 report_internal_error("finishing a WSGI capture", internal)
             end(started, reset=reset, kept=kept)

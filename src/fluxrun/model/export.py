@@ -17,9 +17,10 @@ from fluxrun._internal import format_site
 from fluxrun._version import __version__
 from fluxrun.model.recording import KINDS, Event, Recording
 from fluxrun.model.request import request_identity
+from fluxrun.model.values import not_rebuildable
 from fluxrun.scrub import Scrubber
 
-__all__ = ["PAYLOAD_FORMAT", "SDK", "body_bytes", "build_payload", "build_summary", "json_body"]
+__all__ = ["PAYLOAD_FORMAT", "SDK", "body_bytes", "build_payload", "build_summary", "culprit", "json_body"]
 
 PAYLOAD_FORMAT = 1
 SDK = {"name": "fluxrun.python", "version": __version__}
@@ -139,7 +140,30 @@ def _index_entry(event: dict[str, Any], scrubber: Scrubber) -> dict[str, Any]:
         entry["truncated"] = True
     if "error" in event:
         entry["error_type"] = event["error"].get("type")
+    if event["kind"] == "env" and event["data"].get("reader"):
+        entry["reader"] = event["data"]["reader"]  # a package's or the standard library's read, not the app's
     return entry
+
+
+def culprit(error: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the app raised: its innermost own frame (the last frame when none is the app's), as file, line,
+    function and module. The same fields an unlock shows unmasked; never the source line or a value."""
+    frames = [f for f in error.get("frames") or [] if isinstance(f, dict)]
+    chosen = next((f for f in reversed(frames) if f.get("in_app")), frames[-1] if frames else None)
+    if chosen is None:
+        return None
+    return {k: chosen.get(k) for k in ("file", "line", "function", "module")}
+
+
+def not_recorded(events: list[dict[str, Any]]) -> list[str]:
+    """What a recording lacks, in words (`1 connection to 127.0.0.1:5432 was not recorded`): the IO noted as
+    "unrecorded" at capture (fluxrun.interceptors.unrecorded), which a replay could not serve."""
+    return [f"1 {e['call']} was not recorded" for e in events if e["kind"] == "unrecorded"]
+
+
+def _kind_order(item: tuple[str, int]) -> tuple[int, str]:
+    """Known kinds in `KINDS` order, then an interceptor plugin's own kinds by name."""
+    return (KINDS.index(item[0]), "") if item[0] in KINDS else (len(KINDS), item[0])
 
 
 def build_summary(payload: dict[str, Any], *, scrubber: Scrubber, duration_ns: int) -> dict[str, Any]:
@@ -154,21 +178,29 @@ def build_summary(payload: dict[str, Any], *, scrubber: Scrubber, duration_ns: i
         "entry": payload["entry"],
         "started_at": payload["started_at"],
         "duration_ms": round(duration_ns / 1e6, 3),
-        "route": request.get("route") or request.get("path") or payload["entry"],
+        # the route falls back to the raw path (no template matched, a WSGI app): scrubbed like the path
+        "route": scrubber.url(request.get("route") or request.get("path") or payload["entry"]),
         "method": request.get("method"),
         "path": scrubber.url(request["path"]) if request.get("path") else None,
         "status": outcome.get("status"),
         "outcome": outcome.get("kind"),
-        "error": {"type": error["type"], "message": scrubber.text(error["message"])} if error else None,
+        "error": (
+            {"type": error["type"], "message": scrubber.text(error["message"]), "culprit": culprit(error)}
+            if error
+            else None
+        ),
         "fingerprint": error["fingerprint"] if error else None,
-        "request_id": request.get("request_id"),
+        "request_id": scrubber.text(request["request_id"]) if request.get("request_id") else request.get("request_id"),
         "trace_id": (request.get("traceparent") or {}).get("trace_id"),
         "events": [_index_entry(e, scrubber) for e in events],
-        "counts": {
-            k: v for k, v in sorted(Counter(e["kind"] for e in events).items(), key=lambda kv: KINDS.index(kv[0]))
-        },
+        "counts": {k: v for k, v in sorted(Counter(e["kind"] for e in events).items(), key=_kind_order)},
         "sdk": payload["sdk"],
         "release": payload["release"],
         "environment": payload["environment"],
     }
+    # IO the replay could not serve, values it could not rebuild: say so before anyone tries
+    missing = not_recorded(events) + not_rebuildable(payload)
+    summary["replay_ready"] = not missing
+    if missing:
+        summary["not_replay_ready"] = [scrubber.text(reason) for reason in missing]
     return summary

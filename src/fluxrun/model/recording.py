@@ -1,11 +1,10 @@
 """A captured execution: request or arguments, ordered IO events, and the outcome.
 
-While the request runs, events go into `Recording.log` in call order, in the cheapest form that
-still snapshots what the code saw: a plain tuple for a call that returns an immutable value (clock
-reads, randomness, env reads, log records) and a slotted `Event` for a call whose end is recorded
-later (a fetch, a declared boundary). Most executions succeed and are dropped, so nothing is
-formatted on the request path; `Recording.events` turns the log into `Event` objects (numbered in
-call order) only when a kept execution is sealed, off the request path.
+While the request runs, events go into `Recording.log` in call order, in the cheapest form that still
+snapshots what the code saw: an `Entry` (a call recorded by the hot path, interceptors/hot_path.py) or an
+`Event` (a call recorded through `Recording.add`: errors, replayed calls). Most executions succeed and are
+dropped, so nothing is formatted on the request path; `Recording.events` turns the log into `Event` objects
+(numbered in call order) only when a kept execution is sealed, off the request path.
 """
 
 from __future__ import annotations
@@ -15,15 +14,44 @@ from typing import Any
 
 from fluxrun._internal import perf_ns
 
-__all__ = ["KINDS", "Event", "Recording", "ValueEntry"]
+__all__ = ["KINDS", "CallEntry", "Entry", "Event", "Recording"]
 
 # The IO channels a recording holds, in the order the summary lists them.
-KINDS = ("http", "host", "env", "time", "timer", "random", "log")
+KINDS = ("http", "host", "env", "time", "timer", "random", "log", "db", "redis", "smtp", "unrecorded")
 
-# A call in the log: (kind, call, task, site, start perf_ns (absolute), dur_ns, build, value, error), a
-# tuple, or a list while the call runs. `build(value)` makes the event's `data` dict when the execution
-# is sealed; `value` is immutable (or already a snapshot); `error` is the error fields or None.
-ValueEntry = tuple[str, str | None, str, Any, int, int, Callable[[Any], dict[str, Any]], Any, dict[str, Any] | None]
+
+class Entry:
+    """A call in the log as the hot path records it (interceptors/hot_path.py), complete when it returned: a
+    clock, randomness or env read, a log record. `build(value)` makes its event's `data` when it is sealed.
+
+    `value` is immutable or already a snapshot; `start_ns` is absolute (`perf_ns`). No `__init__`: the hot path
+    makes it with `Entry()` and sets its slots, far cheaper than calling an `__init__` or building a
+    NamedTuple (README.md, "Measured", counts the instructions of each); `dur_ns` and `error` are the
+    class's own (no duration, no error), so they cost nothing per entry.
+    """
+
+    __slots__ = ("build", "call", "kind", "site", "start_ns", "task", "value")
+
+    kind: str
+    call: str | None
+    task: str
+    site: Any
+    start_ns: int
+    build: Callable[[Any], dict[str, Any]]
+    value: Any
+    dur_ns: int = 0
+    error: dict[str, Any] | None = None
+
+
+class CallEntry(Entry):
+    """A call whose outcome comes later (a fetch, a boundary, a statement): appended when it starts, so its
+    place in the log is its start; its `value` is its data dict, completed with its duration, and its error
+    if it raised, when it returns."""
+
+    __slots__ = ("dur_ns", "error")
+
+    dur_ns: int
+    error: dict[str, Any] | None
 
 
 class Event:
@@ -48,16 +76,17 @@ class Event:
 class Recording:
     """Everything one execution did. Appends are atomic under the GIL, so tasks and threads share it."""
 
-    __slots__ = ("entry", "execution", "log", "outcome", "request", "started_ns", "started_wall")
+    __slots__ = ("entry", "env_seen", "execution", "log", "outcome", "request", "started_ns", "started_wall")
 
     def __init__(self, execution: str, entry: str | None, started_wall: float) -> None:
         self.execution = execution  # "asgi", "wsgi" or "function"
         self.entry = entry  # "module:attr" of the app or function, for replay
         self.request: dict[str, Any] = {}
-        self.log: list[Event | ValueEntry] = []  # call order; an event's seq is its position here
+        self.log: list[Entry | Event] = []  # call order; an event's seq is its position here
         self.outcome: dict[str, Any] = {}
         self.started_ns = perf_ns()
         self.started_wall = started_wall
+        self.env_seen: set[str] = set()  # env is a snapshot: the variables already recorded (interceptors/env.py)
 
     def add(self, kind: str, call: str | None, task: str, site: Any, data: dict[str, Any]) -> Event:
         """Append an event; `site` is a `module:qualname:line` string or a `site_ref` tuple (formatted on export)."""
@@ -75,10 +104,11 @@ class Recording:
                 entry.seq = seq
                 out.append(entry)
                 continue
-            kind, call, task, site, start, dur, build, value, error = entry
-            event = Event(seq, kind, call, task, site, start - started, build(value))
-            event.dur_ns = dur
-            event.error = error
+            event = Event(
+                seq, entry.kind, entry.call, entry.task, entry.site, entry.start_ns - started, entry.build(entry.value)
+            )
+            event.dur_ns = entry.dur_ns
+            event.error = entry.error
             out.append(event)
         return out
 

@@ -18,14 +18,21 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from fluxrun.replay.answers import Answers
 from fluxrun.replay.result import Outcome, ReplayResult
 from fluxrun.replay.runner import ReplayExpectationError, check, run
 
-__all__ = ["Outcome", "ReplayExpectationError", "ReplayResult", "check", "replay_test", "run"]
+__all__ = ["Answers", "Outcome", "ReplayExpectationError", "ReplayResult", "check", "replay_test", "run"]
 
 
 def replay_test(
-    bundle: str, *, expect: str = "fixed", key: str | None = None, app: Any = None, strict: bool = True
+    bundle: str,
+    *,
+    expect: str = "fixed",
+    key: str | None = None,
+    app: Any = None,
+    strict: bool = True,
+    answers: Answers | None = None,
 ) -> Callable[[Any], Any]:
     """Mark a pytest test to replay `bundle` (the pytest plugin runs it; requires pytest)."""
     try:
@@ -34,16 +41,23 @@ def replay_test(
         raise RuntimeError("@fluxrun.replay marks pytest tests; install pytest") from None
     if expect not in ("fixed", "reproduce"):
         raise ValueError(f"expect={expect!r}: use 'fixed' (the default) or 'reproduce'")
-    return pytest.mark.fluxrun_replay(bundle, expect=expect, key=key, app=app, strict=strict)
+    return pytest.mark.fluxrun_replay(bundle, expect=expect, key=key, app=app, strict=strict, answers=answers)
 
 
 class _CallableModule(types.ModuleType):
     """Lets `@fluxrun.replay(...)` decorate a test while `fluxrun.replay.run(...)` stays a module function."""
 
     def __call__(
-        self, bundle: str, *, expect: str = "fixed", key: str | None = None, app: Any = None, strict: bool = True
+        self,
+        bundle: str,
+        *,
+        expect: str = "fixed",
+        key: str | None = None,
+        app: Any = None,
+        strict: bool = True,
+        answers: Answers | None = None,
     ) -> Callable[[Any], Any]:
-        return replay_test(bundle, expect=expect, key=key, app=app, strict=strict)
+        return replay_test(bundle, expect=expect, key=key, app=app, strict=strict, answers=answers)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -73,6 +73,8 @@ class ReplayResult:
     response: dict[str, Any] | None = None
     value: Any = None
     warnings: list[str] = field(default_factory=list)
+    isolation: str = "off"  # which protection held while the code ran (see fluxrun.replay.isolation)
+    supplied: list[str] = field(default_factory=list)  # calls answered by the test's `Answers`, not the recording
 
     @property
     def served_total(self) -> int:
@@ -85,7 +87,10 @@ class ReplayResult:
             f"  recorded: {self.original.describe()}",
             f"  now:      {self.new.describe()}",
             f"  served {self.served_total} of {self.recorded_calls} recorded calls ({served})",
+            f"  isolation: {self.isolation}",
         ]
+        if self.supplied:
+            lines.append(f"  answered by the test, not the recording: {', '.join(self.supplied)}")
         if self.unconsumed:
             lines.append(f"  {len(self.unconsumed)} recorded calls were never made at replay:")
             lines.extend(

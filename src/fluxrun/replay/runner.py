@@ -5,7 +5,6 @@ arguments while every intercepted call is served from the recording, and compare
 from __future__ import annotations
 
 import asyncio
-import importlib
 import io
 import os
 import sys
@@ -16,13 +15,18 @@ from typing import Any, Literal
 
 from fluxrun._context import Scope, scope_var
 from fluxrun._internal import InApp, app_modules, format_site, set_app_modules, wall_time
+from fluxrun._replay_mode import replaying
 from fluxrun.bundle import OpenedBundle, ReplayKey, load_replay_key, load_replay_keys, open_bundle
 from fluxrun.errors import FluxRunError, LiveIOBlocked, ReplayDivergence
 from fluxrun.interceptors import install
+from fluxrun.middleware.frameworks import take_handled
 from fluxrun.model.export import body_bytes
 from fluxrun.model.outcome import describe_exception
 from fluxrun.model.recording import Recording
 from fluxrun.model.values import decode
+from fluxrun.replay import isolation
+from fluxrun.replay.answers import Answers
+from fluxrun.replay.entry import choose_entry
 from fluxrun.replay.result import Outcome, ReplayResult, classify, outcome_of
 from fluxrun.replay.session import ReplaySession
 from fluxrun.replay.sockets import blocking_sockets
@@ -68,27 +72,6 @@ def load_payload(bundle: Any, key: Any = None) -> dict[str, Any]:
     return open_bundle(bytes(bundle), _replay_key(key)).payload
 
 
-def _resolve(entry: str) -> Any:
-    module_name, _, attr = entry.partition(":")
-    if not module_name or not attr:
-        raise FluxRunError(f"entry point {entry!r} is not in the form module:attribute")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # uvicorn resolves `module:app` from the working directory too
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise FluxRunError(
-            f"cannot import {module_name!r} to replay {entry}: {exc}. Run from the app's project folder, "
-            "or pass the app explicitly (app=... / --app module:attr)"
-        ) from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise FluxRunError(f"{module_name} has no attribute {attr!r} to replay (entry {entry})") from None
-    return obj
-
-
 def _run_async(factory: Callable[[], Awaitable[Any]]) -> Any:
     """Run a coroutine to completion on a fresh loop, on another thread if this one already runs a loop."""
     try:
@@ -118,9 +101,9 @@ REPLAY_IN_APP = InApp()
 class _Run:
     """One replay: the session, the replay-side log, and the outcome."""
 
-    def __init__(self, payload: dict[str, Any], in_app: InApp) -> None:
+    def __init__(self, payload: dict[str, Any], in_app: InApp, answers: Answers | None = None) -> None:
         self.payload = payload
-        self.session = ReplaySession(payload)
+        self.session = ReplaySession(payload, answers)
         self.recording = Recording(payload["execution"], payload.get("entry"), wall_time())
         self.in_app = in_app
         self.error: BaseException | None = None
@@ -132,6 +115,9 @@ class _Run:
         return scope_var.set(Scope.root(self.recording, self.session))
 
     def outcome(self) -> Outcome:
+        handled = take_handled(self.recording.outcome)  # an exception the framework answered 500 for
+        if self.error is None and handled is not None and (self.status or 500) >= 500:
+            self.error = handled
         if self.error is not None:
             described = describe_exception(self.error, self.in_app, max_bytes=1 << 16)
             return outcome_of({"status": self.status, "error": described})
@@ -286,6 +272,8 @@ def run(
     app: Any = None,
     expect: Expect | None = None,
     strict: bool = True,
+    isolate: bool | None = None,
+    answers: Answers | None = None,
 ) -> ReplayResult:
     """Replay a captured execution against the code as it is now.
 
@@ -295,15 +283,36 @@ def run(
     `LiveIOBlocked` when it tried to reach the network, and, with `expect`, `ReplayExpectationError`
     when the outcome is not the expected one. `strict=False` turns the reproduce-side failure for
     recorded calls that were never made into a warning.
+
+    `isolate` (default: on, unless `FLUXRUN_REPLAY_ISOLATE=0`) replays in a child process without
+    network (see `fluxrun.replay.isolation`); `result.isolation` says which protection was in force.
+    `answers` (`fluxrun.replay.Answers`) answers calls the recording lacks, as a fix may make; each use
+    is listed in `result.supplied`.
     """
     payload = load_payload(bundle, key)
-    entry = app if app is not None else payload.get("entry")
-    if entry is None:
-        raise FluxRunError("the bundle names no entry point to replay; pass app=... (an object or 'module:attr')")
-    target = _resolve(entry) if isinstance(entry, str) else entry
-    entry_name = entry if isinstance(entry, str) else payload.get("entry")
+    if isolation.wanted(isolate):
+        held = install.current_installation()
+        if held is not None:  # bring a held installation up to date here, once, not again in every child
+            held.rescan_if_needed()
+        result = isolation.run_in_child(lambda: replay_here(payload, app, answers))
+    else:
+        result = replay_here(payload, app, answers)
+    if expect is not None:
+        check(result, expect, strict=strict)
+    return result
+
+
+def replay_here(payload: dict[str, Any], app: Any = None, answers: Answers | None = None) -> ReplayResult:
+    """Replay an opened payload in this process (what the isolated child runs). The app's own
+    `fluxrun.init()`, run when its module is imported here, stays quiet: replay needs no capture key."""
+    with replaying():
+        return _replay_here(payload, app, answers)
+
+
+def _replay_here(payload: dict[str, Any], app: Any, answers: Answers | None) -> ReplayResult:
+    target, entry_name = choose_entry(app, payload)  # the operator's app, or a recorded entry FluxRun marked
     in_app = REPLAY_IN_APP
-    state = _Run(payload, in_app)
+    state = _Run(payload, in_app, answers)
     blocked: list[LiveIOBlocked] = []
     captured_with = app_modules()
     set_app_modules(tuple(payload.get("in_app_include") or ()))  # what counted as the app's IO at capture
@@ -319,6 +328,7 @@ def run(
             else:
                 state.function(target)
     finally:
+        state.session.close()  # threads still waiting for a call that never completed give up
         install.release()
         set_app_modules(captured_with)
     session = state.session
@@ -344,9 +354,10 @@ def run(
         events=actual,
         response=state.response,
         value=state.value,
+        isolation=isolation.IN_PROCESS,
+        supplied=answers.report() if answers is not None else [],
+        warnings=[f"a supplied answer was never used: {a}" for a in answers.unused()] if answers is not None else [],
     )
-    if expect is not None:
-        check(result, expect, strict=strict)
     return result
 
 

@@ -9,20 +9,34 @@ divergence the app swallows with `except Exception` still fails the replay.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from fluxrun._internal import is_fluxrun_file, is_library_file
 from fluxrun.errors import LiveIOBlocked, ReplayDivergence
+from fluxrun.replay.answers import Answers
+from fluxrun.replay.scheduler import NeverAnswered, ReplayScheduler, is_pending
 
-__all__ = ["Matcher", "ReplaySession", "describe_frame", "site_function"]
+__all__ = ["Matcher", "ReplaySession", "describe_frame", "serve_kind", "site_function"]
 
 # A matcher compares a recorded event with the call being made: None when they agree, else why not.
 Matcher = Callable[[dict[str, Any]], str | None]
 
-SERVED_KINDS = ("http", "host", "env", "time", "timer", "random")
+SERVED_KINDS = {"http", "host", "env", "time", "timer", "random", "db", "redis", "smtp"}
+# Kinds matched by what the call is (a matcher), in order within their task, wherever in the task it is made.
+BY_TASK = {"http", "redis", "smtp"}
+OUTCOME_KEYS = {"http": "response", "host": "result"}  # where a call's recorded answer is kept
+
+
+def serve_kind(kind: str) -> None:
+    """Serve an interceptor's own kind at replay (a plugin's, see `fluxrun.interceptors.api`), matched per task."""
+    if kind not in SERVED_KINDS:
+        SERVED_KINDS.add(kind)
+        BY_TASK.add(kind)
 
 
 def site_function(site: str) -> str:
@@ -38,20 +52,24 @@ def describe_frame(frame: FrameType | None) -> str:
 
 def stream_key(event: dict[str, Any]) -> tuple[str, ...]:
     kind = event["kind"]
-    if kind == "http":
-        return ("http", event["task"])
+    if kind in BY_TASK:
+        return (kind, event["task"])
+    if kind == "db":  # database calls: matched by statement within their task (interceptors/db_common.py)
+        return ("db", event["task"])
     if kind == "host":
         return ("host", event["task"], event["data"]["name"])
     return (kind, event["task"], site_function(event["site"]), event["call"])
 
 
 class ReplaySession:
-    def __init__(self, payload: dict[str, Any]) -> None:
+    def __init__(self, payload: dict[str, Any], answers: Answers | None = None) -> None:
         self.payload = payload
+        self.answers = answers  # what the test supplies for calls the recording lacks
         self.events: list[dict[str, Any]] = payload["events"]
         self.total = sum(1 for e in self.events if e["kind"] in SERVED_KINDS)
         self.streams: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         self.env: dict[str, dict[str, Any]] = {}
+        self.env_written: set[str] = set()  # variables the replayed code set or deleted: read live from then on
         for event in self.events:
             if event["kind"] == "env":
                 self.env.setdefault(event["data"]["key"] if "key" in event["data"] else event["error"]["key"], event)
@@ -62,6 +80,7 @@ class ReplaySession:
         self.divergences: list[ReplayDivergence] = []
         self.blocked: list[LiveIOBlocked] = []
         self._lock = threading.Lock()
+        self.scheduler = ReplayScheduler(self.events)  # answers released in their recorded completion order
 
     # -- answering ---------------------------------------------------------------------------------
     def take(
@@ -75,9 +94,14 @@ class ReplaySession:
         name: str | None = None,
         match: Matcher | None = None,
     ) -> dict[str, Any]:
-        """The recorded event that answers this call; raises `ReplayDivergence` when there is none."""
-        if kind == "http":
-            key: tuple[str, ...] = ("http", task)
+        """The recorded event that answers this call; raises `ReplayDivergence` when there is none.
+
+        Fetches and boundaries then wait for the answer's turn: `turn` / `wait_turn` (replay/scheduler.py)."""
+        self.scheduler.touch()
+        if kind in BY_TASK:
+            key: tuple[str, ...] = (kind, task)
+        elif kind == "db":
+            key = ("db", task)
         elif kind == "host":
             key = ("host", task, name or call)
         else:
@@ -89,24 +113,74 @@ class ReplaySession:
                     del stream[index]
                     self.consumed.add(event["seq"])
                     self.served[kind] += 1
+                    if self.answers is not None and kind in OUTCOME_KEYS and is_pending(event, OUTCOME_KEYS[kind]):
+                        # recorded in flight, so with no answer: a test may supply the one a fix waits for
+                        supplied = self.answers.answer(kind, call, name, match, task)
+                        if supplied is not None:
+                            return supplied
                     return event
+            supplied = self.answers.answer(kind, call, name, match, task) if self.answers is not None else None
+        if supplied is not None:
+            return supplied
         raise self.diverge(kind, call, task, frame, stream, match)
 
-    def env_read(self, key: str, task: str, frame: FrameType | None) -> dict[str, Any]:
-        """Env is a snapshot: every read of a recorded variable is answered, however often it is read."""
+    def take_if_recorded(self, kind: str, call: str, task: str, site: str) -> dict[str, Any] | None:
+        """An installed package's clock, randomness or sleep: its next recorded event, or None when its stream
+        has nothing left (a framework may read the clock more often at replay; that is no divergence)."""
+        with self._lock:
+            stream = self.streams.get((kind, task, site_function(site), call))
+            if not stream:
+                return None
+            event = stream.pop(0)
+            self.consumed.add(event["seq"])
+            self.served[kind] += 1
+            return event
+
+    async def turn(self, event: dict[str, Any], outcome_key: str) -> None:
+        """Await the recorded turn of a taken fetch or boundary answer (asyncio callers)."""
+        try:
+            await self.scheduler.turn(event, is_pending(event, outcome_key), str(event.get("call") or event["kind"]))
+        except NeverAnswered as exc:
+            with self._lock:
+                self.divergences.append(exc)  # the replay fails even if the app swallows the exception
+            raise
+
+    def wait_turn(self, event: dict[str, Any], outcome_key: str) -> None:
+        """Block until the recorded turn of a taken answer (thread callers)."""
+        self.scheduler.wait_turn(event, is_pending(event, outcome_key), str(event.get("call") or event["kind"]))
+
+    def close(self) -> None:
+        """The replayed execution ended: a thread still waiting for a call that never completed gives up."""
+        self.scheduler.close()
+
+    def env_read(self, key: str, task: str, frame: FrameType | None, *, lenient: bool = False) -> dict[str, Any] | None:
+        """Env is a snapshot: every read of a recorded variable is answered, however often it is read.
+
+        A variable the recording lacks was not read at capture at all; `lenient` (a library's own read of a
+        setting it caches per process, OTEL_PYTHON_TRACER_PROVIDER): None, answered live by the caller."""
         with self._lock:
             event = self.env.get(key)
             if event is not None:
-                self.consumed.add(event["seq"])
-                for other in self.events:
-                    if (
-                        other["kind"] == "env"
-                        and (other["data"].get("key") or other.get("error", {}).get("key")) == key
-                    ):
-                        self.consumed.add(other["seq"])
-                self.served["env"] += 1
+                recorded = {event["seq"]} | {
+                    other["seq"]
+                    for other in self.events
+                    if other["kind"] == "env" and (other["data"].get("key") or other.get("error", {}).get("key")) == key
+                }
+                # served counts recorded calls, not the reads of the snapshot (a key read 40 times is one)
+                self.served["env"] += len(recorded - self.consumed)
+                self.consumed |= recorded
                 return event
-        raise self.diverge("env", f"env {key}", task, frame, [], None)
+            supplied = self.answers.env_event(key, task) if self.answers is not None else None
+        if supplied is not None:
+            return supplied
+        if lenient:
+            return None
+        hint = (
+            f"  {key} was not read when this execution was captured: the recording holds every variable read "
+            "then, so the code now reads the environment on another path; if that is the fix, supply the value "
+            f"with fluxrun.replay.Answers().env({key!r}, ...)"
+        )
+        raise self.diverge("env", f"env {key}", task, frame, [], None, hint=hint)
 
     # -- when it cannot answer ---------------------------------------------------------------------
     def diverge(
@@ -117,8 +191,12 @@ class ReplaySession:
         frame: FrameType | None,
         stream: list[dict[str, Any]],
         match: Matcher | None,
+        *,
+        hint: str | None = None,
     ) -> ReplayDivergence:
         lines = [f"{call} has no recorded answer", f"  made at {describe_frame(frame)} (task {task})"]
+        if hint:
+            lines.append(hint)
         nearest = stream[0] if stream else self._nearest(kind, call)
         if nearest is None:
             recorded = [k for k in (e["call"] for e in self.events if e["kind"] == kind)]
@@ -165,4 +243,34 @@ class ReplaySession:
         return f"  replay got through {len(self.consumed)} of {self.total} recorded calls (served: {served})"
 
     def unconsumed(self) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["kind"] in SERVED_KINDS and e["seq"] not in self.consumed]
+        """Recorded calls replay never made. An installed package's or the standard library's own clock,
+        randomness, sleep or env read is not counted: a client or framework may read its clock less often
+        in a test than in a server, and walks whatever environment the process has. Nor is a call that was
+        still in flight when the execution ended: it never delivered anything to the app, and a replay that
+        ends as soon as the app's outcome is known need not have started it."""
+        return [
+            e
+            for e in self.events
+            if e["kind"] in SERVED_KINDS
+            and e["seq"] not in self.consumed
+            and not _package_read(e)
+            and not _pending_at_end(e)
+        ]
+
+
+# The calls the replay scheduler releases in completion order, and where each records its outcome.
+_OUTCOME_KEYS = {"http": "response", "host": "result"}
+
+
+def _pending_at_end(event: dict[str, Any]) -> bool:
+    """A fetch or boundary call recorded with no outcome (see `scheduler.is_pending`)."""
+    outcome_key = _OUTCOME_KEYS.get(event["kind"])
+    return outcome_key is not None and is_pending(event, outcome_key)
+
+
+def _package_read(event: dict[str, Any]) -> bool:
+    if event["kind"] not in ("time", "random", "timer", "env"):
+        return False
+    module = sys.modules.get(str(event.get("site", "")).split(":", 1)[0])
+    filename = getattr(module, "__file__", None)
+    return bool(filename) and is_library_file(str(filename)) and not is_fluxrun_file(str(filename))

@@ -12,10 +12,12 @@ import threading
 from typing import Any
 
 from fluxrun._internal import InApp, is_fluxrun_file, is_stdlib_file
+from fluxrun._platform import warm_platform_probe
 from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors.base import Patch, Patcher
+from fluxrun.replay.processes import process_patches
 
-__all__ = ["blocking_sockets"]
+__all__ = ["blocked_error", "blocking_sockets"]
 
 _lock = threading.Lock()
 _depth = 0
@@ -39,7 +41,8 @@ def _app_line() -> str:
     return fallback or "an unknown place"
 
 
-def _blocked(host: object, what: str) -> LiveIOBlocked:
+def blocked_error(host: object, what: str) -> LiveIOBlocked:
+    """The error for one blocked attempt, told to every replay listening (so a swallowed one still fails it)."""
     where = _app_line()
     error = LiveIOBlocked(
         f"replay blocked a {what} {host} made at {where}: replay never reaches live systems. "
@@ -54,18 +57,18 @@ def _blocked(host: object, what: str) -> LiveIOBlocked:
 
 def _connect(self: socket.socket, address: Any, *args: Any) -> Any:
     if self.family in (socket.AF_INET, socket.AF_INET6):
-        raise _blocked(address[0] if isinstance(address, tuple) else address, "connection to")
+        raise blocked_error(address[0] if isinstance(address, tuple) else address, "connection to")
     return _real_connect(self, address, *args)
 
 
 def _connect_ex(self: socket.socket, address: Any, *args: Any) -> Any:
     if self.family in (socket.AF_INET, socket.AF_INET6):
-        raise _blocked(address[0] if isinstance(address, tuple) else address, "connection to")
+        raise blocked_error(address[0] if isinstance(address, tuple) else address, "connection to")
     return _real_connect_ex(self, address, *args)
 
 
 def _getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-    raise _blocked(host, "DNS lookup of")
+    raise blocked_error(host, "DNS lookup of")
 
 
 _real_connect = socket.socket.connect
@@ -84,10 +87,12 @@ class blocking_sockets:
             if self.on_block is not None:
                 _listeners.append(self.on_block)
             if _depth == 0:
+                warm_platform_probe()  # the stdlib's cached `uname -p`, asked before processes are blocked
                 for patch in (
                     Patch(socket.socket, "connect", _connect),
                     Patch(socket.socket, "connect_ex", _connect_ex),
                     Patch(socket, "getaddrinfo", _getaddrinfo),
+                    *process_patches(),  # and no process starts (replay/processes.py)
                 ):
                     _patcher.apply(patch)
             _depth += 1

@@ -2,105 +2,40 @@
 
 `write` runs on the sealing thread and never waits on the network: it appends to a bounded in-memory
 queue (count and bytes); when that is full it puts the bundle in the spool on local disk; when that is
-full too it drops the bundle and counts why. The sender thread POSTs batches (`encode_batch` bodies,
-zstd when that makes them smaller) to `/v1/executions` with the project token, and:
+full too it drops the bundle and counts why. The sender thread takes batches from the queue (or the
+spool) and hands each to the transport (`HttpTransport.deliver`: one POST of `encode_batch` to
+`/v1/executions`, sorted into delivered, dropped and to retry), and follows the `RetryPolicy`:
 
-- retries a failed batch with exponential backoff and jitter, or after the server's Retry-After (429, 503);
-- after `max_attempts` failures in a row (server unreachable, 5xx, 429), moves the batch and everything
-  queued behind it to the spool, and probes the server with the oldest spooled batch at growing
-  intervals; once the server answers, the spool drains, oldest first;
-- drops what the server will never take, with a count per reason and one log line per reason: bundles
-  it rejected alone (bad signature, unknown key...), and batches refused with a 4xx (401: a bad token).
+- a failed batch is sent again after a backoff with jitter, or after the server's Retry-After;
+- once the server counts as down, the batch and everything queued behind it go to the spool, and the
+  oldest spooled batch probes the server at growing intervals; once it answers, the spool drains, oldest
+  first;
+- what the server will never take is dropped, with a count per reason and one log line per reason.
 
 Delivery is at least once: a batch whose answer was lost is sent again, and the server stores a bundle
-id once. The sender uses the standard library's `http.client`, which FluxRun does not intercept, and
-its own `random.Random` and clock, so shipping never calls a patched function or records itself.
+id once. The sender uses its own `random.Random` and clock, so shipping never records itself.
 """
 
 from __future__ import annotations
 
-import email.utils
-import http.client
-import ipaddress
-import json
 import random
-import ssl
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
-from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from time import monotonic  # bound at import: FluxRun's own bookkeeping never calls a patched clock
-from urllib.parse import unquote, urlsplit
 
-import zstandard
-
-from fluxrun._config import check_dsn
-from fluxrun._internal import logger, real_urandom, report_internal_error, wall_time
-from fluxrun._version import __version__
-from fluxrun.errors import ConfigError
+from fluxrun._internal import logger, real_urandom, report_internal_error
 from fluxrun.shipping.base import after_fork_in_child, start_thread
+from fluxrun.shipping.policy import RetryPolicy, parse_retry_after
 from fluxrun.shipping.spool import Spool
+from fluxrun.shipping.transport import Bundle, Endpoint, HttpTransport, Outcome, encode_batch, parse_dsn
 
-__all__ = ["Clock", "Endpoint", "HttpSink", "ShipConfig", "encode_batch", "parse_dsn"]
+__all__ = ["Clock", "Endpoint", "HttpSink", "ShipConfig", "encode_batch", "parse_dsn", "parse_retry_after"]
 
 MiB = 1024 * 1024
-PATH = "/v1/executions"
-_MAX_ANSWER = 1 * MiB  # the server answers a few hundred bytes of JSON; never buffer more than this
-
-
-def encode_batch(bundles: list[bytes]) -> bytes:
-    """The ingest body: each bundle after its length as a 4-byte big-endian integer (the server's format)."""
-    return b"".join(len(b).to_bytes(4, "big") + b for b in bundles)
-
-
-# -- configuration ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where and as whom to ship, from the DSN. `url` has no token in it, so it is safe to log."""
-
-    scheme: str
-    host: str
-    port: int
-    token: str
-    project: str
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{PATH}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def parse_dsn(dsn: str) -> Endpoint:
-    """`https://TOKEN@host[:port]/PROJECT` -> Endpoint. http:// only for loopback: the token would travel in clear."""
-    check_dsn(dsn)
-    parts = urlsplit(dsn)
-    host = parts.hostname or ""
-    if parts.scheme == "http" and not _is_loopback(host):
-        raise ConfigError(
-            f"FLUXRUN_DSN uses http:// for {host!r}: the project token would cross the network unencrypted. "
-            "Use https:// (http:// is accepted only for loopback: localhost, 127.0.0.1, ::1)"
-        )
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise ConfigError(
-            f"FLUXRUN_DSN has an invalid port for {host!r}; expected https://TOKEN@host:PORT/PROJECT"
-        ) from None
-    return Endpoint(parts.scheme, host, port, unquote(parts.username or ""), parts.path.strip("/"))
 
 
 @dataclass(frozen=True)
@@ -123,6 +58,10 @@ class ShipConfig:
     spool_poll: float = 5.0  # how often an idle sender looks for spooled bundles (from other processes too)
     compress: bool = True
 
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(self.backoff_base, self.backoff_cap, self.max_retry_after, self.max_attempts)
+
 
 class Clock:
     """Time for the retry schedule. Tests pass a fake one, so backoff and Retry-After cost no real time.
@@ -135,57 +74,6 @@ class Clock:
 
     def wait(self, cond: threading.Condition, timeout: float | None) -> None:
         cond.wait(timeout)
-
-
-# -- one delivery attempt -----------------------------------------------------------------------------
-
-
-@dataclass(eq=False)  # compared by identity: the same bundle may be queued twice by a retrying app
-class _Bundle:
-    name: str
-    data: bytes
-    enqueued: float
-    path: Path | None = None  # where it lies in the spool, when it came from there
-
-
-@dataclass
-class _Outcome:
-    delivered: list[_Bundle] = field(default_factory=list)
-    dropped: list[tuple[_Bundle, str]] = field(default_factory=list)  # (bundle, reason)
-    retry: list[_Bundle] = field(default_factory=list)
-    retry_after: float | None = None
-    problem: str = ""  # why the retry list could not be delivered, for the log
-    notes: dict[str, str] = field(default_factory=dict)  # reason -> what to tell the user, logged once
-
-    def merge(self, other: _Outcome) -> _Outcome:
-        self.delivered += other.delivered
-        self.dropped += other.dropped
-        self.retry += other.retry
-        self.retry_after = other.retry_after if other.retry else self.retry_after
-        self.problem = other.problem or self.problem
-        self.notes.update(other.notes)
-        return self
-
-
-def _detail(body: bytes) -> str:
-    try:
-        return str(json.loads(body).get("detail"))[:300]
-    except Exception:
-        return body[:200].decode("utf-8", "replace").strip() or "no detail"
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - wall_time())
 
 
 # -- the sink -----------------------------------------------------------------------------------------
@@ -211,14 +99,10 @@ class HttpSink:
     ) -> None:
         self.endpoint = endpoint
         self.config = config
+        self.policy = config.policy
         self.spool = Spool(config.spool_dir, max_files=config.spool_max_files, max_bytes=config.spool_max_bytes)
         self._clock = clock or Clock()
         self._rng = rng or random.Random(real_urandom(16))
-        self._headers = {
-            "Authorization": f"Bearer {endpoint.token}",
-            "Content-Type": "application/x-fluxrun-batch",
-            "User-Agent": f"fluxrun.python/{__version__}",
-        }
         self._closed = False
         self._reset()
         after_fork_in_child(self)
@@ -231,10 +115,10 @@ class HttpSink:
         self._stats_lock = threading.Lock()
         self._stats: Counter[str] = Counter()
         self._logged: set[str] = set()
-        self._queue: deque[_Bundle] = deque()
+        self._queue: deque[Bundle] = deque()
         self._queued_bytes = 0
         self._busy = 0  # bundles taken from the queue, not yet delivered, dropped, requeued or spooled
-        self._inflight: list[_Bundle] = []
+        self._inflight: list[Bundle] = []
         self._thread: threading.Thread | None = None
         self._closing = False
         self._stop = False
@@ -244,8 +128,7 @@ class HttpSink:
         self._retry_at = 0.0  # clock time before which nothing is sent
         self._spool_check_at = 0.0  # clock time of the next look at the spool
         self._spool_turn = False
-        self._conn: http.client.HTTPConnection | None = None
-        self._compressor = zstandard.ZstdCompressor(level=3)
+        self.transport = HttpTransport(self.endpoint, compress=self.config.compress)
 
     def _after_fork_in_child(self) -> None:
         # The parent still owns (and will send) what it had queued; the child starts empty, with its own
@@ -283,7 +166,7 @@ class HttpSink:
     def write(self, name: str, data: bytes) -> None:
         """Queue one bundle for the sender; spool it if the queue is full; drop it if the spool is full too."""
         try:
-            bundle = _Bundle(name, data, self._clock.now())
+            bundle = Bundle(name, data, self._clock.now())
             with self._cond:
                 if (
                     not self._closed
@@ -306,7 +189,7 @@ class HttpSink:
             self._stop = False
             self._thread = start_thread(self._run, "fluxrun-sender")
 
-    def _to_spool(self, bundles: list[_Bundle]) -> int:
+    def _to_spool(self, bundles: list[Bundle]) -> int:
         """Put bundles in the spool, counting each as spooled or dropped; how many were spooled."""
         spooled = 0
         for bundle in bundles:
@@ -386,14 +269,14 @@ class HttpSink:
                 self._cond.notify_all()
             if thread is not None and thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - monotonic()) + 0.05)
-            in_flight: list[_Bundle] = []
+            in_flight: list[Bundle] = []
             if thread is not None and thread.is_alive():
                 # Stuck in a request past the deadline: keep a copy on disk, or the batch dies with the
                 # process. If the request does succeed, the server stores the bundle id only once.
                 with self._cond:
                     in_flight = list(self._inflight)
             else:
-                self._close_connection()
+                self.transport.close()
             wanted = leftovers + in_flight
             saved = self._to_spool(wanted) if wanted else 0
             return flushed or saved == len(wanted)
@@ -429,8 +312,8 @@ class HttpSink:
                 hurry = flush_left is not None or self._closing
                 spool_due = now >= self._spool_check_at and not self._closing
                 if self._queue:
-                    if backoff_left > 0 and (
-                        self._down or self._closing or (flush_left is not None and backoff_left > flush_left)
+                    if self.policy.spool_rather_than_wait(
+                        backoff_left, down=self._down, closing=self._closing, flush_left=flush_left
                     ):
                         return partial(self._spool_queue, self._take(len(self._queue), None))
                     prefer_spool = spool_due and (self._down or self._spool_turn) and not hurry
@@ -457,9 +340,9 @@ class HttpSink:
                 else:
                     self._clock.wait(self._cond, max(0.001, self._spool_check_at - now))
 
-    def _take(self, count: int, max_bytes: int | None) -> list[_Bundle]:
+    def _take(self, count: int, max_bytes: int | None) -> list[Bundle]:
         """Pop the oldest queued bundles (at least one) into the busy set. Hold `_cond`."""
-        taken: list[_Bundle] = []
+        taken: list[Bundle] = []
         size = 0
         while self._queue and len(taken) < count:
             nxt = self._queue[0]
@@ -476,13 +359,13 @@ class HttpSink:
             self._busy -= count
             self._cond.notify_all()
 
-    def _spool_queue(self, bundles: list[_Bundle]) -> None:
+    def _spool_queue(self, bundles: list[Bundle]) -> None:
         try:
             self._to_spool(bundles)
         finally:
             self._settle(len(bundles))
 
-    def _send_queued(self, batch: list[_Bundle]) -> None:
+    def _send_queued(self, batch: list[Bundle]) -> None:
         try:
             with self._cond:
                 self._inflight = batch
@@ -523,7 +406,7 @@ class HttpSink:
                     self._spool_check_at = self._clock.now() + self.config.spool_poll
                 return
             now = self._clock.now()
-            batch = [_Bundle(e.name, e.data, now, e.path) for e in entries]
+            batch = [Bundle(e.name, e.data, now, e.path) for e in entries]
             with self._cond:
                 repeat = self._failures > 0
             self._count("retried", len(batch) if repeat else 0)
@@ -549,22 +432,14 @@ class HttpSink:
         if was_down:
             logger.info("FluxRun reached %s again; delivering spooled bundles, oldest first", self.endpoint.url)
 
-    def _failed(self, outcome: _Outcome, *, from_spool: bool) -> bool:
+    def _failed(self, outcome: Outcome, *, from_spool: bool) -> bool:
         """Schedule the next attempt; requeue a memory batch, or say (True) that it must go to the spool."""
         with self._cond:
             self._failures += 1
-            if outcome.retry_after is not None:  # the server said when: never earlier, a little later at most
-                delay = min(outcome.retry_after, self.config.max_retry_after) * (1 + 0.1 * self._rng.random())
-            else:  # exponential backoff with jitter: between half and all of base * 2^(failures-1), capped
-                delay = min(self.config.backoff_cap, self.config.backoff_base * 2 ** (self._failures - 1))
-                delay *= 0.5 + 0.5 * self._rng.random()
+            delay = self.policy.delay(self._failures, outcome.retry_after, self._rng.random())
             self._retry_at = self._clock.now() + delay
-            flush_left = self._flush_left()
-            give_up = (
-                from_spool
-                or self._failures >= self.config.max_attempts
-                or self._closing
-                or (flush_left is not None and delay > flush_left)
+            give_up = self.policy.gives_up(
+                self._failures, delay, from_spool=from_spool, closing=self._closing, flush_left=self._flush_left()
             )
             if give_up:
                 self._down = True
@@ -580,137 +455,23 @@ class HttpSink:
             )
         return give_up and not from_spool
 
-    def _account(self, outcome: _Outcome, *, from_spool: bool) -> None:
+    def _account(self, outcome: Outcome, *, from_spool: bool) -> None:
         self._count("sent", len(outcome.delivered))
+        self._count("batches", outcome.batches)
         if from_spool:
             self._count("delivered_from_spool", len(outcome.delivered))
         by_reason = Counter(reason for _, reason in outcome.dropped)
         for reason, n in by_reason.items():
             self._drop(reason, n, outcome.notes.get(reason, f"dropped {n} bundles ({reason})"))
 
-    # -- HTTP -----------------------------------------------------------------------------------------
-    def _attempt(self, batch: list[_Bundle]) -> _Outcome:
-        """POST one batch and sort its bundles into delivered, dropped (with reason) and to retry."""
-        body = encode_batch([b.data for b in batch])
-        headers = dict(self._headers)
-        if self.config.compress:
-            packed = self._compressor.compress(body)
-            if len(packed) < len(body) * 0.9:
-                body = packed
-                headers["Content-Encoding"] = "zstd"
-        try:
-            status, retry_after, answer = self._post(body, headers)
-        except Exception as exc:
-            return _Outcome(retry=list(batch), problem=f"{type(exc).__name__}: {exc}")
-        if 200 <= status < 300:
-            self._count("batches")
-            return self._sort_answer(batch, answer)
-        if status in (408, 429) or status >= 500:
-            problem = f"HTTP {status}: {_detail(answer)}"
-            return _Outcome(retry=list(batch), retry_after=parse_retry_after(retry_after), problem=problem)
-        if status == 413 and len(batch) > 1:  # one bundle too many or too big: halve until it is found
-            half = len(batch) // 2
-            first = self._attempt(batch[:half])
-            if first.retry:
-                first.retry += batch[half:]
-                return first
-            return first.merge(self._attempt(batch[half:]))
-        reason = f"http_{status}"
-        return _Outcome(dropped=[(b, reason) for b in batch], notes={reason: self._refusal(status, batch, answer)})
-
-    def _refusal(self, status: int, batch: list[_Bundle], answer: bytes) -> str:
-        detail = _detail(answer)
-        if status == 401:
-            return (
-                f"the server at {self.endpoint.url} refused the project token in FLUXRUN_DSN (401: {detail}): the "
-                "token is wrong or revoked. Create one with `fluxrun server admin create-token WORKSPACE/PROJECT` "
-                "and set FLUXRUN_DSN=https://TOKEN@host/PROJECT. Bundles are dropped until then "
-                "(counted as dropped_http_401 in fluxrun.stats())."
-            )
-        if status == 413:
-            return (
-                f"the server at {self.endpoint.url} refused a bundle of {len(batch[0].data)} bytes as too large "
-                f"(413: {detail}); dropping it. Lower max_body_size (FLUXRUN_MAX_BODY_SIZE) or raise the server's "
-                "FLUXRUN_SERVER_MAX_BUNDLE_BYTES (counted as dropped_http_413 in fluxrun.stats())."
-            )
-        return (
-            f"the server at {self.endpoint.url} refused {len(batch)} bundles with HTTP {status} ({detail}); dropping "
-            f"them, as sending them again would be refused the same way (counted as dropped_http_{status})."
-        )
-
-    def _sort_answer(self, batch: list[_Bundle], answer: bytes) -> _Outcome:
-        outcome = _Outcome()
-        try:
-            rejected = json.loads(answer).get("rejected") or []
-        except Exception:
-            rejected = []  # a 2xx without the usual answer: the server took the batch
-        refused: dict[int, tuple[str, str]] = {}
-        for item in rejected:
-            if isinstance(item, dict) and isinstance(item.get("index"), int) and 0 <= item["index"] < len(batch):
-                refused[item["index"]] = (str(item.get("reason") or "unknown"), str(item.get("message") or ""))
-        for index, bundle in enumerate(batch):
-            if index not in refused:
-                outcome.delivered.append(bundle)
-                continue
-            code, message = refused[index]
-            reason = f"rejected_{code}"
-            outcome.dropped.append((bundle, reason))
-            outcome.notes.setdefault(
-                reason,
-                f"the server at {self.endpoint.url} rejected bundle {bundle.name} ({code}): {message}. Dropping it; "
-                f"later ones rejected for the same reason are counted as dropped_{reason} in fluxrun.stats() "
-                "without another log line.",
-            )
-        return outcome
+    def _attempt(self, batch: list[Bundle]) -> Outcome:
+        return self.transport.deliver(batch, self._request_timeout())
 
     def _request_timeout(self) -> float:
         with self._cond:
             left = self._flush_left()
         timeout = self.config.timeout
         return timeout if left is None else max(0.05, min(timeout, left))
-
-    def _connect(self, timeout: float) -> http.client.HTTPConnection:
-        if self.endpoint.scheme == "https":
-            return http.client.HTTPSConnection(
-                self.endpoint.host, self.endpoint.port, timeout=timeout, context=ssl.create_default_context()
-            )
-        return http.client.HTTPConnection(self.endpoint.host, self.endpoint.port, timeout=timeout)
-
-    def _close_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with suppress(Exception):  # closing a broken socket
-                conn.close()
-
-    def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, str | None, bytes]:
-        """(status, Retry-After, answer). A kept-alive connection the server closed meanwhile is retried once."""
-        timeout = self._request_timeout()
-        for fresh in (False, True):
-            conn = self._conn
-            reused = conn is not None and not fresh
-            if conn is None or fresh:
-                self._close_connection()
-                conn = self._conn = self._connect(timeout)
-            else:
-                conn.timeout = timeout
-                if conn.sock is not None:
-                    conn.sock.settimeout(timeout)
-            try:
-                conn.request("POST", PATH, body=body, headers=headers)
-                response = conn.getresponse()
-                answer = response.read(_MAX_ANSWER)
-                status, retry_after = response.status, response.getheader("Retry-After")
-                if response.will_close or not response.isclosed():
-                    self._close_connection()
-                return status, retry_after, answer
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self._close_connection()
-                if not reused:
-                    raise
-            except BaseException:
-                self._close_connection()
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def __repr__(self) -> str:  # never show the token
         return f"HttpSink({self.endpoint.url}, spool={self.spool.directory})"

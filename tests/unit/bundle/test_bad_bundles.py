@@ -171,7 +171,7 @@ def test_not_a_bundle(data: bytes, hint: str, key_pair: tuple[CaptureKey, Replay
     assert _reason(data, key_pair[1]).reason == "not_a_bundle"
 
 
-@pytest.mark.parametrize("version", [0, 2, 99, 255])
+@pytest.mark.parametrize("version", [0, 3, 99, 255])
 def test_unsupported_version(bundle: bytes, key_pair: tuple[CaptureKey, ReplayKey], version: int) -> None:
     data = bundle[:4] + bytes([version]) + bundle[5:]
     with pytest.raises(BundleError) as info:

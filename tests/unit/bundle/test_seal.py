@@ -71,7 +71,7 @@ def test_round_trip(key_pair: tuple[CaptureKey, ReplayKey], size: int) -> None:
 def test_read_without_key_exposes_header_and_summary_only(key_pair: tuple[CaptureKey, ReplayKey]) -> None:
     capture, replay = key_pair
     payload = {"secret": "card 4242 4242 4242 4242"}
-    data = Sealer(capture, sdk="fluxrun-python/9.9").seal(
+    data = Sealer(capture, sdk="fluxrun-python/9.9", project="acme/shop").seal(
         summary=SUMMARY,
         payload=payload,
         bundle_id="bnd_1",
@@ -80,7 +80,8 @@ def test_read_without_key_exposes_header_and_summary_only(key_pair: tuple[Captur
     assert b"4242" not in data
 
     sealed = read_bundle(data)
-    assert sealed.version == 1
+    assert sealed.version == 2
+    assert sealed.project == "acme/shop"
     assert sealed.summary == SUMMARY
     assert sealed.bundle_id == "bnd_1"
     assert sealed.signing_key_id == capture.signing_key_id
@@ -101,7 +102,7 @@ def test_read_without_key_exposes_header_and_summary_only(key_pair: tuple[Captur
 def test_layout_matches_the_documented_format(key_pair: tuple[CaptureKey, ReplayKey]) -> None:
     capture, _ = key_pair
     data = Sealer(capture, sdk="t").seal(summary={"a": 1}, payload={"b": 2}, bundle_id="x")
-    assert data[:5] == b"FLXR\x01"
+    assert data[:5] == b"FLXR\x02"
     position = 5
     sections = []
     for _ in range(3):
@@ -111,6 +112,7 @@ def test_layout_matches_the_documented_format(key_pair: tuple[CaptureKey, Replay
     assert len(data) == position + 64
     header, summary, _ciphertext = sections
     assert orjson.loads(header)["bundle_id"] == "x"
+    assert orjson.loads(header)["project"] == ""  # sealed without a DSN: names no project
     assert summary == b'{"a":1}'
     sealed = read_bundle(data)
     assert sealed.signed == data[:-64]

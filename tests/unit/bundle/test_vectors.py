@@ -1,4 +1,4 @@
-"""The committed v1 vectors: they must keep opening, and sealing must keep producing the same bytes.
+"""The committed v1 and v2 vectors: they must keep opening, and sealing must keep producing the same bytes.
 
 A failure here means the bundle format changed. That needs a new format version and a new vector,
 not a regenerated old one (see tests/vectors/make_vectors.py).
@@ -47,6 +47,16 @@ def test_committed_bundle_opens_with_committed_key() -> None:
     assert opened.sealed.created_at == "2026-01-02T03:04:05.678901Z"
 
 
+def test_committed_v2_bundle_opens_and_names_its_project() -> None:
+    data = (VECTORS / "bundle-v2.fluxrun").read_bytes()
+    opened = open_bundle(data, load_replay_key(VECTORS / "replay.key"))
+    assert opened.payload == orjson.loads((VECTORS / "payload.json").read_bytes())
+    assert opened.sealed.version == 2
+    assert opened.sealed.project == "acme/shop"
+    assert opened.sealed.bundle_id == "bnd_vector_v2_0001"
+    assert read_bundle((VECTORS / "bundle-v1.fluxrun").read_bytes()).project is None
+
+
 def test_committed_bundle_verifies_with_committed_capture_key() -> None:
     capture = load_capture_key(VECTORS / "capture.key")
     sealed = read_bundle((VECTORS / "bundle-v1.fluxrun").read_bytes())
@@ -55,9 +65,9 @@ def test_committed_bundle_verifies_with_committed_capture_key() -> None:
     verify_signature(sealed, {capture.signing_key_id: capture.signing_private.public_key()})
 
 
-def _open_by_the_spec(data: bytes, recipient: X25519PrivateKey) -> tuple[dict[str, object], bytes]:
+def _open_by_the_spec(data: bytes, recipient: X25519PrivateKey, version: int = 1) -> tuple[dict[str, object], bytes]:
     """Decrypt following docs/bundle-format.md step by step, without fluxrun: returns header, zstd frame."""
-    assert data[:5] == b"FLXR\x01"
+    assert data[:5] == b"FLXR" + bytes([version])
     position, sections = 5, []
     for _ in range(3):
         (length,) = struct.unpack_from(">I", data, position)
@@ -79,10 +89,12 @@ def _open_by_the_spec(data: bytes, recipient: X25519PrivateKey) -> tuple[dict[st
     return header, frame
 
 
-def test_committed_bundle_opens_by_the_written_spec(make_vectors: ModuleType) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_committed_bundle_opens_by_the_written_spec(make_vectors: ModuleType, version: int) -> None:
     _, replay = make_vectors.vector_keys()
     [recipient] = replay.recipients.values()
-    header, frame = _open_by_the_spec((VECTORS / "bundle-v1.fluxrun").read_bytes(), recipient)
+    header, frame = _open_by_the_spec((VECTORS / f"bundle-v{version}.fluxrun").read_bytes(), recipient, version)
+    assert ("project" in header) == (version >= 2)
     plain = zstandard.ZstdDecompressor().decompress(frame)
     assert len(plain) == header["plain_size"]
     assert orjson.loads(plain) == orjson.loads((VECTORS / "payload.json").read_bytes())

@@ -1,8 +1,9 @@
-"""Calls an installed package makes on its own are its internals, not the app's IO, on every Python layout.
+"""Calls an installed package makes are told apart from the standard library's on every Python layout.
 
 pyenv and the official Docker images put site-packages inside the standard library's folder; a plain
 prefix test once sorted packages as "the standard library" there and as "the app" in a virtualenv, so
-the same app recorded different events depending on how Python was installed.
+the same app recorded different events depending on how Python was installed. An installed package's env
+and randomness reads are recorded (the tape decides what the app observes, see test_tape_decides.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def vendor_package(tmp_path, monkeypatch):
     )
     root = str(Path(os.path.realpath(site))) + os.sep
     monkeypatch.setattr(_internal, "LIBRARY_ROOTS", (*_internal.LIBRARY_ROOTS, root))
+    monkeypatch.setattr(_internal, "SITE_ROOTS", (*_internal.SITE_ROOTS, root))
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("VENDOR_KEY", "k-live")
     importlib.invalidate_caches()
@@ -52,10 +54,19 @@ def vendor_package(tmp_path, monkeypatch):
 
 
 @pytest.mark.usefixtures("vendor_package")
-def test_an_installed_package_s_own_env_and_random_calls_are_not_events(captured):
-    with pytest.raises(RuntimeError, match="declined 7 k-live "):  # the package's own reads still answer
+def test_an_installed_package_s_env_and_random_calls_are_recorded_and_served(captured, keys, monkeypatch):
+    with pytest.raises(RuntimeError, match="declined 7 k-live ") as raised:  # the package's reads still answer
         fluxrun.capture(call_vendor_sdk)(7)
-    assert [e["kind"] for e in captured.events()] == []
+    assert [(e["kind"], e["site"].split(":")[0]) for e in captured.events()] == [
+        ("env", "vendorsdk"),  # "VENDOR_KEY" in os.environ (a snapshot: the .get after it adds nothing)
+        ("env", "vendorsdk"),  # "VENDOR_MISSING" in os.environ
+        ("random", "vendorsdk"),
+    ]
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    monkeypatch.delenv("VENDOR_KEY")  # a CI without the package's secret
+    result = fluxrun.replay.run(path, keys.replay)
+    assert result.outcome == "reproduced" and result.new.message == str(raised.value)
 
 
 @pytest.mark.usefixtures("vendor_package")
@@ -67,7 +78,6 @@ def test_a_package_declared_the_app_s_is_recorded_and_replayed_from_the_recordin
     assert [(e["kind"], e["site"].split(":")[0]) for e in payload["events"]] == [
         ("env", "vendorsdk"),  # "VENDOR_KEY" in os.environ
         ("env", "vendorsdk"),  # "VENDOR_MISSING" in os.environ
-        ("env", "vendorsdk"),  # os.environ.get("VENDOR_KEY")
         ("random", "vendorsdk"),
     ]
     assert payload["in_app_include"] == ["vendorsdk"]
@@ -78,7 +88,7 @@ def test_a_package_declared_the_app_s_is_recorded_and_replayed_from_the_recordin
     result = fluxrun.replay.run(path, keys.replay)
     assert result.outcome == "reproduced"
     assert result.new.message == str(raised.value)
-    assert result.served == {"env": 3, "random": 1}
+    assert result.served == {"env": 2, "random": 1}  # recorded calls served (VENDOR_KEY was read twice)
     assert _internal.app_modules() == ()  # the bundle's list applied only while it replayed
 
 

@@ -39,3 +39,19 @@ async def test_asyncio_sleep_is_recorded(captured):
         ("asyncio.sleep", 0.01),
         ("asyncio.sleep", 0),
     ]
+
+
+class Backoff(float):
+    """A delay of a float subclass, as tenacity passes (`DoSleep`) to `time.sleep`."""
+
+
+def test_a_delay_of_a_float_subclass_is_recorded_as_a_number(captured):
+    @fluxrun.capture
+    def job():
+        time.sleep(Backoff(0.01))
+        raise RuntimeError("after a retry's backoff")
+
+    with pytest.raises(RuntimeError):
+        job()
+    (event,) = captured.events("timer")
+    assert event["data"] == {"seconds": 0.01}

@@ -60,12 +60,13 @@ def test_replay_without_a_key_says_what_to_set(bundle, monkeypatch):
 
 def test_export_test_writes_a_readable_test_that_pytest_runs(bundle, keys, tmp_path):
     out = tmp_path / "test_exported.py"
-    result = runner.invoke(app, ["export-test", str(bundle), "--out", str(out), "--expect", "reproduce"])
+    exported = ["export-test", str(bundle), "--key", str(keys.replay), "--out", str(out)]
+    result = runner.invoke(app, [*exported, "--expect", "reproduce"])
     assert result.exit_code == 0, result.output
     source = out.read_text()
     assert "@fluxrun.replay(BUNDLE, expect='reproduce')" in source
     assert "# recorded: builtins:LookupError: batch b-7 not found" in source
-    assert runner.invoke(app, ["export-test", str(bundle), "--out", str(out)]).exit_code == 1  # never overwrites
+    assert runner.invoke(app, exported).exit_code == 1  # never overwrites
     env = {**os.environ, "FLUXRUN_REPLAY_KEY": str(keys.replay), "PYTHONPATH": str(Path(__file__).parent)}
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(out)],

@@ -85,6 +85,28 @@ def test_expect_reproduce_passes_while_the_bug_is_there(pytester, project, repla
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 
+def test_a_failed_replay_that_a_test_takes_as_a_fixture_is_a_failed_test_and_its_body_does_not_run(
+    pytester, project, replay_key
+):
+    pytester.makepyfile(
+        test_guard="""
+        import fluxrun
+
+        @fluxrun.replay("bundles/checkout.fluxrun")
+        def test_checkout_stays_fixed(fluxrun_replay):
+            raise AssertionError("the body ran although the replay had failed")
+
+        @fluxrun.replay("bundles/missing.fluxrun")
+        def test_missing_bundle(fluxrun_replay):
+            raise AssertionError("the body ran although the bundle is missing")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2, errors=0)
+    result.stdout.fnmatch_lines(["*expected the failure to be fixed, but it is reproduced*", "*cannot read bundle*"])
+    result.stdout.no_fnmatch_line("*the body ran*")
+
+
 def test_the_default_expectation_fails_readably_until_the_fix(pytester, project, replay_key):
     pytester.makepyfile(
         test_guard="""
@@ -118,6 +140,22 @@ def test_bundles_folder_becomes_guards_without_test_code(pytester, project, repl
     result.stdout.fnmatch_lines(["*replay?shop:checkout ZeroDivisionError * FAILED*"])
     write_shop(project, fixed=True)
     pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fluxrun-bundles", "bundles").assert_outcomes(passed=1)
+
+
+def test_guards_replay_isolated_one_option_away_and_the_report_says_so(pytester, project, replay_key, monkeypatch):
+    monkeypatch.delenv("FLUXRUN_REPLAY_ISOLATE", raising=False)
+    write_shop(project, fixed=True)
+    default = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fluxrun-bundles", "bundles")
+    default.assert_outcomes(passed=1)
+    default.stdout.fnmatch_lines(["FluxRun isolation: off (1 replay(s)); --fluxrun-isolate *"])
+    isolated = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--fluxrun-bundles", "bundles", "--fluxrun-isolate"
+    )
+    isolated.assert_outcomes(passed=1)
+    isolated.stdout.fnmatch_lines(["FluxRun isolation: network namespace + seccomp (1 replay(s))"])
+    pytester.makeini("[pytest]\nfluxrun_isolate = true\n")
+    from_ini = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fluxrun-bundles", "bundles")
+    from_ini.stdout.fnmatch_lines(["FluxRun isolation: network namespace + seccomp (1 replay(s))"])
 
 
 def test_bundles_folder_from_the_ini_file_and_under_xdist(pytester, project, replay_key):

@@ -270,3 +270,20 @@ def test_an_unrecorded_env_read_is_a_divergence(captured, keys):
     assert (
         "recorded env calls: env SHOP_CURRENCY" in message or "nearest recorded env call: env SHOP_CURRENCY" in message
     )
+
+
+@fluxrun.capture
+def read_the_region_often() -> None:
+    regions = {os.environ.get("SHOP_REGION", "none") for _ in range(40)}
+    raise LookupError(f"no shipping to {regions}")
+
+
+def test_a_variable_read_many_times_counts_as_the_one_call_it_was_recorded_as(captured, keys):
+    with pytest.raises(LookupError):
+        read_the_region_often()
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    result = fluxrun.replay.run(path, keys.replay)
+    assert result.outcome == "reproduced"
+    assert result.served == {"env": 1} and result.recorded_calls == 1
+    assert "served 1 of 1 recorded calls (1 env)" in result.summary()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import server_process
 from servers import free_port
 
 from fluxrun.shipping.http import Clock, HttpSink, ShipConfig, parse_dsn
@@ -222,12 +223,7 @@ def make_bundles() -> Callable[..., list[tuple[str, bytes]]]:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
+    return server_process.wait_until(predicate, timeout, interval=0.01)
 
 
 @pytest.fixture

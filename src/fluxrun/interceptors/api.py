@@ -1,0 +1,187 @@
+"""The interface for intercepting any client: record each call at capture, answer it at replay.
+
+An interceptor is an object with:
+
+- `kind`: the channel its calls are recorded on (`"redis"`, `"smtp"`, `"kafka"`...);
+- `patches()`: a list of `Patch(owner, attribute, replacement)`; an empty list when its client is not
+  installed (`loaded("module")` is None). FluxRun applies them and restores the originals at shutdown;
+- `rebind()` (optional): `{id(original): replacement}` for `from x import f`-style names in app modules.
+
+Each replacement does three things per call, with the helpers below:
+
+    scope = active()                  # one context-variable read: None outside a capture or replay
+    if scope is None:
+        return original(*args)        # not captured: straight through
+    if replaying(scope):              # replay: answer from the recording, the original never runs
+        return decode(answer(scope, KIND, label, fields_match(data))["data"]["result"])
+    return record(scope, KIND, label, data, lambda: original(*args))
+
+`record` runs the real call with nested capture suspended (the client's own clock reads and sockets are
+part of this call, not events of their own) and appends one event holding `data` and the encoded result,
+or the exception. `answer` takes the recorded event that matches, in order within the calling task, raises
+the recorded exception again (as the same class), and raises `ReplayDivergence` naming the call, its line
+and the nearest recorded call with a diff when nothing matches. Interceptors registered in the
+`fluxrun.interceptors` entry point group are loaded by `fluxrun.init` and by replay (see docs/interceptors.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from types import FrameType
+from typing import Any
+
+from fluxrun._context import Scope, current, scope_var
+from fluxrun._internal import first_app_frame, report_internal_error, site_of, site_ref
+from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
+from fluxrun.interceptors.hot_path import end_call, fail_call, start_call
+from fluxrun.model.recording import CallEntry
+from fluxrun.model.values import decode, encode
+from fluxrun.replay.diff import short_diff
+from fluxrun.replay.session import Matcher, serve_kind
+
+__all__ = [
+    "Matcher",
+    "Patch",
+    "active",
+    "answer",
+    "app_frame",
+    "decode",
+    "encode",
+    "fields_match",
+    "loaded",
+    "record",
+    "record_async",
+    "replaying",
+    "serve_kind",
+]
+
+
+def active() -> Scope | None:
+    """The capture or replay this call belongs to, or None (then call the original straight through)."""
+    return current()
+
+
+def replaying(scope: Scope) -> bool:
+    """True when the scope is a replay: answer from the recording, never run the original."""
+    return scope.session is not None
+
+
+def app_frame() -> FrameType | None:
+    """The app's own frame that made the call (past FluxRun and the client library), else the nearest caller."""
+    return first_app_frame(sys._getframe(2))
+
+
+def _start(scope: Scope, kind: str, call: str, data: dict[str, Any]) -> CallEntry | None:
+    try:
+        frame = app_frame()  # its site formatted only if the execution is kept (site_ref)
+        return start_call(scope, kind, call, site_ref(frame) if frame is not None else "?:?:0", data)
+    except Exception as exc:
+        report_internal_error(f"{kind} capture", exc)
+        return None
+
+
+def _finish(entry: CallEntry | None, kind: str, value: Any, result: Callable[[Any], Any]) -> None:
+    if entry is None:
+        return
+    try:
+        end_call(entry)
+        entry.value["result"] = result(value)
+    except Exception as exc:
+        report_internal_error(f"{kind} capture", exc)
+
+
+def _fail(entry: CallEntry | None, kind: str, exc: BaseException) -> None:
+    if entry is None:
+        return
+    try:
+        fail_call(entry, exc)
+    except Exception as internal:
+        report_internal_error(f"{kind} capture", internal)
+
+
+def record(
+    scope: Scope,
+    kind: str,
+    call: str,
+    data: dict[str, Any],
+    run: Callable[[], Any],
+    *,
+    result: Callable[[Any], Any] = encode,
+) -> Any:
+    """Run the real call and record it as one event: `data` (a snapshot, made by the caller) plus
+    `result(value)` (by default `encode(value)`) under `"result"`, or the exception it raised.
+
+    `call` is what summaries and divergence messages show: name the operation, never values (it leaves
+    the app in plaintext). Failures of the bookkeeping are reported once and never reach the app."""
+    entry = _start(scope, kind, call, data)
+    token = scope_var.set(None)
+    try:
+        value = run()
+    except BaseException as exc:
+        scope_var.reset(token)
+        _fail(entry, kind, exc)
+        raise
+    scope_var.reset(token)
+    _finish(entry, kind, value, result)
+    return value
+
+
+async def record_async(
+    scope: Scope,
+    kind: str,
+    call: str,
+    data: dict[str, Any],
+    run: Callable[[], Awaitable[Any]],
+    *,
+    result: Callable[[Any], Any] = encode,
+) -> Any:
+    """`record` for a coroutine: `run()` returns the awaitable of the real call."""
+    entry = _start(scope, kind, call, data)
+    token = scope_var.set(None)
+    try:
+        value = await run()
+    except BaseException as exc:
+        scope_var.reset(token)
+        _fail(entry, kind, exc)
+        raise
+    scope_var.reset(token)
+    _finish(entry, kind, value, result)
+    return value
+
+
+def answer(scope: Scope, kind: str, call: str, match: Matcher | None = None) -> dict[str, Any]:
+    """The recorded event answering this call (matched in order within the calling task); its recorded
+    exception is raised again. Raises `ReplayDivergence` when the recording has no such call."""
+    here = scope.here()
+    frame = app_frame()
+    site = site_of(frame)
+    session = here.session
+    assert session is not None, "answer() is for replays: check replaying(scope) first"
+    event = session.take(kind, call, here.path, frame, site, match=match)
+    here.recording.add(kind, call, here.path, site, {})
+    raise_recorded_error(event)
+    return event
+
+
+def fields_match(made: dict[str, Any], fields: Iterable[str] | None = None) -> Matcher:
+    """A matcher: the recorded event's `data` has the same values as `made` for `fields` (all of `made`'s
+    keys by default), compared in their recorded (encoded) form; else a short diff of the first that differs."""
+    keys = list(made if fields is None else fields)
+
+    def match(event: dict[str, Any]) -> str | None:
+        data = event.get("data") or {}
+        for key in keys:
+            if data.get(key) != made.get(key):
+                return f"{key} differs:\n" + short_diff(_show(data.get(key)), _show(made.get(key)), width=160)
+        return None
+
+    return match
+
+
+def _show(value: Any) -> str:
+    """An encoded value as people read it: bytes tags shown as b'...' (decoded), everything else as repr."""
+    try:
+        return repr(decode(value))
+    except Exception:
+        return repr(value)

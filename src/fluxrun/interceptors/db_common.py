@@ -1,0 +1,614 @@
+"""What the database interceptors share: one event kind ("db"), statement matching, row limits, DSN masking.
+
+Every driver (sqlite3, psycopg, asyncpg) records the same shape of event, `data` holding:
+
+- `driver`, `op` (`connect`, `execute`, `executemany`, `commit`, `rollback`, `begin`, ...),
+- `sql` (normalised, see `normalise_sql`) and `params` (encoded with `values.encode`),
+- `result`: `description`, `rows` (encoded), `rowcount`, `lastrowid`, and `truncated`/`limit` when more
+  rows came back than the row limit allows (`max_db_rows`, `FLUXRUN_MAX_DB_ROWS`, default 10,000).
+
+Matching at replay is deliberately simple: within the task that made it, a statement matches a recorded
+one when the operation, the normalised SQL text (whitespace runs collapsed to one space, ends trimmed,
+nothing else: case and literals count) and the encoded parameters are equal. A different statement
+raises `ReplayDivergence` showing the recorded statement beside the one made. The event's `call` (what
+summaries show) is the statement with its literals replaced by `?`, and a connection's target with its
+password masked: no values, no secrets. The password itself is never recorded.
+
+Connection setup profiles (warm pools). Every connection gets a `Profile` when it opens, inside an execution
+or not: its connect (target, server version and parameters) and, in order, what was asked while it was being
+set up, that is while SQLAlchemy's pool was connecting it (`_ConnectionRecord.__connect`: the dialect's
+`initialize` and `on_connect`, version and isolation queries, type codecs), at most `SETUP_MAX_CALLS` calls.
+An execution's first use of a connection records one `connect` event carrying that profile (`opened`:
+"during" the execution or "before" it, from a warm pool), so a capture taken on a warm pool still holds
+what a fresh process asks when it connects. At replay the connect is answered by that event and, while the
+replayed connection is being set up, its setup calls are answered from the profile: never executed, never
+counted as the app's IO, never invented (a setup call the profile lacks diverges, naming it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import re
+import sys
+import weakref
+import zoneinfo
+from collections import deque
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from types import FrameType
+from typing import Any
+
+from fluxrun._context import Scope
+from fluxrun._internal import SiteRef, first_app_frame, report_internal_error, site_of, site_ref
+from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
+from fluxrun.interceptors.hot_path import append_value, as_data, detached_call, end_call, fail_call, start_call
+from fluxrun.model.recording import CallEntry
+from fluxrun.model.values import MAX_BYTES, all_plain, decode, encode
+from fluxrun.replay.diff import short_diff
+
+__all__ = [
+    "DEFAULT_ROW_LIMIT",
+    "KIND",
+    "Profile",
+    "begin",
+    "finish",
+    "label",
+    "mask_dsn",
+    "normalise_sql",
+    "row_limit",
+    "serve",
+    "setting_up",
+    "sqlalchemy_patches",
+    "start",
+]
+
+KIND = "db"
+DEFAULT_ROW_LIMIT = 10_000
+_LABEL_MAX = 160
+
+_SPACE = re.compile(r"\s+")
+# string literals ('it''s', E'..', $$..$$) and numbers standing alone: replaced by ? in labels
+_LITERAL = re.compile(r"'(?:[^']|'')*'|\$\$.*?\$\$|(?<![\w$])-?\d+(?:\.\d+)?(?![\w])", re.DOTALL)
+_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^/@\s:]*:)([^@\s]*)(@)")
+
+
+_CACHE_SIZE = 1024  # statements an app repeats: their normalised text and label are computed once
+_normalised: dict[str, str] = {}
+_labels: dict[tuple[str, str, str], str] = {}
+
+
+def normalise_sql(sql: Any) -> str:
+    """The statement as matched: text (bytes decoded), whitespace runs collapsed to one space, ends trimmed."""
+    if type(sql) is str:
+        known = _normalised.get(sql)
+        if known is None:
+            if len(_normalised) >= _CACHE_SIZE:
+                _normalised.clear()
+            known = _normalised[sql] = _SPACE.sub(" ", sql).strip()
+        return known
+    if isinstance(sql, (bytes, bytearray, memoryview)):
+        sql = bytes(sql).decode("utf-8", "replace")
+    elif not isinstance(sql, str):
+        sql = _composed_text(sql)
+    return _SPACE.sub(" ", sql).strip()
+
+
+def _composed_text(sql: Any) -> str:
+    """psycopg's `sql.SQL`/`Composed` objects: their text without a connection, else their repr."""
+    as_string = getattr(sql, "as_string", None)
+    if as_string is not None:
+        try:
+            return str(as_string(None))
+        except Exception:
+            pass
+    return str(sql)
+
+
+def label(driver: str, op: str, sql: str | None = None) -> str:
+    """What summaries show for a call: `sqlite3 execute INSERT INTO t (a) VALUES (?)`, literals replaced."""
+    if sql is None:
+        return f"{driver} {op}"
+    key = (driver, op, sql)
+    known = _labels.get(key)
+    if known is None:
+        shown = _LITERAL.sub("?", sql)
+        if len(shown) > _LABEL_MAX:
+            shown = shown[: _LABEL_MAX - 1] + "…"
+        if len(_labels) >= _CACHE_SIZE:
+            _labels.clear()
+        known = _labels[key] = f"{driver} {op} {shown}"
+    return known
+
+
+def mask_dsn(dsn: Any) -> str:
+    """A connection string or URL with its password replaced by `[Filtered]` (it is never recorded)."""
+    from fluxrun.scrub import MASK
+
+    text = str(dsn)
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", text)
+    return _PASSWORD_KV.sub(lambda m: f"{m.group(1)}{MASK}", text)
+
+
+def mask_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Connection keyword arguments with secrets masked, and only plain values kept (as text)."""
+    from fluxrun.scrub import MASK, default_scrubber
+
+    scrubber = default_scrubber()
+    out: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if scrubber.is_sensitive_key(key) or key.lower() in ("password", "passwd", "passfile"):
+            out[key] = MASK
+        elif value is None or isinstance(value, (str, int, float, bool)):
+            out[key] = mask_dsn(value) if isinstance(value, str) else value
+        else:
+            out[key] = f"<{type(value).__name__}>"
+    return out
+
+
+_current_installation: Callable[[], Any] | None = None
+
+
+def row_limit() -> int:
+    """Rows kept of one result: `fluxrun.init(max_db_rows=...)`, else FLUXRUN_MAX_DB_ROWS, else 10,000."""
+    global _current_installation
+    if _current_installation is None:  # bound on first use: install imports this module
+        from fluxrun.interceptors.install import current_installation
+
+        _current_installation = current_installation
+    installation = _current_installation()
+    limit = getattr(installation, "db_row_limit", None) if installation is not None else None
+    if isinstance(limit, int):
+        return limit
+    raw = os.environ.get("FLUXRUN_MAX_DB_ROWS", "")
+    return int(raw) if raw.isdigit() else DEFAULT_ROW_LIMIT
+
+
+# -- where a call was made -------------------------------------------------------------------------------
+def app_frame() -> FrameType | None:
+    """The nearest frame of the app's own code (past FluxRun, the driver and SQLAlchemy), else the driver's caller."""
+    return first_app_frame(sys._getframe(2), skip_generated=True)  # not `<sqlalchemy generated ...>`
+
+
+def app_site() -> SiteRef | str:
+    """`app_frame`'s site, formatted only if the execution is kept (`site_ref`)."""
+    frame = app_frame()
+    return site_ref(frame) if frame is not None else "?:?:0"
+
+
+# -- recording ---------------------------------------------------------------------------------------------
+def start(scope: Scope, call: str, data: dict[str, Any]) -> CallEntry | None:
+    """Append a db call to the log (an entry that `finish`/`fail` complete)."""
+    try:
+        return start_call(scope, KIND, call, app_site(), data)
+    except Exception as exc:
+        report_internal_error("db capture", exc)
+        return None
+
+
+def finish(entry: CallEntry | None, result: dict[str, Any] | None = None) -> None:
+    if entry is None:
+        return
+    try:
+        end_call(entry)
+        if result is not None:
+            entry.value["result"] = result
+    except Exception as exc:
+        report_internal_error("db capture", exc)
+
+
+def fail(entry: CallEntry | None, exc: BaseException) -> None:
+    if entry is None:
+        return
+    try:
+        fail_call(entry, exc)
+    except Exception as internal:
+        report_internal_error("db capture", internal)
+
+
+def encode_params(params: Any) -> Any:
+    if params is None:
+        return None
+    if isinstance(params, (list, tuple)):
+        return encode(list(params))
+    if isinstance(params, dict):
+        return encode(dict(params))
+    try:
+        return encode(list(params))
+    except TypeError:
+        return encode(params)
+
+
+def rows_result(
+    rows: Sequence[Any],
+    *,
+    limit: int,
+    more: bool,
+    description: Any = None,
+    rowcount: Any = None,
+    lastrowid: Any = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A statement's answer as recorded: rows (encoded, at most `limit`), and a mark when more came back."""
+    kept = list(rows[:limit])
+    zones = _zones(kept)
+    result: dict[str, Any] = {
+        "description": _encode_rows(description) if description is not None else None,
+        "rows": _encode_rows(kept),
+        "rowcount": rowcount,
+        "lastrowid": encode(lastrowid),
+        **extra,
+    }
+    if zones:
+        result["zones"] = zones
+    if more or len(rows) > limit:
+        result["truncated"] = True
+        result["limit"] = limit
+    return result
+
+
+def _encode_rows(items: Sequence[Any]) -> Any:
+    """Rows (or column descriptions) encoded as lists: copied as they are when every value is plain JSON (the
+    usual case, one pass), else through `encode`."""
+    out = []
+    for item in items:
+        if type(item) not in (tuple, list) or not all_plain(item, MAX_BYTES):
+            return encode([list(r) if isinstance(r, (tuple, list)) else r for r in items])
+        out.append(list(item))
+    return out
+
+
+def _zones(rows: list[Any]) -> list[list[Any]]:
+    """Named time zones of datetime columns ([row, column, key]): the value encoder keeps only the offset."""
+    out: list[list[Any]] = []
+    for r, row in enumerate(rows):
+        if not isinstance(row, (tuple, list)):
+            continue
+        for c, value in enumerate(row):
+            if isinstance(value, datetime.datetime) and isinstance(value.tzinfo, zoneinfo.ZoneInfo):
+                out.append([r, c, value.tzinfo.key])
+    return out
+
+
+def recorded_rows(result: dict[str, Any]) -> list[tuple[Any, ...]]:
+    rows = [list(row) if isinstance(row, (list, tuple)) else row for row in decode(result.get("rows") or [])]
+    for r, c, key in result.get("zones") or ():
+        with contextlib.suppress(Exception):
+            rows[r][c] = rows[r][c].astimezone(zoneinfo.ZoneInfo(key))  # same instant, the recorded zone
+    return [tuple(row) if isinstance(row, list) else row for row in rows]
+
+
+# -- connection setup profiles (see the module docstring) ---------------------------------------------------
+SETUP_MAX_CALLS = 64
+
+
+class Profile:
+    """How one connection was set up: its connect data (no password) and the calls made while setting it up.
+
+    At capture `setup` holds log entries (see `start`) and `inherited` the setup of the first connection of the
+    same pool (where SQLAlchemy initialised its dialect, which a fresh process does on whichever connection it
+    opens first); at replay `setup` holds the recorded calls not yet answered. None: not recorded (the
+    connection was opened before FluxRun was installed)."""
+
+    __slots__ = ("__weakref__", "connect", "inherited", "replaying", "seen", "setup", "truncated")
+
+    def __init__(self, connect: dict[str, Any], setup: list[Any] | None, *, replaying: bool = False) -> None:
+        self.connect = connect
+        self.setup = setup
+        self.inherited: list[Any] | None = None
+        self.truncated = False
+        self.replaying = replaying
+        self.seen: deque[tuple[int, int]] = deque(maxlen=8)  # executions already holding its connect event
+
+    def event_data(self, opened: str) -> dict[str, Any]:
+        """The `connect` event an execution records for this connection."""
+        data = dict(self.connect)
+        data["opened"] = opened
+        if self.setup is None:
+            data["setup"] = None
+        else:
+            data["setup"] = [_setup_call(e) for e in [*self.setup, *(self.inherited or ())]]
+        if self.truncated:
+            data["setup_truncated"] = SETUP_MAX_CALLS
+        return data
+
+
+def _setup_call(entry: CallEntry) -> dict[str, Any]:
+    call = dict(entry.value)
+    if entry.error is not None:
+        call["error"] = entry.error
+    return call
+
+
+# every connection opened while FluxRun is installed -> its profile
+_profiles: weakref.WeakKeyDictionary[Any, Profile] = weakref.WeakKeyDictionary()
+# connections being set up right now -> their profile. Empty nearly always: a driver's idle path reads
+# `if setting_up` (one global) before anything else.
+setting_up: dict[Any, Profile] = {}
+# the connections opened by the SQLAlchemy pool connect running in this context (None: no such connect)
+_connecting: ContextVar[list[Any] | None] = ContextVar("fluxrun_db_connecting", default=None)
+# a SQLAlchemy pool -> the setup calls of its first connection (where the dialect was initialised)
+_first_setup: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
+def _recording_key(scope: Scope) -> tuple[int, int]:
+    recording = scope.recording
+    return (id(recording), recording.started_ns)
+
+
+def opened(conn: Any, connect: dict[str, Any]) -> Profile | None:
+    """A real connection just opened (in an execution or not): its profile, collecting its setup when a
+    SQLAlchemy pool is connecting it. Never raises."""
+    try:
+        pending = _connecting.get()
+        profile = Profile(connect, [])
+        _profiles[conn] = profile
+        if pending is not None:
+            setting_up[conn] = profile
+            pending.append(conn)
+        return profile
+    except Exception as exc:
+        report_internal_error("db capture", exc)
+        return None
+
+
+def connected(scope: Scope, entry: CallEntry | None, conn: Any, connect: dict[str, Any]) -> None:
+    """A connect recorded in an execution succeeded: its event becomes the connection's profile (setup included)."""
+    profile = opened(conn, connect)
+    if entry is None:
+        return
+    if profile is None:
+        entry.value.update(connect)
+    else:
+        entry.build = _profile_data
+        entry.value = (profile, "during")
+        with contextlib.suppress(Exception):
+            profile.seen.append(_recording_key(scope))
+    finish(entry)
+
+
+def _profile_data(value: tuple[Profile, str]) -> dict[str, Any]:
+    return value[0].event_data(value[1])
+
+
+def begin(
+    scope: Scope | None,
+    conn: Any,
+    call: str,
+    data: dict[str, Any],
+    describe: Callable[[], dict[str, Any]] | None = None,
+) -> CallEntry | None:
+    """Start recording a call made on `conn`: into its setup profile while it is being set up, else into the
+    execution, after the connection's connect event the first time the execution uses it. None: not recorded."""
+    profile = setting_up.get(conn) if setting_up else None
+    if profile is not None:
+        if profile.setup is None or len(profile.setup) >= SETUP_MAX_CALLS:
+            profile.truncated = True
+            return None
+        entry = detached_call(KIND, call, data)
+        profile.setup.append(entry)
+        return entry
+    if scope is None:
+        return None
+    here = scope.here()  # once: a thread's first call enters a child scope, which both records must share
+    attach(here, conn, describe)
+    return start(here, call, data)
+
+
+def attach(scope: Scope, conn: Any, describe: Callable[[], dict[str, Any]] | None = None) -> None:
+    """Record the connection's connect event in this execution, once, before its first call here."""
+    try:
+        profile = _profiles.get(conn)
+        if profile is None:
+            if describe is None:
+                return
+            profile = Profile(describe(), None)  # opened before FluxRun was installed: its setup is unknown
+            _profiles[conn] = profile
+        key = _recording_key(scope)
+        if key in profile.seen:
+            return
+        profile.seen.append(key)
+        data = profile.event_data("before")
+        call = f"{data.get('driver')} connect {data.get('target', '')}".rstrip()
+        append_value(scope, KIND, call, app_site(), as_data, data)
+    except Exception as exc:
+        report_internal_error("db capture", exc)
+
+
+def replayed(conn: Any, event: dict[str, Any]) -> None:
+    """A connection opened at replay: while SQLAlchemy sets it up, its calls are answered from its recorded setup."""
+    pending = _connecting.get()
+    if pending is None:
+        return
+    setup = event["data"].get("setup")
+    profile = Profile(event["data"], None if setup is None else list(setup), replaying=True)
+    setting_up[conn] = profile
+    pending.append(conn)
+
+
+def _serve_setup(scope: Scope, profile: Profile, driver: str, op: str, sql: str | None, params: Any) -> dict[str, Any]:
+    call = label(driver, op, sql)
+    match = statement_matcher(op, sql, params)
+    for index, recorded in enumerate(profile.setup or ()):
+        if match({"data": recorded}) is None:
+            del profile.setup[index]  # type: ignore[union-attr]
+            event = {"kind": KIND, "call": call, "data": recorded, "error": recorded.get("error")}
+            raise_recorded_error(event)
+            return event
+    if profile.setup is None:
+        hint = (
+            "  the connection this execution used was opened before FluxRun was installed, so how it was set up "
+            "was not recorded: call fluxrun.init() before the app opens its first database connection"
+        )
+    elif profile.connect.get("setup_truncated"):
+        hint = f"  the recorded setup of this connection was cut at {SETUP_MAX_CALLS} calls"
+    else:
+        hint = (
+            "  this call was made while the connection was being set up (SQLAlchemy's dialect initialize or "
+            "on_connect), and the recorded setup has no such call: is the driver or SQLAlchemy another version?"
+        )
+    here = scope.here()
+    assert here.session is not None
+    raise here.session.diverge(KIND, call, here.path, app_frame(), [], None, hint=hint)
+
+
+def sqlalchemy_patches() -> list[Patch]:
+    """SQLAlchemy's pool connects and sets up a connection in `_ConnectionRecord.__connect`: the seam that
+    delimits a connection's setup (the dialect's initialize and on_connect run inside it)."""
+    if "sqlalchemy" not in sys.modules and loaded("sqlalchemy") is None:
+        return []
+    pool_base = loaded("sqlalchemy.pool.base")
+    record = getattr(pool_base, "_ConnectionRecord", None)
+    original = vars(record).get("_ConnectionRecord__connect") if record is not None else None
+    if not callable(original):
+        return []
+
+    def connect_and_set_up(self: Any) -> None:
+        pending: list[Any] = []
+        token = _connecting.set(pending)
+        ok = False
+        try:
+            original(self)
+            ok = True
+        finally:
+            with contextlib.suppress(ValueError):
+                _connecting.reset(token)
+            _done_setting_up(getattr(self, "_ConnectionRecord__pool", None), pending, ok)
+
+    connect_and_set_up.__wrapped__ = original  # type: ignore[attr-defined]
+    return [Patch(record, "_ConnectionRecord__connect", connect_and_set_up)]
+
+
+def _done_setting_up(pool: Any, pending: list[Any], ok: bool) -> None:
+    for conn in pending:
+        profile = setting_up.pop(conn, None)
+        if profile is None or profile.replaying or not ok or pool is None or profile.setup is None:
+            continue
+        try:
+            first = _first_setup.get(pool)
+            if first is None:
+                _first_setup[pool] = profile.setup
+            elif first is not profile.setup:
+                profile.inherited = first
+        except TypeError:  # a pool that cannot be weakly referenced
+            pass
+
+
+# -- replaying ---------------------------------------------------------------------------------------------
+def statement_matcher(
+    op: str, sql: str | None, params: Any, driver: str | None = None
+) -> Callable[[dict[str, Any]], str | None]:
+    """None when a recorded db call is this one (same operation, normalised SQL and parameters), else why not."""
+
+    def describe(data: dict[str, Any]) -> str:
+        text = str(data.get("op", "?"))
+        if data.get("sql") is not None:
+            text += f" {data['sql']}"
+        if data.get("params") is not None:
+            text += f"  params={data['params']!r}"
+        return text
+
+    made = {"op": op, "sql": sql, "params": params}
+
+    def match(event: dict[str, Any]) -> str | None:
+        data = event["data"]
+        if data.get("op") != op:
+            return f"a different database call:\n{short_diff(describe(data), describe(made), width=160)}"
+        if op in ("connect", "close"):
+            return None if driver is None or data.get("driver") in (None, driver) else f"a {data.get('driver')} connect"
+        if data.get("sql") != sql:
+            return f"a different statement:\n{short_diff(describe(data), describe(made), width=160)}"
+        if data.get("params") != params:
+            return f"the same statement with different parameters:\n{short_diff(describe(data), describe(made))}"
+        return None
+
+    return match
+
+
+def serve(
+    scope: Scope, driver: str, op: str, sql: str | None = None, params: Any = None, *, conn: Any = None
+) -> dict[str, Any]:
+    """The recorded event answering this db call (its recorded error raised again); nothing is executed.
+    A call on a connection being set up is answered from that connection's recorded setup instead."""
+    if setting_up and conn is not None:
+        profile = setting_up.get(conn)
+        if profile is not None:
+            return _serve_setup(scope, profile, driver, op, sql, params)
+    here = scope.here()
+    frame = app_frame()
+    site = site_of(frame)
+    session = here.session
+    assert session is not None
+    call = label(driver, op, sql)
+    event = session.take(KIND, call, here.path, frame, site, match=statement_matcher(op, sql, params, driver))
+    here.recording.add(KIND, call, here.path, site, {})
+    raise_recorded_error(event)
+    return event
+
+
+def peek(scope: Scope, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """The data of the first db call still to be served in this task that `wanted` accepts (not consumed)."""
+    here = scope.here()
+    streams = getattr(here.session, "streams", None) or {}
+    for event in streams.get((KIND, here.path), ()):
+        if wanted(event["data"]):
+            return event["data"]  # type: ignore[no-any-return]
+    return None
+
+
+def refuse_truncated(scope: Scope, event: dict[str, Any]) -> BaseException:
+    """The error for reading past the rows a truncated answer kept."""
+    here = scope.here()
+    frame = app_frame()
+    result = event["data"].get("result") or {}
+    limit = result.get("limit")
+    assert here.session is not None
+    return here.session.refuse(
+        KIND,
+        str(event.get("call")),
+        here.path,
+        frame,
+        f"the recorded result was truncated at {limit} rows (the row limit) and the code reads past them: "
+        "raise max_db_rows (FLUXRUN_MAX_DB_ROWS) where it is captured",
+    )
+
+
+class RowBuffer:
+    """The rows of one statement as the app reads them: recorded (or served) ones first, then, at capture,
+    the rest from the live cursor (`more`), or, at replay, a refusal when the recorded answer was truncated."""
+
+    __slots__ = ("more", "position", "refuse", "rows", "truncated")
+
+    def __init__(
+        self,
+        rows: list[Any],
+        *,
+        truncated: bool = False,
+        more: Callable[[int | None], list[Any]] | None = None,
+        refuse: Callable[[], BaseException] | None = None,
+    ) -> None:
+        self.rows = rows
+        self.position = 0
+        self.truncated = truncated
+        self.more = more
+        self.refuse = refuse
+
+    def take(self, count: int | None) -> list[Any]:
+        """Up to `count` rows (all remaining when None)."""
+        start = self.position
+        end = len(self.rows) if count is None else min(len(self.rows), start + count)
+        out = self.rows[start:end]
+        self.position = end
+        wanted = None if count is None else count - len(out)
+        if (wanted is None or wanted > 0) and self.truncated:
+            if self.more is not None:
+                out.extend(self.more(wanted))
+            elif self.refuse is not None:
+                raise self.refuse()
+        return out
+
+    def one(self) -> Any:
+        got = self.take(1)
+        return got[0] if got else None

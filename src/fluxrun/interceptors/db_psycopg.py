@@ -1,0 +1,907 @@
+"""psycopg 3, sync and async: connections, statements (with what they returned) and transaction calls.
+
+Capture patches `Connection.connect`, `Cursor.execute`/`executemany` and `Connection.commit`/`rollback`
+(and their async twins). After a statement runs, its rows are read once as tuples (up to the row limit)
+and the cursor scrolled back, so the app reads the live result exactly as it would have; SQLAlchemy's
+psycopg dialect goes through the same methods, so Core and ORM are recorded with no declaration.
+
+At replay `connect` returns a connection with no server behind it: a real `psycopg.Connection` (or
+`AsyncConnection`) built on a stand-in libpq connection that carries the recorded server version and
+parameters. Its cursors are real psycopg cursors whose `execute` is answered from the recording: a
+stand-in result gives `description` (names and type OIDs, so row factories such as `dict_row` work),
+`rowcount` and `statusmessage`, and `fetch*` serve the recorded rows. `transaction()` blocks are recorded
+as `begin` and `commit`/`rollback` calls (with their savepoint name, if any) and answered at replay, where
+the block's bookkeeping runs and its commands go nowhere. Connections are profiled when they open, in an
+execution or not (db_common: setup profiles), so a warm pool replays in a fresh process.
+Server-side (named) cursors, `stream()` and `COPY` are not intercepted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from fluxrun._context import Scope, current, scope_var
+from fluxrun._internal import report_internal_error
+from fluxrun.errors import LiveIOBlocked
+from fluxrun.interceptors import db_common as db
+from fluxrun.interceptors.base import Patch, loaded
+from fluxrun.model.recording import CallEntry
+from fluxrun.model.values import decode
+
+__all__ = ["PsycopgInterceptor"]
+
+DRIVER = "psycopg"
+_PARAMETERS = (
+    "client_encoding",
+    "server_encoding",
+    "server_version",
+    "standard_conforming_strings",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "integer_datetimes",
+    "application_name",
+)
+
+# cursors answered from a recording: cursor -> the rows left to read
+_replayed: weakref.WeakKeyDictionary[Any, db.RowBuffer] = weakref.WeakKeyDictionary()
+# its dict of weak references, whose truth is tested in C: `if _replayed` calls WeakKeyDictionary.__len__, a
+# Python method, twice per idle statement. Empty outside replays, so the idle path reads nothing else.
+_replayed_refs: dict[Any, db.RowBuffer] = _replayed.data  # type: ignore[attr-defined]
+
+
+# -- the stand-in libpq objects of a replayed connection ----------------------------------------------------
+class _ReplayedPGconn:
+    """What psycopg reads of a libpq connection, from the recorded connect: no socket, never connected."""
+
+    def __init__(self, pq: Any, recorded: dict[str, Any]) -> None:
+        self.pq = pq
+        self.status = pq.ConnStatus.OK
+        self.transaction_status = pq.TransactionStatus.IDLE
+        self.server_version = int(recorded.get("server_version") or 0)
+        self.protocol_version = 3
+        self.backend_pid = 0
+        self.socket = -1
+        self.notice_handler: Any = None
+        self.notify_handler: Any = None
+        self._parameters = {k.encode(): str(v).encode() for k, v in (recorded.get("parameters") or {}).items()}
+        encoding = self._parameters.get(b"client_encoding", b"UTF8").decode().lower()
+        self._encoding = "utf-8" if encoding in ("utf8", "unicode") else encoding
+        for name in ("host", "port", "db", "user", "hostaddr", "options"):
+            setattr(self, name, str(recorded.get(name) or "").encode())
+        self.password = b""
+        self.ssl_in_use = False
+        self.used_password = False
+        self.used_gssapi = False
+        self.pipeline_status = pq.PipelineStatus.OFF
+        self.error_message = b""
+
+    def parameter_status(self, name: bytes) -> bytes | None:
+        return self._parameters.get(name)
+
+    def finish(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        raise LiveIOBlocked(
+            f"psycopg tried to use its connection ({name}) during a replay; the recording answers statements, "
+            "commits and rollbacks only"
+        )
+
+
+class _ReplayedResult:
+    """What psycopg reads of a libpq result to build `description` and row factories."""
+
+    def __init__(self, pq: Any, result: dict[str, Any]) -> None:
+        self.columns = decode(result.get("description")) or []
+        self.status = pq.ExecStatus.TUPLES_OK if result.get("description") is not None else pq.ExecStatus.COMMAND_OK
+        self.nfields = len(self.columns)
+        self.ntuples = len(result.get("rows") or [])
+        self.command_status = str(result.get("status") or "").encode() or None
+        self.command_tuples = result.get("rowcount")
+        self.oid_value = 0
+
+    def fname(self, index: int) -> bytes:
+        return str(self.columns[index][0]).encode()
+
+    def ftype(self, index: int) -> int:
+        return int(self.columns[index][1])
+
+    def fmod(self, index: int) -> int:
+        return int(self.columns[index][2])
+
+    def fsize(self, index: int) -> int:
+        return int(self.columns[index][3])
+
+    def fformat(self, index: int) -> int:
+        return 0
+
+
+def _connect_data(conn: Any, target: str) -> dict[str, Any]:
+    info = conn.info
+    parameters = {}
+    for name in _PARAMETERS:
+        with contextlib.suppress(Exception):
+            value = info.parameter_status(name)
+            if value is not None:
+                parameters[name] = value
+    return {
+        "driver": DRIVER,
+        "op": "connect",
+        "target": target,
+        "server_version": info.server_version,
+        "parameters": parameters,
+        "host": info.host,
+        "port": info.port,
+        "db": info.dbname,
+        "user": info.user,
+    }
+
+
+def _target(conninfo: Any, kwargs: dict[str, Any]) -> str:
+    shown = db.mask_dsn(conninfo or "")
+    extra = db.mask_kwargs({k: v for k, v in kwargs.items() if k not in ("context", "row_factory", "cursor_factory")})
+    if extra:
+        shown = (shown + " " + " ".join(f"{k}={v}" for k, v in extra.items())).strip()
+    return shown
+
+
+# -- recording a statement's answer ---------------------------------------------------------------------------
+def _snapshot(cursor: Any, tuple_row: Any, limit: int) -> dict[str, Any]:
+    """What the statement returned, read as tuples and the cursor put back where it was (position 0)."""
+    result = cursor.pgresult
+    description = None
+    rows: list[Any] = []
+    more = False
+    if cursor.description is not None and result is not None:
+        description = [[c.name, c.type_code, result.fmod(i), result.fsize(i)] for i, c in enumerate(cursor.description)]
+        factory = cursor.row_factory
+        cursor.row_factory = tuple_row
+        try:
+            rows = cursor.fetchmany(limit) if limit else []
+            more = result.ntuples > limit
+            if rows:
+                cursor.scroll(0, "absolute")
+        finally:
+            cursor.row_factory = factory
+    return db.rows_result(
+        rows,
+        limit=limit,
+        more=more,
+        description=description,
+        rowcount=cursor.rowcount,
+        status=cursor.statusmessage,
+        transaction_status=int(cursor.connection.info.transaction_status),
+    )
+
+
+async def _asnapshot(cursor: Any, tuple_row: Any, limit: int) -> dict[str, Any]:
+    """`_snapshot` for an async cursor, whose fetch and scroll are coroutines."""
+    result = cursor.pgresult
+    description = None
+    rows: list[Any] = []
+    more = False
+    if cursor.description is not None and result is not None:
+        description = [[c.name, c.type_code, result.fmod(i), result.fsize(i)] for i, c in enumerate(cursor.description)]
+        factory = cursor.row_factory
+        cursor.row_factory = tuple_row
+        try:
+            rows = await cursor.fetchmany(limit) if limit else []
+            more = result.ntuples > limit
+            if rows:
+                await cursor.scroll(0, "absolute")
+        finally:
+            cursor.row_factory = factory
+    return db.rows_result(
+        rows,
+        limit=limit,
+        more=more,
+        description=description,
+        rowcount=cursor.rowcount,
+        status=cursor.statusmessage,
+        transaction_status=int(cursor.connection.info.transaction_status),
+    )
+
+
+_TUPLE_STATUSES = frozenset({2, 9, 12})  # ExecStatus TUPLES_OK, SINGLE_TUPLE, TUPLES_CHUNK: a result with rows
+
+
+def _direct_snapshot(cursor: Any, limit: int) -> dict[str, Any] | None:
+    """`_snapshot` read straight from the result (libpq's columns and the cursor's row loader), without building
+    psycopg's Column objects, swapping the row factory, fetching and scrolling back: the cursor is not touched.
+    None when this psycopg lacks the internals it reads (`_tx.load_rows`, `_encoding`): use `_snapshot`."""
+    result = cursor.pgresult
+    load_rows = getattr(getattr(cursor, "_tx", None), "load_rows", None)
+    if load_rows is None or not hasattr(type(cursor), "_encoding"):
+        return None
+    description = None
+    rows: list[Any] = []
+    more = False
+    if result is not None and (result.nfields or result.status in _TUPLE_STATUSES):
+        encoding = cursor._encoding
+        description = [
+            [
+                name.decode(encoding) if (name := result.fname(i)) else f"column_{i + 1}",
+                result.ftype(i),
+                result.fmod(i),
+                result.fsize(i),
+            ]
+            for i in range(result.nfields)
+        ]
+        count = result.ntuples
+        rows = load_rows(0, min(count, limit), tuple) if limit and count else []
+        more = count > limit
+    return db.rows_result(
+        rows,
+        limit=limit,
+        more=more,
+        description=description,
+        rowcount=cursor.rowcount,
+        status=cursor.statusmessage,
+        transaction_status=int(cursor._conn.pgconn.transaction_status),
+    )
+
+
+async def _asafe_snapshot(cursor: Any, tuple_row: Any) -> dict[str, Any] | None:
+    try:
+        limit = db.row_limit()
+        direct = _direct_snapshot(cursor, limit)
+        return direct if direct is not None else await _asnapshot(cursor, tuple_row, limit)
+    except Exception as exc:
+        report_internal_error("psycopg capture", exc)
+        return None
+
+
+def _safe_snapshot(cursor: Any, tuple_row: Any) -> dict[str, Any] | None:
+    try:
+        limit = db.row_limit()
+        direct = _direct_snapshot(cursor, limit)
+        return direct if direct is not None else _snapshot(cursor, tuple_row, limit)
+    except Exception as exc:  # never break the app's statement: record it without its answer
+        report_internal_error("psycopg capture", exc)
+        return None
+
+
+def _serve_into(scope: Scope, cursor: Any, op: str, query: Any, params: Any, pq: Any) -> None:
+    """Answer a statement from the recording into a real psycopg cursor; nothing is sent anywhere."""
+    event = db.serve(scope, DRIVER, op, db.normalise_sql(query), params, conn=cursor._conn)
+    result = event["data"].get("result") or {}
+    fake = _ReplayedResult(pq, result)
+    cursor._reset()
+    cursor.pgresult = fake
+    cursor._results = [fake]
+    cursor._rowcount = result.get("rowcount", -1) if result.get("rowcount") is not None else -1
+    cursor._statusmessage = fake.command_status
+    cursor._make_row = cursor._make_row_maker() if result.get("description") is not None else None
+    _set_transaction_status(cursor.connection, result, pq)
+    _replayed[cursor] = db.RowBuffer(
+        db.recorded_rows(result),
+        truncated=bool(result.get("truncated")),
+        refuse=lambda: db.refuse_truncated(scope, event),
+    )
+
+
+def _encoded_params(op: str, params: Any) -> Any:
+    if op == "executemany":
+        return [db.encode_params(p) for p in params]
+    return db.encode_params(params)
+
+
+def _not_replayable(cursor: Any) -> LiveIOBlocked:
+    return LiveIOBlocked(
+        "a psycopg connection opened before the replay started was used inside it; FluxRun answers only "
+        "connections opened during the execution (open them in the request, or from a pool the app creates)"
+    )
+
+
+class _Support:
+    def __init__(self, psycopg: Any) -> None:
+        self.psycopg = psycopg
+        self.pq = psycopg.pq
+        from psycopg.rows import tuple_row
+
+        self.tuple_row = tuple_row
+        self.fakes: weakref.WeakSet[Any] = weakref.WeakSet()
+        support = self
+
+        class ReplayedConnection(psycopg.Connection):  # type: ignore[misc]
+            """A psycopg connection with no server: its statements are answered by the recording."""
+
+            def commit(self) -> None:
+                _transaction_replay(self, "commit")
+
+            def rollback(self) -> None:
+                _transaction_replay(self, "rollback")
+
+            def close(self) -> None:
+                self._closed = True
+                self.pgconn.status = support.pq.ConnStatus.BAD
+
+            def _exec_command(self, command: Any, result_format: Any = None) -> Any:
+                return None  # BEGIN/COMMIT/SAVEPOINT of a transaction() block: answered by the block's patches
+                yield
+
+            def wait(self, gen: Any, interval: Any = None) -> Any:
+                return _run_offline(gen)
+
+            def _set_autocommit(self, value: bool) -> None:
+                self._autocommit = bool(value)
+
+            def _set_isolation_level(self, value: Any) -> None:
+                self._isolation_level = value
+
+            def _set_read_only(self, value: Any) -> None:
+                self._read_only = value
+
+            def _set_deferrable(self, value: Any) -> None:
+                self._deferrable = value
+
+        class ReplayedAsyncConnection(psycopg.AsyncConnection):  # type: ignore[misc]
+            async def commit(self) -> None:
+                _transaction_replay(self, "commit")
+
+            async def rollback(self) -> None:
+                _transaction_replay(self, "rollback")
+
+            async def close(self) -> None:
+                self._closed = True
+                self.pgconn.status = support.pq.ConnStatus.BAD
+
+            def _exec_command(self, command: Any, result_format: Any = None) -> Any:
+                return None
+                yield
+
+            async def wait(self, gen: Any, interval: Any = None) -> Any:
+                return _run_offline(gen)
+
+            def _set_autocommit(self, value: bool) -> None:
+                self._autocommit = bool(value)
+
+            async def set_autocommit(self, value: bool) -> None:
+                self._autocommit = bool(value)
+
+            def _set_isolation_level(self, value: Any) -> None:
+                self._isolation_level = value
+
+            async def set_isolation_level(self, value: Any) -> None:
+                self._isolation_level = value
+
+            def _set_read_only(self, value: Any) -> None:
+                self._read_only = value
+
+            async def set_read_only(self, value: Any) -> None:
+                self._read_only = value
+
+            def _set_deferrable(self, value: Any) -> None:
+                self._deferrable = value
+
+            async def set_deferrable(self, value: Any) -> None:
+                self._deferrable = value
+
+        self.ReplayedConnection = ReplayedConnection
+        self.ReplayedAsyncConnection = ReplayedAsyncConnection
+
+    def replayed_connection(self, event: dict[str, Any], kwargs: dict[str, Any], asynchronous: bool) -> Any:
+        fake_class = self.ReplayedAsyncConnection if asynchronous else self.ReplayedConnection
+        pgconn = _ReplayedPGconn(self.pq, event["data"])
+        conn = fake_class(pgconn)
+        conn._autocommit = bool(kwargs.get("autocommit", False))
+        if kwargs.get("row_factory"):
+            conn.row_factory = kwargs["row_factory"]
+        if kwargs.get("cursor_factory"):
+            conn.cursor_factory = kwargs["cursor_factory"]
+        context = kwargs.get("context")
+        if context is not None:
+            from psycopg.adapt import AdaptersMap
+
+            conn._adapters = AdaptersMap(context.adapters)
+        self.fakes.add(conn)
+        return conn
+
+
+def _run_offline(gen: Any) -> Any:
+    """Run one of psycopg's IO generators on a replayed connection: the ones it runs there need no IO."""
+    try:
+        gen.send(None)
+    except StopIteration as done:
+        return done.value
+    gen.close()
+    raise LiveIOBlocked("psycopg tried to talk to its server during a replay; the recording answers statements only")
+
+
+def _transaction_replay(conn: Any, op: str) -> None:
+    scope = current()
+    if scope is not None and scope.session is not None:
+        event = db.serve(scope, DRIVER, op, conn=conn)
+        _set_transaction_status(conn, event["data"].get("result") or {}, conn.pgconn.pq)
+
+
+def _set_transaction_status(conn: Any, result: dict[str, Any], pq: Any) -> None:
+    """The replayed connection's transaction status as recorded after the call (SQLAlchemy reads it)."""
+    status = result.get("transaction_status")
+    if status is not None:
+        with contextlib.suppress(Exception):
+            conn.pgconn.transaction_status = pq.TransactionStatus(status)
+
+
+# -- the patches ----------------------------------------------------------------------------------------------
+def _describe(conn: Any) -> Callable[[], dict[str, Any]]:
+    """The connect data of a connection opened before FluxRun was installed (read from the live connection)."""
+    return lambda: _connect_data(conn, db.mask_dsn(conn.info.dsn))
+
+
+def _connect_patch(support: _Support, original: Callable[..., Any], asynchronous: bool) -> Any:
+    def record(scope: Scope, cls: Any, conninfo: str, kwargs: dict[str, Any]) -> tuple[CallEntry | None, Any]:
+        target = _target(conninfo, kwargs)
+        entry = db.start(scope, f"{DRIVER} connect {target}", {"driver": DRIVER, "op": "connect", "target": target})
+        return entry, scope_var.set(None)
+
+    def profile(scope: Scope | None, entry: CallEntry | None, conn: Any, conninfo: str, kwargs: dict[str, Any]) -> None:
+        try:
+            data = _connect_data(conn, _target(conninfo, kwargs))
+        except Exception as exc:
+            report_internal_error("psycopg capture", exc)
+            db.finish(entry)
+            return
+        if scope is None:
+            db.opened(conn, data)
+        else:
+            db.connected(scope, entry, conn, data)
+
+    def replay(scope: Scope, kwargs: dict[str, Any]) -> Any:
+        event = db.serve(scope, DRIVER, "connect")
+        conn = support.replayed_connection(event, kwargs, asynchronous)
+        db.replayed(conn, event)
+        return conn
+
+    if asynchronous:
+
+        async def aconnect(cls: Any, /, conninfo: str = "", **kwargs: Any) -> Any:
+            scope = current()
+            if scope is None:
+                conn = await original(cls, conninfo, **kwargs)
+                profile(None, None, conn, conninfo, kwargs)
+                return conn
+            if scope.session is not None:
+                return replay(scope, kwargs)
+            entry, token = record(scope, cls, conninfo, kwargs)
+            try:
+                conn = await original(cls, conninfo, **kwargs)
+            except BaseException as exc:
+                scope_var.reset(token)
+                db.fail(entry, exc)
+                raise
+            scope_var.reset(token)
+            profile(scope, entry, conn, conninfo, kwargs)
+            return conn
+
+        return classmethod(aconnect)
+
+    def connect(cls: Any, /, conninfo: str = "", **kwargs: Any) -> Any:
+        scope = current()
+        if scope is None:
+            conn = original(cls, conninfo, **kwargs)
+            profile(None, None, conn, conninfo, kwargs)
+            return conn
+        if scope.session is not None:
+            return replay(scope, kwargs)
+        entry, token = record(scope, cls, conninfo, kwargs)
+        try:
+            conn = original(cls, conninfo, **kwargs)
+        except BaseException as exc:
+            scope_var.reset(token)
+            db.fail(entry, exc)
+            raise
+        scope_var.reset(token)
+        profile(scope, entry, conn, conninfo, kwargs)
+        return conn
+
+    return classmethod(connect)
+
+
+def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asynchronous: bool) -> Any:
+    def begin(scope: Scope | None, cursor: Any, query: Any, params: Any) -> CallEntry | None:
+        sql = db.normalise_sql(query)
+        data = {"driver": DRIVER, "op": op, "sql": sql, "params": _encoded_params(op, params)}
+        conn = cursor._conn
+        return db.begin(scope, conn, db.label(DRIVER, op, sql), data, _describe(conn))
+
+    def replay(scope: Scope, cursor: Any, query: Any, params: Any) -> Any:
+        if cursor.connection not in support.fakes:
+            raise _not_replayable(cursor)
+        _serve_into(scope, cursor, op, query, _encoded_params(op, params), support.pq)
+        return cursor if op == "execute" else None
+
+    if op == "executemany":
+
+        def prepare(params: Any) -> Any:
+            return params if isinstance(params, (list, tuple)) else list(params)
+    else:
+
+        def prepare(params: Any) -> Any:
+            return params
+
+    if asynchronous:
+
+        async def aexecute(self: Any, query: Any, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+            scope = current()
+            if scope is None and not db.setting_up:
+                return await original(self, query, params, *args, **kwargs)
+            _replayed.pop(self, None)
+            params = prepare(params)
+            if scope is not None and scope.session is not None:
+                return replay(scope, self, query, params)
+            entry = begin(scope, self, query, params)
+            if entry is None:
+                return await original(self, query, params, *args, **kwargs)
+            token = scope_var.set(None)
+            try:
+                out = await original(self, query, params, *args, **kwargs)
+                result = await _asafe_snapshot(self, support.tuple_row)
+            except BaseException as exc:
+                scope_var.reset(token)
+                db.fail(entry, exc)
+                raise
+            scope_var.reset(token)
+            db.finish(entry, result)
+            return out
+
+        return aexecute
+
+    def execute(self: Any, query: Any, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        scope = current()
+        if scope is None and not db.setting_up:
+            if _replayed_refs:
+                _replayed.pop(self, None)
+            return original(self, query, params, *args, **kwargs)
+        _replayed.pop(self, None)
+        params = prepare(params)
+        if scope is not None and scope.session is not None:
+            return replay(scope, self, query, params)
+        entry = begin(scope, self, query, params)
+        if entry is None:
+            return original(self, query, params, *args, **kwargs)
+        token = scope_var.set(None)
+        try:
+            out = original(self, query, params, *args, **kwargs)
+            result = _safe_snapshot(self, support.tuple_row)
+        except BaseException as exc:
+            scope_var.reset(token)
+            db.fail(entry, exc)
+            raise
+        scope_var.reset(token)
+        db.finish(entry, result)
+        return out
+
+    return execute
+
+
+def _fetch_patches(cls: Any, asynchronous: bool) -> list[Patch]:
+    """fetch* read the recorded rows of a replayed cursor; any other cursor reads its live result."""
+    fetchone, fetchmany, fetchall = (vars(cls)[n] for n in ("fetchone", "fetchmany", "fetchall"))
+    anext_name = "__anext__" if asynchronous else "__next__"
+    next_original = vars(cls)[anext_name]
+
+    def shape(cursor: Any, rows: list[Any]) -> list[Any]:
+        make = cursor._make_row
+        return rows if make is None else [make(r) for r in rows]
+
+    def one(cursor: Any, buffer: db.RowBuffer) -> Any:
+        row = buffer.one()
+        return None if row is None or cursor._make_row is None else cursor._make_row(row)
+
+    if asynchronous:
+
+        async def afetchone(self: Any) -> Any:
+            buffer = _replayed.get(self) if _replayed_refs else None
+            return await fetchone(self) if buffer is None else one(self, buffer)
+
+        async def afetchmany(self: Any, size: int = 0) -> Any:
+            buffer = _replayed.get(self) if _replayed_refs else None
+            if buffer is None:
+                return await fetchmany(self, size)
+            return shape(self, buffer.take(size or self.arraysize))
+
+        async def afetchall(self: Any) -> Any:
+            buffer = _replayed.get(self) if _replayed_refs else None
+            return await fetchall(self) if buffer is None else shape(self, buffer.take(None))
+
+        async def anext_(self: Any) -> Any:
+            buffer = _replayed.get(self) if _replayed_refs else None
+            if buffer is None:
+                return await next_original(self)
+            row = one(self, buffer)
+            if row is None:
+                raise StopAsyncIteration
+            return row
+
+        return [
+            Patch(cls, "fetchone", afetchone),
+            Patch(cls, "fetchmany", afetchmany),
+            Patch(cls, "fetchall", afetchall),
+            Patch(cls, anext_name, anext_),
+        ]
+
+    def sfetchone(self: Any) -> Any:
+        buffer = _replayed.get(self) if _replayed_refs else None
+        return fetchone(self) if buffer is None else one(self, buffer)
+
+    def sfetchmany(self: Any, size: int = 0) -> Any:
+        buffer = _replayed.get(self) if _replayed_refs else None
+        return fetchmany(self, size) if buffer is None else shape(self, buffer.take(size or self.arraysize))
+
+    def sfetchall(self: Any) -> Any:
+        buffer = _replayed.get(self) if _replayed_refs else None
+        return fetchall(self) if buffer is None else shape(self, buffer.take(None))
+
+    def snext(self: Any) -> Any:
+        buffer = _replayed.get(self) if _replayed_refs else None
+        if buffer is None:
+            return next_original(self)
+        row = one(self, buffer)
+        if row is None:
+            raise StopIteration
+        return row
+
+    return [
+        Patch(cls, "fetchone", sfetchone),
+        Patch(cls, "fetchmany", sfetchmany),
+        Patch(cls, "fetchall", sfetchall),
+        Patch(cls, anext_name, snext),
+    ]
+
+
+def _status_after(conn: Any) -> dict[str, Any] | None:
+    try:
+        return {"transaction_status": int(conn.info.transaction_status)}
+    except Exception:
+        return None
+
+
+def _transaction_patch(original: Callable[..., Any], op: str, asynchronous: bool) -> Any:
+    def begin(scope: Scope | None, conn: Any) -> CallEntry | None:
+        return db.begin(scope, conn, db.label(DRIVER, op), {"driver": DRIVER, "op": op}, _describe(conn))
+
+    if asynchronous:
+
+        async def acall(self: Any) -> None:
+            scope = current()
+            if scope is None and not db.setting_up:
+                return await original(self)  # type: ignore[no-any-return]
+            if scope is not None and scope.session is not None:
+                db.serve(scope, DRIVER, op, conn=self)
+                return None
+            entry = begin(scope, self)
+            if entry is None:
+                return await original(self)  # type: ignore[no-any-return]
+            token = scope_var.set(None)
+            try:
+                await original(self)
+            except BaseException as exc:
+                scope_var.reset(token)
+                db.fail(entry, exc)
+                raise
+            scope_var.reset(token)
+            db.finish(entry, _status_after(self))
+            return None
+
+        return acall
+
+    def call(self: Any) -> None:
+        scope = current()
+        if scope is None and not db.setting_up:
+            return original(self)  # type: ignore[no-any-return]
+        if scope is not None and scope.session is not None:
+            db.serve(scope, DRIVER, op, conn=self)
+            return None
+        entry = begin(scope, self)
+        if entry is None:
+            return original(self)  # type: ignore[no-any-return]
+        token = scope_var.set(None)
+        try:
+            original(self)
+        except BaseException as exc:
+            scope_var.reset(token)
+            db.fail(entry, exc)
+            raise
+        scope_var.reset(token)
+        db.finish(entry, _status_after(self))
+        return None
+
+    return call
+
+
+def _block_op(tx: Any, exc_val: BaseException | None) -> str:
+    """What leaving a `transaction()` block does: commit, unless it failed or forces a rollback."""
+    return "commit" if not exc_val and not tx.force_rollback else "rollback"
+
+
+def _replay_enter(tx: Any) -> Any:
+    """Entering a `transaction()` block on a replayed connection: its bookkeeping, no command (psycopg's own
+    would quote the savepoint name with libpq, which a replayed connection does not have)."""
+    tx._check_enter()
+    tx.status = tx.Status.ACTIVE
+    tx._push_savepoint()
+    return tx
+
+
+def _replay_exit(tx: Any, exc_val: BaseException | None) -> bool:
+    """Leaving it: as psycopg's `_exit_gen` decides, a `Rollback` aimed at this block swallowed."""
+    from psycopg import Rollback
+
+    if _block_op(tx, exc_val) == "commit":
+        problem = tx._pop_savepoint("commit")
+        tx.status = tx.Status.COMMITTED
+    else:
+        problem = tx._pop_savepoint("rollback")
+        explicit = isinstance(exc_val, Rollback) or tx.force_rollback
+        tx.status = tx.Status.ROLLED_BACK_EXPLICITLY if explicit else tx.Status.ROLLED_BACK_WITH_ERROR
+    if problem:
+        raise problem
+    return isinstance(exc_val, Rollback) and (not exc_val.transaction or exc_val.transaction is tx)
+
+
+def _block_patches(support: _Support, cls: Any, asynchronous: bool) -> list[Patch]:
+    """`with conn.transaction():` sends BEGIN (or SAVEPOINT) on entry and COMMIT or ROLLBACK (or RELEASE /
+    ROLLBACK TO) on exit: recorded as `begin` and `commit`/`rollback` calls with their savepoint name. At
+    replay the block's bookkeeping runs on the replayed connection, whose commands go nowhere."""
+    enter_name, exit_name = ("__aenter__", "__aexit__") if asynchronous else ("__enter__", "__exit__")
+    enter_original, exit_original = vars(cls)[enter_name], vars(cls)[exit_name]
+    pq = support.pq
+
+    def start_call(scope: Scope | None, tx: Any, op: str) -> CallEntry | None:
+        conn = tx._conn
+        data = {"driver": DRIVER, "op": op, "savepoint": tx.savepoint_name or None}
+        return db.begin(scope, conn, db.label(DRIVER, op), data, _describe(conn))
+
+    def served(scope: Scope, tx: Any, op: str) -> dict[str, Any]:
+        if tx._conn not in support.fakes:
+            raise _not_replayable(tx)
+        return db.serve(scope, DRIVER, op, conn=tx._conn)
+
+    def ended(tx: Any, entry: CallEntry | None, event: dict[str, Any] | None) -> None:
+        if event is not None:
+            _set_transaction_status(tx._conn, event["data"].get("result") or {}, pq)
+            return
+        if entry is not None:
+            entry.value["savepoint"] = tx.savepoint_name or None  # named on entry for a nested block
+        db.finish(entry, _status_after(tx._conn))
+
+    if asynchronous:
+
+        async def aenter(self: Any) -> Any:
+            scope = current()
+            if scope is None and not db.setting_up:
+                return await enter_original(self)
+            if scope is not None and scope.session is not None:
+                event = served(scope, self, "begin")
+                out = _replay_enter(self)
+                ended(self, None, event)
+                return out
+            entry = start_call(scope, self, "begin")
+            if entry is None:
+                return await enter_original(self)
+            token = scope_var.set(None)
+            try:
+                out = await enter_original(self)
+            except BaseException as exc:
+                scope_var.reset(token)
+                db.fail(entry, exc)
+                raise
+            scope_var.reset(token)
+            ended(self, entry, None)
+            return out
+
+        async def aexit(self: Any, exc_type: Any, exc_val: Any, exc_tb: Any) -> Any:
+            scope = current()
+            if scope is None and not db.setting_up:
+                return await exit_original(self, exc_type, exc_val, exc_tb)
+            op = _block_op(self, exc_val)
+            if scope is not None and scope.session is not None:
+                event = served(scope, self, op)
+                swallowed = _replay_exit(self, exc_val)
+                ended(self, None, event)
+                return swallowed
+            entry = start_call(scope, self, op)
+            if entry is None:
+                return await exit_original(self, exc_type, exc_val, exc_tb)
+            token = scope_var.set(None)
+            try:
+                out = await exit_original(self, exc_type, exc_val, exc_tb)
+            except BaseException as exc:
+                scope_var.reset(token)
+                db.fail(entry, exc)
+                raise
+            scope_var.reset(token)
+            ended(self, entry, None)
+            return out
+
+        return [Patch(cls, enter_name, aenter), Patch(cls, exit_name, aexit)]
+
+    def enter(self: Any) -> Any:
+        scope = current()
+        if scope is None and not db.setting_up:
+            return enter_original(self)
+        if scope is not None and scope.session is not None:
+            event = served(scope, self, "begin")
+            out = _replay_enter(self)
+            ended(self, None, event)
+            return out
+        entry = start_call(scope, self, "begin")
+        if entry is None:
+            return enter_original(self)
+        token = scope_var.set(None)
+        try:
+            out = enter_original(self)
+        except BaseException as exc:
+            scope_var.reset(token)
+            db.fail(entry, exc)
+            raise
+        scope_var.reset(token)
+        ended(self, entry, None)
+        return out
+
+    def exit_(self: Any, exc_type: Any, exc_val: Any, exc_tb: Any) -> Any:
+        scope = current()
+        if scope is None and not db.setting_up:
+            return exit_original(self, exc_type, exc_val, exc_tb)
+        op = _block_op(self, exc_val)
+        if scope is not None and scope.session is not None:
+            event = served(scope, self, op)
+            swallowed = _replay_exit(self, exc_val)
+            ended(self, None, event)
+            return swallowed
+        entry = start_call(scope, self, op)
+        if entry is None:
+            return exit_original(self, exc_type, exc_val, exc_tb)
+        token = scope_var.set(None)
+        try:
+            out = exit_original(self, exc_type, exc_val, exc_tb)
+        except BaseException as exc:
+            scope_var.reset(token)
+            db.fail(entry, exc)
+            raise
+        scope_var.reset(token)
+        ended(self, entry, None)
+        return out
+
+    return [Patch(cls, enter_name, enter), Patch(cls, exit_name, exit_)]
+
+
+class PsycopgInterceptor:
+    kind = db.KIND
+
+    def __init__(self) -> None:
+        self.psycopg = loaded("psycopg")
+
+    def patches(self) -> list[Patch]:
+        psycopg = self.psycopg
+        if psycopg is None:
+            return []
+        try:
+            support = _Support(psycopg)
+        except Exception:  # a psycopg without the parts this relies on: leave it alone
+            return []
+        patches: list[Patch] = []
+        for conn_cls, cur_cls, asynchronous in (
+            (psycopg.Connection, psycopg.Cursor, False),
+            (psycopg.AsyncConnection, psycopg.AsyncCursor, True),
+        ):
+            connect = _connect_patch(support, vars(conn_cls)["connect"].__func__, asynchronous)
+            patches.append(Patch(conn_cls, "connect", connect))
+            if not asynchronous:  # `psycopg.connect` is `Connection.connect`, bound when psycopg was imported
+                patches.append(Patch(psycopg, "connect", connect.__get__(None, conn_cls)))
+            for op in ("commit", "rollback"):
+                patches.append(Patch(conn_cls, op, _transaction_patch(vars(conn_cls)[op], op, asynchronous)))
+            for op in ("execute", "executemany"):
+                patches.append(Patch(cur_cls, op, _execute_patch(support, vars(cur_cls)[op], op, asynchronous)))
+            patches.extend(_fetch_patches(cur_cls, asynchronous))
+        patches.extend(_block_patches(support, psycopg.Transaction, False))
+        patches.extend(_block_patches(support, psycopg.AsyncTransaction, True))
+        return patches
+
+    def rebind(self) -> dict[int, Any]:
+        return {}

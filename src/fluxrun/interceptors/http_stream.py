@@ -1,0 +1,252 @@
+"""Response bodies as the app consumed them, piece by piece: shared by the requests, urllib3 and aiohttp interceptors.
+
+At capture a `ConsumedBody` keeps every piece the client handed the app, with its boundary, up to where
+the app stopped: an app that abandons a stream half-way (it raises inside its loop over the chunks) still
+leaves what it read in the recording. At replay a `BodyTape` hands back the same pieces at the same
+boundaries; reading past what was recorded is a divergence that names the real cause (the app stopped
+there, or the body was cut at the size limit), and a recorded read error is raised again where it happened.
+A read that was still waiting for data when its task was cancelled (a sibling's error ended a `gather`)
+is marked, and at replay the same read waits until it is cancelled again (`BodyTape.pend`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from types import CodeType, FrameType
+from typing import Any
+
+from fluxrun._internal import is_plumbing, report_internal_error
+from fluxrun.interceptors.hot_path import error_fields
+from fluxrun.model.export import body_bytes
+
+__all__ = ["BodyTape", "ConsumedBody", "client_frame", "request_body", "snapshot"]
+
+# Packages between the app and the wire: a call's site is the first frame outside them (the app's line).
+CLIENT_PACKAGES = frozenset({"requests", "urllib3", "botocore", "boto3", "s3transfer", "aiohttp", "stripe"})
+
+
+def client_frame(depth: int = 2) -> FrameType | None:
+    """The frame that made the HTTP call: past FluxRun, wrapt and the HTTP client packages themselves."""
+    try:
+        frame: FrameType | None = sys._getframe(depth)
+    except ValueError:
+        return None
+    first = None
+    while frame is not None:
+        code = frame.f_code
+        entry = _client_verdicts.get(id(code))
+        if entry is None or entry[0] is not code:
+            entry = _client_verdict(frame)
+        if entry[1] != _PLUMBING_FRAME:
+            first = first or frame
+            if entry[1] == _APP_FRAME:
+                return frame
+        frame = frame.f_back
+    return first
+
+
+# Per code object, for `client_frame`: (code, FluxRun or wrapt's plumbing / an HTTP client package / other)
+_PLUMBING_FRAME, _CLIENT_FRAME, _APP_FRAME = 0, 1, 2
+_client_verdicts: dict[int, tuple[CodeType, int]] = {}
+
+
+def _client_verdict(frame: FrameType) -> tuple[CodeType, int]:
+    if is_plumbing(frame):
+        verdict = _PLUMBING_FRAME
+    elif frame.f_globals.get("__name__", "").partition(".")[0] in CLIENT_PACKAGES:
+        verdict = _CLIENT_FRAME
+    else:
+        verdict = _APP_FRAME
+    entry = (frame.f_code, verdict)
+    _client_verdicts[id(frame.f_code)] = entry
+    return entry
+
+
+def snapshot(content: bytes, limit: int) -> dict[str, Any]:
+    """A body as recorded: bytes up to `limit`, the full size, and a truncation mark."""
+    out: dict[str, Any] = {"bytes": content[:limit], "size": len(content)}
+    if len(content) > limit:
+        out["truncated"] = True
+    return out
+
+
+def request_body(body: Any, limit: int) -> dict[str, Any]:
+    """An upload as recorded: bytes and str as they are; a seekable file read up to the limit and rewound;
+    anything else (a generator, a socket) is marked streamed and not read, since reading it would consume it."""
+    if body is None:
+        return {"bytes": b"", "size": 0}
+    if isinstance(body, str):
+        return snapshot(body.encode("utf-8"), limit)
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return snapshot(bytes(body), limit)
+    try:
+        position = body.tell()
+        content = body.read(limit + 1)
+        body.seek(position)
+    except Exception:
+        return {"bytes": b"", "size": None, "streamed": True}
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    if len(content) > limit:
+        return {"bytes": content[:limit], "size": None, "truncated": True}
+    return snapshot(content, limit)
+
+
+class ConsumedBody:
+    """The capture side of a response body: each piece the app was handed, appended as it reads."""
+
+    __slots__ = ("body", "limit")
+
+    def __init__(self, body: dict[str, Any], limit: int) -> None:
+        # kept in the event's data at once, so a stream the app abandons is recorded up to where it stopped
+        body.update(bytes=bytearray(), size=0, chunks=[], complete=False)
+        self.body = body
+        self.limit = limit
+
+    def piece(self, data: bytes) -> None:
+        try:
+            size = len(data)
+            if not size:
+                return
+            body = self.body
+            kept = body["bytes"]
+            room = self.limit - len(kept)
+            if room > 0:
+                kept += data[:room]
+            if size > room:
+                body["truncated"] = True
+            body["size"] += size
+            body["chunks"].append(size)
+        except Exception as exc:
+            report_internal_error("http stream capture", exc)
+
+    def end(self) -> None:
+        self.body["complete"] = True
+
+    def cancelled(self) -> None:
+        """A read was waiting for more of the body when its task was cancelled."""
+        self.body["cancelled"] = True
+
+    def fail(self, exc: BaseException) -> None:
+        try:
+            self.body["error"] = error_fields(exc)
+        except Exception as internal:
+            report_internal_error("http stream capture", internal)
+
+
+class _Pending(Exception):
+    """Inside `BodyTape.pend`: this read was waiting when its task was cancelled at capture."""
+
+
+class BodyTape:
+    """The replay side of a response body: the recorded pieces, at their recorded boundaries.
+
+    `piece(limit)` gives up to the next boundary (what one read of the live stream returned), `exactly(n)`
+    spans boundaries as a read that fills its buffer does, `line()` reads through the next newline.
+    At the end of what was recorded: end of stream if the body was complete, else `refuse(reason)` or the
+    recorded read error.
+    """
+
+    def __init__(
+        self,
+        body: dict[str, Any] | None,
+        refuse: Callable[[str], BaseException],
+        rebuild_error: Callable[[dict[str, Any]], BaseException],
+    ) -> None:
+        body = body or {}
+        self.data = body_bytes(body)
+        self.ends: list[int] = []
+        total = 0
+        for size in body.get("chunks") or ([len(self.data)] if self.data else []):
+            total = min(total + int(size), len(self.data))
+            if not self.ends or total > self.ends[-1]:
+                self.ends.append(total)
+        if self.ends and self.ends[-1] < len(self.data):
+            self.ends.append(len(self.data))
+        self.pos = 0
+        self.body = body
+        self.refuse = refuse
+        self.rebuild_error = rebuild_error
+        self._may_pend = False  # inside `pend`: a read past the end may wait instead of diverging
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.body.get("complete", True)) and not self.body.get("truncated") and "error" not in self.body
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.data)
+
+    def _past_the_end(self) -> BaseException:
+        body = self.body
+        if self._may_pend and body.get("cancelled"):
+            return _Pending()
+        if "error" in body:
+            return self.rebuild_error(body["error"])
+        if body.get("truncated"):
+            return self.refuse(
+                f"the recorded response body was cut at the size limit ({len(self.data)} of {body.get('size')} "
+                "bytes kept) and the code reads past that: raise max_body_size (FLUXRUN_MAX_BODY_SIZE) where "
+                "it is captured"
+            )
+        return self.refuse(
+            f"at capture the app stopped reading this streamed response after {len(self.data)} bytes in "
+            f"{len(self.ends)} pieces (it left the stream there), so the recording has nothing beyond that "
+            "point, and the code now reads further"
+        )
+
+    async def pend(self, read: Callable[..., Any], *args: Any) -> Any:
+        """`read(*args)` for an asyncio reader: past the end of a body whose next read was cancelled at
+        capture, the read never completes (only cancellation ends it, as it did) instead of diverging."""
+        self._may_pend = True
+        try:
+            return read(*args)
+        except _Pending:
+            pass
+        finally:
+            self._may_pend = False
+        await asyncio.get_running_loop().create_future()
+
+    def _end(self) -> bytes:
+        if self.complete:
+            return b""
+        raise self._past_the_end()
+
+    def piece(self, limit: int | None = None) -> bytes:
+        if self.at_end():
+            return self._end()
+        stop = next(end for end in self.ends if end > self.pos)
+        if limit is not None and limit >= 0:
+            stop = min(stop, self.pos + limit)
+        out, self.pos = self.data[self.pos : stop], stop
+        return out
+
+    def exactly(self, n: int) -> bytes:
+        if self.at_end():
+            return self._end()
+        if self.pos + n > len(self.data) and not self.complete:
+            raise self._past_the_end()
+        out = self.data[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def rest(self) -> bytes:
+        if self.at_end():
+            return self._end()
+        if not self.complete:
+            raise self._past_the_end()
+        out, self.pos = self.data[self.pos :], len(self.data)
+        return out
+
+    def line(self, separator: bytes = b"\n", limit: int = -1) -> bytes:
+        if self.at_end():
+            return self._end()
+        found = self.data.find(separator, self.pos)
+        stop = len(self.data) if found < 0 else found + len(separator)
+        if limit is not None and limit >= 0:
+            stop = min(stop, self.pos + limit)
+        if found < 0 and not self.complete and (limit is None or limit < 0 or stop - self.pos < limit):
+            raise self._past_the_end()
+        out, self.pos = self.data[self.pos : stop], stop
+        return out

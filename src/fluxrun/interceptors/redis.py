@@ -1,0 +1,185 @@
+"""Redis commands through redis-py, sync and asyncio: recorded at capture, answered at replay.
+
+Every command method (`get`, `set`, `hgetall`, ...) ends in `Redis.execute_command`, and a pipeline ends in
+`Pipeline.execute`, so one patch per class sees them all. A command is recorded as its arguments (the name
+first; bytes stay bytes) and its parsed reply, or the redis exception it raised. A pipeline is ONE call
+holding its commands in order, and its reply list. Commands issued while a pipeline WATCHes keys
+(`immediate_execute_command`) are commands of their own.
+
+At replay the patches answer before the client touches its connection pool, so no connection is made;
+a command matches a recorded one by its arguments, in order, within the task that made it, and a
+different command raises `ReplayDivergence` showing both. A recorded error is raised again as the same
+redis exception class. This module is also the worked example of docs/interceptors.md.
+
+Not intercepted: `single_connection_client=True` (it connects while the client is built), pub/sub,
+`RedisCluster`, and the monitor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fluxrun.interceptors.api import (
+    Patch,
+    active,
+    answer,
+    decode,
+    encode,
+    fields_match,
+    loaded,
+    record,
+    record_async,
+    replaying,
+)
+from fluxrun.interceptors.base import wrap_client_method
+
+__all__ = ["RedisInterceptor"]
+
+KIND = "redis"
+CLIENT = "redis-py"
+
+
+def _name(args: tuple[Any, ...]) -> str:
+    """The command name, for labels: `SET`, `CLIENT SETNAME` (never its arguments: keys can be secrets)."""
+    if not args:
+        return "?"
+    first = args[0]
+    if isinstance(first, (bytes, bytearray, memoryview)):
+        first = bytes(first).decode("latin-1")
+    return str(first).upper()[:40]
+
+
+def _command(args: tuple[Any, ...]) -> Any:
+    """A command's arguments as recorded: bytes stay bytes, memoryviews become bytes."""
+    return encode([bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args])
+
+
+def _command_data(args: tuple[Any, ...]) -> dict[str, Any]:
+    return {"client": CLIENT, "command": _command(args)}
+
+
+def _pipeline_data(pipeline: Any) -> tuple[str, dict[str, Any]]:
+    commands = [_command(tuple(args)) for args, _options in pipeline.command_stack]
+    names = " ".join(_name(tuple(args)) for args, _options in pipeline.command_stack[:8])
+    more = " …" if len(pipeline.command_stack) > 8 else ""
+    # redis.asyncio keeps it in `is_transaction` (its `transaction` is the Redis.transaction method)
+    flag = getattr(pipeline, "is_transaction", None)
+    transaction = bool((pipeline.transaction if flag is None else flag) or pipeline.explicit_transaction)
+    call = f"redis {'MULTI/EXEC' if transaction else 'PIPELINE'} [{names}{more}]"
+    return call, {"client": CLIENT, "pipeline": commands, "transaction": transaction}
+
+
+def _served_command(scope: Any, instance: Any, call: str, data: dict[str, Any], args: tuple[Any, ...]) -> Any:
+    event = answer(scope, KIND, call, fields_match(data, ["command"]))
+    unwatch = getattr(instance, "UNWATCH_COMMANDS", None)  # a pipeline's WATCH state, as its parse_response keeps it
+    if unwatch is not None:
+        name = _name(args)
+        if name in unwatch:
+            instance.watching = False
+        elif name == "WATCH":
+            instance.watching = True
+    return decode(event["data"].get("result"))
+
+
+def _command_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    scope = active()
+    if scope is None:
+        return wrapped(*args, **kwargs)
+    call, data = f"redis {_name(args)}", _command_data(args)
+    if replaying(scope):
+        return _served_command(scope, instance, call, data, args)
+    return record(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
+
+
+def _async_command_wrapper(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    scope = active()
+    if scope is None:
+        return wrapped(*args, **kwargs)
+    call, data = f"redis {_name(args)}", _command_data(args)
+    if replaying(scope):
+
+        async def replay() -> Any:
+            return _served_command(scope, instance, call, data, args)
+
+        return replay()
+    return record_async(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
+
+
+def _served_pipeline(scope: Any, pipeline: Any) -> Any:
+    call, data = _pipeline_data(pipeline)
+    try:
+        event = answer(scope, KIND, call, fields_match(data, ["pipeline", "transaction"]))
+    finally:
+        pipeline.command_stack = []  # what the real execute's reset() does first; no connection to release
+    return decode(event["data"].get("result"))
+
+
+def _pipeline_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    scope = active()
+    if scope is None:
+        return wrapped(*args, **kwargs)
+    if replaying(scope):
+        result = _served_pipeline(scope, instance)
+        instance.reset()
+        return result
+    call, data = _pipeline_data(instance)
+    return record(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
+
+
+def _async_pipeline_wrapper(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    scope = active()
+    if scope is None:
+        return wrapped(*args, **kwargs)
+    if replaying(scope):
+
+        async def replay() -> Any:
+            result = _served_pipeline(scope, instance)
+            await instance.reset()
+            return result
+
+        return replay()
+    call, data = _pipeline_data(instance)
+    return record_async(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
+
+
+class RedisInterceptor:
+    """redis-py's `Redis` and `Pipeline`, sync (`redis.client`) and asyncio (`redis.asyncio.client`)."""
+
+    kind = KIND
+
+    def patches(self) -> list[Patch]:
+        sync, aio = loaded("redis.client"), loaded("redis.asyncio.client")
+        patches: list[Patch] = []
+        if sync is not None:
+            patches += [
+                Patch(sync.Redis, "execute_command", _wrap(sync.Redis, "execute_command", _command_wrapper)),
+                Patch(sync.Pipeline, "execute", _wrap(sync.Pipeline, "execute", _pipeline_wrapper)),
+                Patch(
+                    sync.Pipeline,
+                    "immediate_execute_command",
+                    _wrap(sync.Pipeline, "immediate_execute_command", _command_wrapper),
+                ),
+            ]
+        if aio is not None:
+            patches += [
+                Patch(aio.Redis, "execute_command", _wrap(aio.Redis, "execute_command", _async_command_wrapper)),
+                Patch(aio.Pipeline, "execute", _wrap(aio.Pipeline, "execute", _async_pipeline_wrapper)),
+                Patch(
+                    aio.Pipeline,
+                    "immediate_execute_command",
+                    _wrap(aio.Pipeline, "immediate_execute_command", _async_command_wrapper),
+                ),
+            ]
+        return patches
+
+    def rebind(self) -> dict[int, Any]:
+        return {}
+
+
+def _wrap(owner: type, name: str, wrapper: Callable[..., Any]) -> Any:
+    return wrap_client_method(vars(owner)[name], wrapper)

@@ -1,0 +1,415 @@
+"""HTTP fetches through urllib3: the connection pool's `urlopen`, which botocore (boto3) and the stripe SDK use.
+
+`PoolManager`, `request()` and every client built on urllib3 end in `HTTPConnectionPool.urlopen`, so
+one patch sees them all. Its own retries and redirects call `urlopen` again inside the call: they are
+part of it, recorded once with the final outcome. A client on top that is intercepted itself (requests)
+suspends capture while it runs, so its fetch is one event, not two. The response body is recorded as the
+caller reads it, piece by piece (`http_stream.ConsumedBody`), or whole when urllib3 preloaded it.
+
+At replay `urlopen` is answered from the recording before any connection is made: matched by method,
+URL and body within the task (`replay.matchers.http_matcher`), the body served at its recorded
+boundaries by a `TapeResponse`, and a recorded error (`NewConnectionError`, `MaxRetryError`) raised again
+as urllib3's own exception, so botocore and requests translate it as they did live.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fluxrun._context import Scope, current, scope_var
+from fluxrun._internal import report_internal_error, site_of, site_ref
+from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error, wrap_client_method
+from fluxrun.interceptors.hot_path import end_call, fail_call, start_call
+from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody, client_frame, request_body, snapshot
+from fluxrun.model.recording import CallEntry
+from fluxrun.replay.matchers import RequestView, http_matcher
+
+__all__ = [
+    "Urllib3Interceptor",
+    "answer_request",
+    "body_view",
+    "outcome_of",
+    "record_response",
+    "start_fetch",
+    "take_request",
+    "tape_response",
+]
+
+KIND = "http"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_VERSIONS = {10: "HTTP/1.0", 11: "HTTP/1.1", 20: "HTTP/2", 30: "HTTP/3"}
+
+
+def _fetch_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A fetch's `data` when its execution is sealed: headers snapshotted as a tuple of the pairs the client
+    held (`_raw_pairs`, on the request path) become text pairs here, off it (most executions are dropped)."""
+    for part in (data.get("request"), data.get("response")):
+        if part and type(part.get("headers")) is tuple:
+            part["headers"] = _text_pairs(part["headers"])
+    return data
+
+
+def _raw_pairs(headers: Any) -> tuple[Any, ...]:
+    """A snapshot of a header mapping or pair list as it is now; `_fetch_data` formats it if kept."""
+    if not headers:
+        return ()
+    return tuple(headers.items() if hasattr(headers, "items") else headers)
+
+
+def _text_pairs(headers: Any) -> list[tuple[str, str]]:
+    if not headers:
+        return []
+    items = headers.items() if hasattr(headers, "items") else headers
+    return [
+        (
+            k.decode("latin-1") if isinstance(k, bytes) else str(k),
+            v.decode("latin-1") if isinstance(v, bytes) else str(v),
+        )
+        for k, v in items
+    ]
+
+
+# -- capture ---------------------------------------------------------------------------------------
+def start_fetch(scope: Scope, client: str, method: str, url: str, headers: Any, body: dict[str, Any]) -> CallEntry:
+    """Append a fetch to the log as an entry that the response or error completes."""
+    frame = client_frame(3)
+    data = {
+        "client": client,
+        "request": {"method": method.upper(), "url": url, "headers": _raw_pairs(headers), "body": body},
+        "stream": True,
+    }
+    entry = start_call(scope, KIND, None, site_ref(frame) if frame is not None else "?:?:0", data)
+    entry.build = _fetch_data
+    return entry
+
+
+def fail_fetch(entry: CallEntry | None, exc: BaseException, scope: Scope | None = None) -> None:
+    if entry is None:
+        return
+    try:
+        fail_call(entry, exc, scope)
+    except Exception as internal:
+        report_internal_error("http capture", internal)
+
+
+def record_response(entry: CallEntry | None, response: Any, limit: int, scope: Scope | None = None) -> None:
+    """Record a urllib3 `HTTPResponse`'s head, and its body as the caller reads it (teed on the instance)."""
+    if entry is None:
+        return
+    try:
+        if not end_call(entry, scope):
+            return
+        recorded: dict[str, Any] = {
+            "status": response.status,
+            "reason": response.reason or "",
+            "http_version": getattr(response, "version_string", None) or _VERSIONS.get(response.version, "HTTP/1.1"),
+            "headers": _raw_pairs(response.headers),
+            "body": {},
+        }
+        entry.value["response"] = recorded
+        preloaded = getattr(response, "_body", None)
+        if preloaded is not None:  # read by urllib3 itself (preload_content=True): whole, decoded
+            recorded["body"] = {**snapshot(bytes(preloaded), limit), "encoding": "decoded", "complete": True}
+            entry.value["stream"] = False
+            return
+        _tee(response, ConsumedBody(recorded["body"], limit))
+    except Exception as exc:
+        report_internal_error("http capture", exc)
+
+
+def _tee(response: Any, consumed: ConsumedBody) -> None:
+    """Hand every piece urllib3 returns to `consumed`: `stream`, `data`, `readinto` and iteration all go
+    through these three methods, so overriding them on the instance sees every read exactly once."""
+    read, read1, read_chunked = response.read, response.read1, response.read_chunked
+
+    def encoding(decode_content: bool | None) -> None:
+        if "encoding" not in consumed.body:
+            decoded = response.decode_content if decode_content is None else decode_content
+            consumed.body["encoding"] = "decoded" if decoded else "raw"
+
+    def tee_read(amt: int | None = None, decode_content: bool | None = None, cache_content: bool = False) -> bytes:
+        encoding(decode_content)
+        try:
+            data = read(amt, decode_content, cache_content)
+        except BaseException as exc:
+            consumed.fail(exc)
+            raise
+        consumed.piece(data)
+        if amt is None or not data or len(data) < amt:
+            consumed.end()
+        return data  # type: ignore[no-any-return]
+
+    def tee_read1(amt: int | None = None, decode_content: bool | None = None) -> bytes:
+        encoding(decode_content)
+        try:
+            data = read1(amt, decode_content)
+        except BaseException as exc:
+            consumed.fail(exc)
+            raise
+        consumed.piece(data)
+        if not data and amt != 0:
+            consumed.end()
+        return data  # type: ignore[no-any-return]
+
+    def tee_read_chunked(amt: int | None = None, decode_content: bool | None = None) -> Iterator[bytes]:
+        encoding(decode_content)
+        try:
+            for data in read_chunked(amt, decode_content):
+                consumed.piece(data)
+                yield data
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            consumed.fail(exc)
+            raise
+        consumed.end()
+
+    response.read, response.read1, response.read_chunked = tee_read, tee_read1, tee_read_chunked
+
+
+# -- replay ----------------------------------------------------------------------------------------
+class _Original:
+    """What requests' cookie handling reads of the http.client response under urllib3's (`.msg`)."""
+
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.msg = http.client.HTTPMessage()
+        for key, value in headers:
+            self.msg[key] = value
+
+    def isclosed(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+_tape_classes: dict[int, type] = {}
+
+
+def _tape_class(module: Any) -> type:
+    """A urllib3 `HTTPResponse` whose reads come from a `BodyTape` (made once per urllib3 module)."""
+    cls = _tape_classes.get(id(module))
+    if cls is not None:
+        return cls
+    base = module.response.HTTPResponse
+
+    class TapeResponse(base):  # type: ignore[misc, valid-type]
+        _tape: BodyTape
+
+        def read(
+            self, amt: int | None = None, decode_content: bool | None = None, cache_content: bool = False
+        ) -> bytes:
+            data = self._tape.rest() if amt is None else self._tape.exactly(amt)
+            if cache_content:
+                self._body = data
+            return data
+
+        def read1(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
+            return self._tape.piece(amt)
+
+        def stream(self, amt: int | None = 2**16, decode_content: bool | None = None) -> Iterator[bytes]:
+            while True:
+                data = self._tape.piece(amt)
+                if not data:
+                    return
+                yield data
+
+        read_chunked = stream
+
+        @property
+        def data(self) -> bytes:
+            if self._body is not None:
+                return self._body
+            return self.read(cache_content=True)
+
+        def supports_chunked_reads(self) -> bool:
+            return False
+
+        def release_conn(self) -> None:
+            pass
+
+        def drain_conn(self) -> None:
+            pass
+
+        def tell(self) -> int:
+            return self._tape.pos
+
+    _tape_classes[id(module)] = TapeResponse
+    return TapeResponse
+
+
+def tape_response(
+    module: Any, recorded: dict[str, Any], method: str, url: str, refuse: Callable[[str], BaseException]
+) -> Any:
+    """The recorded response as a urllib3 `HTTPResponse` that opened no connection."""
+    headers = module.HTTPHeaderDict()
+    for key, value in recorded.get("headers", []):
+        headers.add(key, value)
+    version = str(recorded.get("http_version") or "HTTP/1.1")
+    response = _tape_class(module)(
+        body=b"",
+        headers=headers,
+        status=recorded["status"],
+        version={v: k for k, v in _VERSIONS.items()}.get(version, 11),
+        version_string=version,
+        reason=recorded.get("reason") or None,
+        preload_content=False,
+        decode_content=False,
+        original_response=_Original(list(recorded.get("headers", []))),
+        request_method=method,
+        request_url=url,
+    )
+    body = recorded.get("body") or {}
+    response._tape = BodyTape(body, refuse, _raised)
+    if (
+        body.get("complete")
+        and "chunks" not in body
+        and body.get("encoding") == "decoded"
+        and not body.get("truncated")
+    ):
+        response._body = response._tape.rest()  # preloaded at capture: `.data` is there at once
+    return response
+
+
+def _raised(error: dict[str, Any]) -> BaseException:
+    try:
+        raise_recorded_error({"error": error})
+    except BaseException as exc:
+        return exc
+    return RuntimeError(error.get("message", ""))  # pragma: no cover - raise_recorded_error always raises
+
+
+def body_view(body: Any) -> bytes | None:
+    """An upload as the matchers compare it: its bytes, or None when it is a stream that was not recorded."""
+    recorded = request_body(body, 1 << 62)
+    return None if recorded.get("streamed") else bytes(recorded["bytes"])
+
+
+def take_request(
+    scope: Scope, method: str, url: str, headers: Any, body: bytes | None
+) -> tuple[Any, dict[str, Any], Callable[[str], BaseException]]:
+    """Take the recorded fetch that answers this request: (replay session, event, refuse). The caller waits
+    for the event's recorded turn (`session.turn` or `session.wait_turn`) before using its outcome.
+    `body` is the upload's bytes (`body_view`), None when it cannot be compared."""
+    frame = client_frame(3)
+    here = scope.here()
+    site = site_of(frame)
+    session = here.session
+    assert session is not None
+    view = RequestView(method, url, _text_pairs(headers), body)
+    call = f"{method.upper()} {url}"
+    event = session.take(KIND, call, here.path, frame, site, match=http_matcher(view))
+    here.recording.add(KIND, call, here.path, site, {})
+
+    def refuse(reason: str) -> BaseException:
+        return session.refuse(KIND, call, here.path, client_frame(3), reason)
+
+    return session, event, refuse
+
+
+def outcome_of(event: dict[str, Any], refuse: Callable[[str], BaseException]) -> tuple[dict[str, Any] | None, Any]:
+    """(response, error) of a taken fetch whose turn has come; a recording without either is refused (a
+    `ReplayDivergence`), never an internal error raised into the app."""
+    recorded, error = event["data"].get("response"), event.get("error")
+    if recorded is None and error is None:
+        raise refuse("the recording holds no answer for it")
+    return recorded, error
+
+
+def answer_request(
+    scope: Scope, method: str, url: str, headers: Any, body: bytes | None
+) -> tuple[dict[str, Any], dict[str, Any] | None, Callable[[str], BaseException]]:
+    """Take the recorded fetch that answers this request and wait for its recorded turn (thread callers):
+    (response, error, refuse) for the caller to build. A call still in flight when the recorded execution
+    ended never completes: `PendingAtEnd` once the replayed execution ends."""
+    session, event, refuse = take_request(scope, method, url, headers, body)
+    session.wait_turn(event, "response")
+    recorded, error = outcome_of(event, refuse)
+    return recorded or {}, error, refuse
+
+
+def elapsed_of(event_ns: int) -> datetime.timedelta:
+    return datetime.timedelta(microseconds=event_ns / 1000)
+
+
+# -- the patch -------------------------------------------------------------------------------------
+def _pool_url(pool: Any, url: str) -> str:
+    if not url.startswith("/"):
+        return url  # absolute (a proxy, or assert_same_host=False with a full URL)
+    scheme = getattr(pool, "scheme", "http")
+    host = pool.host or ""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    port = pool.port
+    netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{url}"
+
+
+def _urlopen_wrapper(module: Any, limit: Callable[[], int]) -> Callable[..., Any]:
+    def arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, Any, Any]:
+        names = ("method", "url", "body", "headers")
+        values = dict(zip(names, args, strict=False))
+        for name in names:
+            if name in kwargs:
+                values[name] = kwargs[name]
+        return values["method"], values["url"], values.get("body"), values.get("headers")
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        scope = current()
+        if scope is None:
+            return wrapped(*args, **kwargs)
+        try:
+            method, path, body, headers = arguments(args, kwargs)
+            url = _pool_url(instance, path)
+            if headers is None:
+                headers = instance.headers
+        except Exception as exc:
+            report_internal_error("urllib3 capture", exc)
+            return wrapped(*args, **kwargs)
+        if scope.session is not None:
+            recorded, error, refuse = answer_request(scope, method, url, headers, body_view(body))
+            if error is not None:
+                raise _raised(error)
+            assert recorded is not None
+            return tape_response(module, recorded, method, url, refuse)
+        entry = None
+        try:
+            entry = start_fetch(scope, "urllib3", method, url, headers, request_body(body, limit()))
+        except Exception as exc:
+            report_internal_error("urllib3 capture", exc)
+        token = scope_var.set(None)
+        try:
+            response = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            scope_var.reset(token)
+            fail_fetch(entry, exc, scope)
+            raise
+        scope_var.reset(token)
+        record_response(entry, response, limit(), scope)
+        return response
+
+    return wrapper
+
+
+class Urllib3Interceptor:
+    kind = KIND
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self._limit = limit
+        module = loaded("urllib3")
+        pool = getattr(getattr(module, "connectionpool", None), "HTTPConnectionPool", None)
+        self.module = module if pool is not None and hasattr(module, "HTTPHeaderDict") else None
+        self.modules = ("urllib3",) if self.module is not None else ()  # what the coverage report counts
+
+    def patches(self) -> list[Patch]:
+        if self.module is None:
+            return []
+        pool = self.module.connectionpool.HTTPConnectionPool
+        replacement = wrap_client_method(vars(pool)["urlopen"], _urlopen_wrapper(self.module, self._limit))
+        return [Patch(pool, "urlopen", replacement)]
+
+    def rebind(self) -> dict[int, Any]:
+        return {}

@@ -1,0 +1,131 @@
+"""FastAPI on SQLAlchemy ORM over a real PostgreSQL, served by uvicorn, its connection pool warm.
+
+A checkout commits a write, then fails on an item with no price (a row the code did not expect): 500. The
+bundle is captured by the server process, PostgreSQL is stopped, and the replay runs offline in a fresh
+process without DATABASE_URL, a day later, three times: reproduced each time, every recorded call made. The
+fixed app then replays as `fixed` with PostgreSQL up and reachable, and a write-counting trigger on the
+real database shows that no replay wrote anything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from harness import app_server, assert_stopped, one_bundle, replay_offline
+from postgres import Cluster, start_cluster
+
+from fluxrun.bundle import open_bundle
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "pg-Secr3t-fidelity"  # trust auth ignores it; it must still never be recorded
+SCHEMA = """
+CREATE TABLE items (id serial PRIMARY KEY, customer text NOT NULL, sku text NOT NULL, price numeric(10, 2));
+CREATE TABLE checkouts (id serial PRIMARY KEY, customer text NOT NULL, status text NOT NULL);
+CREATE TABLE writes (n bigint NOT NULL);
+INSERT INTO items (customer, sku, price) VALUES
+    ('c-1', 'mug', 12.50), ('c-1', 'tea', 4.20),
+    ('c-7', 'mug', 12.50), ('c-7', 'gift-wrap', NULL);  -- added by another system: no price
+INSERT INTO writes VALUES (0);
+CREATE FUNCTION count_write() RETURNS trigger AS $$ BEGIN UPDATE writes SET n = n + 1; RETURN NULL; END $$
+    LANGUAGE plpgsql;
+CREATE TRIGGER items_writes AFTER INSERT OR UPDATE OR DELETE ON items FOR EACH ROW EXECUTE FUNCTION count_write();
+CREATE TRIGGER checkouts_writes AFTER INSERT OR UPDATE OR DELETE ON checkouts
+    FOR EACH ROW EXECUTE FUNCTION count_write();
+"""
+
+
+def writes(cluster: Cluster) -> int:
+    """Rows written to the app's tables so far, counted by the triggers."""
+    import psycopg
+
+    with psycopg.connect(cluster.dsn) as conn:
+        return int(conn.execute("SELECT n FROM writes").fetchone()[0])  # type: ignore[index]
+
+
+def pg_ctl(cluster: Cluster, *args: str) -> None:
+    """Stop or start the cluster keeping its data (Cluster.stop also removes its folder)."""
+    command = [*cluster.as_user, str(cluster.bin_dir / "pg_ctl"), "-D", str(cluster.folder / "data"), *args]
+    subprocess.run(command, capture_output=True, check=True)
+
+
+def restart(cluster: Cluster) -> None:
+    options = f"-p {cluster.port} -k {cluster.folder / 'run'} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg_ctl(cluster, "-o", options, "-l", str(cluster.folder / "log"), "-w", "start")
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[Cluster]:
+    import psycopg
+
+    cluster = start_cluster()
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory, keys, database):  # type: ignore[no-untyped-def]
+    capture_dir = tmp_path_factory.mktemp("fastapi-sqlalchemy-postgres")
+    env = {"DATABASE_URL": f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{database.port}/postgres"}
+    with app_server("orders_pg_app:app", keys, capture_dir, env) as url:
+        fine = httpx.post(f"{url}/checkout/c-1", timeout=30)  # the pool is warm and used: not kept
+        failed = httpx.post(f"{url}/checkout/c-7", timeout=30)
+        bundle = one_bundle(capture_dir)
+    written = writes(database)
+    pg_ctl(database, "-m", "fast", "stop")  # PostgreSQL stopped: the replays run offline
+    assert_stopped(f"http://127.0.0.1:{database.port}")
+    return bundle, fine, failed, written
+
+
+def test_the_server_failed_on_the_unpriced_item(capture) -> None:  # type: ignore[no-untyped-def]
+    _, fine, failed, written = capture
+    assert fine.status_code == 200 and fine.json()["total"] == "16.70"
+    assert failed.status_code == 500
+    assert written == 2  # one committed checkout row per request
+
+
+def test_the_bundle_holds_the_warm_connection_setup_and_no_password(capture, keys) -> None:  # type: ignore[no-untyped-def]
+    bundle, _, _, _ = capture
+    payload = open_bundle(bundle.read_bytes(), keys.replay_key).payload
+    assert PASSWORD not in json.dumps(payload)
+    db = [e for e in payload["events"] if e["kind"] == "db"]
+    connect = db[0]
+    assert connect["data"]["op"] == "connect" and connect["data"]["opened"] == "before"  # a warm pool
+    assert "select pg_catalog.version()" in [c.get("sql") for c in connect["data"]["setup"]]
+    assert payload["outcome"]["error"]["type"] == "builtins:TypeError"
+
+
+@pytest.fixture(scope="module")
+def replays(capture, keys):  # type: ignore[no-untyped-def]
+    bundle, _, _, _ = capture
+    return replay_offline(bundle, "orders_pg_app:app", keys, env_without=("DATABASE_URL",), times=3)
+
+
+def test_replay_offline_a_day_later_reproduces_three_times(capture, replays) -> None:  # type: ignore[no-untyped-def]
+    _, _, _failed, _ = capture
+    replays.assert_reproduced(times=3, max_seconds=2.0)
+    for run in replays.runs:
+        assert run["status"] == 500 and run["new"]["error_type"] == "builtins:TypeError"
+
+
+def test_the_guard_holds_strictly(replays) -> None:  # type: ignore[no-untyped-def]
+    replays.assert_every_recorded_call_made()
+
+
+def test_the_fixed_app_passes_the_guard_and_no_replay_wrote_anything(capture, keys, database) -> None:  # type: ignore[no-untyped-def]
+    bundle, _, _, written = capture
+    restart(database)  # up and reachable: the hardest case for "nothing is written"
+    replays = replay_offline(
+        bundle, "orders_pg_app:fixed_app", keys, env_without=("DATABASE_URL",), expect="fixed", times=1
+    )
+    run = replays.assert_fixed()
+    assert run["status"] == 200 and json.loads(run["body"])["total"] == "12.50"
+    assert writes(database) == written  # the four replays wrote nothing

@@ -1,0 +1,274 @@
+"""Database drivers recorded at the driver level: sqlite3, psycopg (sync and async), asyncpg, and SQLAlchemy on them.
+
+Each statement is one "db" event with its normalised SQL, its parameters and what it returned; commits and
+rollbacks are calls of their own; passwords in connection strings are never recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from postgres import Cluster, start_cluster  # tests/support, on the path from tests/conftest.py
+
+import fluxrun
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Cluster]:
+    import psycopg
+
+    cluster = start_cluster()
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, note text, amount numeric)")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def db_events(captured) -> list[dict]:  # type: ignore[no-untyped-def]
+    return captured.events("db")
+
+
+def test_sqlite_statements_rows_and_commits_are_recorded(captured, tmp_path: Path) -> None:
+    path = tmp_path / "shop.db"
+    with sqlite3.connect(path) as setup:
+        setup.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, note TEXT)")
+
+    @fluxrun.capture
+    def job() -> None:
+        conn = sqlite3.connect(path)
+        cur = conn.execute("INSERT INTO orders (note)\n   VALUES (?)", ("first",))
+        conn.commit()
+        rows = conn.execute("SELECT id, note FROM orders WHERE note = ?", ("first",)).fetchall()
+        raise RuntimeError(f"{cur.lastrowid} {rows}")
+
+    with pytest.raises(RuntimeError, match=r"1 \[\(1, 'first'\)\]"):
+        job()
+    connect, insert, commit, select = db_events(captured)
+    assert connect["data"]["op"] == "connect" and connect["call"].startswith("sqlite3 connect ")
+    assert insert["data"]["sql"] == "INSERT INTO orders (note) VALUES (?)"  # whitespace collapsed
+    assert insert["data"]["params"] == ["first"]
+    assert insert["data"]["result"]["lastrowid"] == 1 and insert["data"]["result"]["rowcount"] == 1
+    assert commit["data"]["op"] == "commit"
+    assert select["data"]["result"]["rows"] == [[1, "first"]]
+    assert select["data"]["result"]["description"][0][0] == "id"
+    assert select["site"].startswith(f"{__name__}:")  # the app's line
+
+
+def test_sqlite_summary_label_has_no_literals(captured, tmp_path: Path) -> None:
+    @fluxrun.capture
+    def job() -> None:
+        conn = sqlite3.connect(tmp_path / "x.db")
+        conn.execute("SELECT 'alice@example.com', 42")
+        raise RuntimeError("x")
+
+    with pytest.raises(RuntimeError):
+        job()
+    [bundle] = captured.bundles()
+    labels = [e["label"] for e in bundle.summary["events"] if e["kind"] == "db"]
+    assert "sqlite3 execute SELECT ?, ?" in labels
+    assert "alice" not in json.dumps(bundle.summary)
+    assert bundle.summary["counts"]["db"] == 2
+
+
+def test_rows_beyond_the_limit_are_recorded_truncated_and_marked(capture_with, tmp_path: Path) -> None:
+    captured = capture_with(max_db_rows=3)
+
+    @fluxrun.capture
+    def job() -> None:
+        conn = sqlite3.connect(tmp_path / "x.db")
+        rows = conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10) SELECT i FROM n"
+        ).fetchall()
+        raise RuntimeError(len(rows))
+
+    with pytest.raises(RuntimeError, match="10"):  # the app still read every row
+        job()
+    select = captured.events("db")[-1]
+    assert select["data"]["result"]["rows"] == [[1], [2], [3]]
+    assert select["data"]["result"]["truncated"] is True and select["data"]["result"]["limit"] == 3
+
+
+def test_psycopg_statements_are_recorded_and_the_app_reads_its_rows(captured, postgres: Cluster) -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    @fluxrun.capture
+    def job() -> None:
+        with psycopg.connect(postgres.dsn) as conn:
+            conn.execute("INSERT INTO orders (note, amount) VALUES (%s, %s)", ("cap", 12))
+            with conn.cursor(row_factory=dict_row) as cur:
+                cur.execute("SELECT note, amount FROM orders WHERE note = %(note)s", {"note": "cap"})
+                first = cur.fetchone()
+            conn.rollback()
+        raise RuntimeError(repr(first))
+
+    with pytest.raises(RuntimeError, match=r"\{'note': 'cap', 'amount': Decimal\('12'\)\}"):
+        job()
+    connect, insert, select, rollback, *_ = db_events(captured)
+    assert connect["data"]["server_version"] >= 100000
+    assert insert["data"]["params"] == ["cap", 12] and insert["data"]["result"]["rowcount"] == 1
+    assert insert["data"]["result"]["status"] == "INSERT 0 1"
+    assert select["data"]["params"] == {"note": "cap"}
+    assert select["data"]["result"]["rows"] == [["cap", {"$t": "decimal", "v": "12"}]]
+    assert rollback["data"]["op"] == "rollback"
+
+
+@pytest.mark.anyio
+async def test_psycopg_async_statements_are_recorded(captured, postgres: Cluster) -> None:
+    import psycopg
+
+    @fluxrun.capture
+    async def job() -> None:
+        async with await psycopg.AsyncConnection.connect(postgres.dsn) as conn:
+            cur = await conn.execute("SELECT %s::int + 1", (41,))
+            value = (await cur.fetchone())[0]
+        raise RuntimeError(value)
+
+    with pytest.raises(RuntimeError, match="42"):
+        await job()
+    ops = [e["data"]["op"] for e in db_events(captured)]
+    assert ops == ["connect", "execute", "commit"]
+    assert db_events(captured)[1]["data"]["result"]["rows"] == [[42]]
+
+
+@pytest.mark.anyio
+async def test_asyncpg_calls_and_transactions_are_recorded(captured, postgres: Cluster) -> None:
+    import asyncpg
+
+    @fluxrun.capture
+    async def job() -> None:
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{postgres.port}/postgres")
+        try:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO orders (note) VALUES ($1)", "apg")
+            row = await conn.fetchrow("SELECT note FROM orders WHERE note = $1", "apg")
+        finally:
+            await conn.close()
+        raise RuntimeError(row["note"])
+
+    with pytest.raises(RuntimeError, match="apg"):
+        await job()
+    ops = [e["data"]["op"] for e in db_events(captured)]
+    assert ops == ["connect", "begin", "execute", "commit", "fetchrow"]
+    assert db_events(captured)[2]["data"]["result"]["status"] == "INSERT 0 1"
+    assert db_events(captured)[4]["data"]["result"]["rows"] == [["apg"]]
+
+
+def test_dsn_passwords_are_never_recorded(captured, postgres: Cluster) -> None:
+    import psycopg
+
+    secret = "s3cr3t-Pa55"
+
+    @fluxrun.capture
+    def job() -> None:
+        psycopg.connect(f"{postgres.dsn} password={secret}").close()
+        psycopg.connect(f"postgresql://postgres:{secret}@127.0.0.1:{postgres.port}/postgres").close()
+        psycopg.connect(postgres.dsn, password=secret).close()
+        raise RuntimeError("x")
+
+    with pytest.raises(RuntimeError):
+        job()
+    [bundle] = captured.bundles()
+    assert secret not in json.dumps(bundle.payload) and secret not in json.dumps(bundle.summary)
+    calls = [e["call"] for e in db_events(captured) if e["data"]["op"] == "connect"]
+    assert len(calls) == 3 and all("[Filtered]" in c for c in calls)
+
+
+def test_sqlalchemy_orm_over_psycopg_is_recorded_with_no_declaration(captured, postgres: Cluster) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{postgres.port}/postgres")
+
+    @fluxrun.capture
+    def job() -> None:
+        with Session(engine) as session:
+            session.execute(text("INSERT INTO orders (note) VALUES (:note)"), {"note": "orm"})
+            session.commit()
+        raise RuntimeError("x")
+
+    with pytest.raises(RuntimeError):
+        job()
+    engine.dispose()
+    sqls = [e["data"].get("sql") for e in db_events(captured)]
+    assert "INSERT INTO orders (note) VALUES (%(note)s::VARCHAR)" in sqls or any(
+        s and s.startswith("INSERT INTO orders") for s in sqls
+    )
+    assert "commit" in [e["data"]["op"] for e in db_events(captured)]
+
+
+def test_psycopg_transaction_blocks_are_recorded_as_calls(captured, postgres: Cluster) -> None:
+    import psycopg
+
+    @fluxrun.capture
+    def job() -> None:
+        with psycopg.connect(postgres.dsn) as conn:
+            with conn.transaction():
+                conn.execute("INSERT INTO orders (note) VALUES ('tx')")
+                with conn.transaction(savepoint_name="inner"):
+                    conn.execute("INSERT INTO orders (note) VALUES ('sp')")
+        raise RuntimeError("x")
+
+    with pytest.raises(RuntimeError):
+        job()
+    ops = [(e["data"]["op"], e["data"].get("savepoint")) for e in db_events(captured)]
+    assert ops == [
+        ("connect", None), ("begin", None), ("execute", None), ("begin", "inner"), ("execute", None),
+        ("commit", "inner"), ("commit", None), ("commit", None),
+    ]  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_asyncpg_prepared_statements_are_recorded(captured, postgres: Cluster) -> None:
+    import asyncpg
+
+    @fluxrun.capture
+    async def job() -> None:
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{postgres.port}/postgres")
+        try:
+            stmt = await conn.prepare("SELECT $1::int + 1 AS answer")
+            value = await stmt.fetchval(41)
+        finally:
+            await conn.close()
+        raise RuntimeError(value)
+
+    with pytest.raises(RuntimeError, match="42"):
+        await job()
+    _, prepare, fetchval = db_events(captured)
+    assert prepare["data"]["op"] == "prepare" and prepare["data"]["sql"] == "SELECT $1::int + 1 AS answer"
+    assert prepare["data"]["result"]["attributes"][0][:2] == ["answer", 23]
+    assert fetchval["data"]["op"] == "fetchval" and fetchval["data"]["prepared"] is True
+    assert fetchval["data"]["params"] == [41] and fetchval["data"]["result"]["value"] == 42
+
+
+def test_a_warm_pool_connection_brings_its_setup_profile(captured, postgres: Cluster) -> None:
+    """A connection opened before the execution (a warm pool) is recorded once, at its first use, with what
+    SQLAlchemy asked while setting it up; the execution's own statements come after it; no password."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(f"postgresql+psycopg://postgres:s3cr3t-Pa55@127.0.0.1:{postgres.port}/postgres")
+    with engine.connect() as warm:  # outside any capture: the pool connects and the dialect initialises
+        warm.execute(text("SELECT 1"))
+
+    @fluxrun.capture
+    def job() -> None:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 2"))
+        raise RuntimeError("x")
+
+    with pytest.raises(RuntimeError):
+        job()
+    engine.dispose()
+    connect, *rest = db_events(captured)
+    assert connect["data"]["op"] == "connect" and connect["data"]["opened"] == "before"
+    setup_sql = [s.get("sql") for s in connect["data"]["setup"]]
+    assert "show standard_conforming_strings" in setup_sql and "SELECT 1" not in setup_sql
+    assert [e["data"].get("sql") for e in rest if e["data"]["op"] == "execute"] == ["SELECT 2"]
+    [bundle] = captured.bundles()
+    assert "s3cr3t-Pa55" not in json.dumps(bundle.payload)

@@ -1,0 +1,70 @@
+"""sqlite3 while FluxRun is installed: the app gets sqlite's own Connection and Cursor types (subclasses), so
+outside a capture a statement costs one context-variable read, and inside one everything the app can do with
+a cursor (iterate it, use sqlite3.Row, `with conn:`, a cursor made before the capture) is recorded and replayed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import fluxrun
+
+
+def replay(captured, function):  # type: ignore[no-untyped-def]
+    return fluxrun.replay.run(captured.files()[-1], captured.keys.replay, app=function)
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> str:
+    path = str(tmp_path / "shop.db")
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE orders (id INTEGER PRIMARY KEY, note TEXT);
+            INSERT INTO orders (note) VALUES ('a'), ('b'), ('c');
+            """
+        )
+    return path
+
+
+def test_outside_a_capture_the_app_gets_sqlites_own_types(captured, shop: str) -> None:
+    conn = sqlite3.connect(shop)
+    cur = conn.execute("SELECT note FROM orders ORDER BY id")
+    assert isinstance(conn, sqlite3.Connection) and isinstance(cur, sqlite3.Cursor)
+    assert [row for row in cur] == [("a",), ("b",), ("c",)]
+    assert isinstance(conn.cursor(), sqlite3.Cursor)
+    conn.close()
+
+
+def test_rows_iteration_context_manager_and_an_earlier_cursor_replay(
+    captured, shop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLUXRUN_REPLAY_ISOLATE", "0")
+    conn = sqlite3.connect(shop)
+    conn.row_factory = sqlite3.Row
+    early = conn.cursor()  # made before the capture, used inside it
+
+    @fluxrun.capture
+    def job() -> None:
+        notes = [row["note"] for row in conn.execute("SELECT note FROM orders ORDER BY id")]
+        with conn:
+            conn.execute("INSERT INTO orders (note) VALUES (?)", ("d",))
+        early.execute("SELECT count(*) AS n FROM orders")
+        count = early.fetchone()["n"]
+        raise RuntimeError(f"{notes} {count}")
+
+    with pytest.raises(RuntimeError, match=r"\['a', 'b', 'c'\] 4") as raised:
+        job()
+    ops = [e["data"]["op"] for e in captured.events("db")]
+    assert ops == ["execute", "execute", "commit", "execute"]
+    with sqlite3.connect(shop) as check:
+        assert check.execute("SELECT count(*) FROM orders").fetchone() == (4,)
+    result = replay(captured, job)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(raised.value)
+    with sqlite3.connect(shop) as check:
+        assert check.execute("SELECT count(*) FROM orders").fetchone() == (4,)  # nothing written again
+    conn.close()

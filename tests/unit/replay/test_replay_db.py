@@ -1,0 +1,501 @@
+"""Replay answers database calls from the tape: nothing connects, no statement reaches a database.
+
+Each scenario inserts rows and fails for real, then is replayed through `fluxrun.replay.run`. Writes are
+counted on the real database by a trigger that bumps a counter on every INSERT/UPDATE/DELETE, so "zero side
+effects" is measured, not assumed. Replays run in-process (FLUXRUN_REPLAY_ISOLATE=0) with the database up
+and reachable, the hardest case, and in the default isolated child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from postgres import Cluster, start_cluster  # tests/support, on the path from tests/conftest.py
+from sqlalchemy import String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+import fluxrun
+from fluxrun.errors import ReplayDivergence
+
+PG_SCHEMA = """
+CREATE TABLE orders (id serial PRIMARY KEY, note text);
+CREATE TABLE kinds (id serial PRIMARY KEY, b bytea, n numeric, t timestamptz, u uuid, a int[], j jsonb);
+CREATE TABLE writes (n bigint NOT NULL);
+INSERT INTO writes VALUES (0);
+CREATE FUNCTION count_write() RETURNS trigger AS $$ BEGIN UPDATE writes SET n = n + 1; RETURN NULL; END $$
+    LANGUAGE plpgsql;
+CREATE TRIGGER orders_writes AFTER INSERT OR UPDATE OR DELETE ON orders FOR EACH ROW EXECUTE FUNCTION count_write();
+CREATE TRIGGER kinds_writes AFTER INSERT OR UPDATE OR DELETE ON kinds FOR EACH ROW EXECUTE FUNCTION count_write();
+"""
+
+STATE: dict[str, object] = {"dsn": "", "sqlite": "", "note": "written by the request"}
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Cluster]:
+    import psycopg
+
+    cluster = start_cluster()
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute(PG_SCHEMA)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(autouse=True)
+def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUXRUN_REPLAY_ISOLATE", "0")
+    STATE["note"] = "written by the request"
+
+
+def pg_writes(dsn: str) -> tuple[int, int]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        writes = conn.execute("SELECT n FROM writes").fetchone()[0]  # type: ignore[index]
+        rows = conn.execute("SELECT count(*) FROM orders").fetchone()[0]  # type: ignore[index]
+        return int(writes), int(rows)
+
+
+def sqlite_writes(path: str) -> tuple[int, int]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT n FROM writes").fetchone()[0], conn.execute(
+            "SELECT count(*) FROM orders"
+        ).fetchone()[0]
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> str:
+    path = str(tmp_path / "shop.db")
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE orders (id INTEGER PRIMARY KEY, note TEXT);
+            CREATE TABLE writes (n INTEGER NOT NULL); INSERT INTO writes VALUES (0);
+            CREATE TRIGGER w1 AFTER INSERT ON orders BEGIN UPDATE writes SET n = n + 1; END;
+            CREATE TRIGGER w2 AFTER UPDATE ON orders BEGIN UPDATE writes SET n = n + 1; END;
+            CREATE TRIGGER w3 AFTER DELETE ON orders BEGIN UPDATE writes SET n = n + 1; END;
+            """
+        )
+    STATE["sqlite"] = path
+    return path
+
+
+def replay(captured, function, **options):  # type: ignore[no-untyped-def]
+    path = captured.files()[-1]
+    return fluxrun.replay.run(path, captured.keys.replay, app=function, **options)
+
+
+# -- the captured functions ----------------------------------------------------------------------------------
+@fluxrun.capture
+def sqlite_order() -> None:
+    conn = sqlite3.connect(str(STATE["sqlite"]))
+    cur = conn.execute("INSERT INTO orders (note) VALUES (?)", (STATE["note"],))
+    conn.commit()
+    rows = conn.execute("SELECT id, note FROM orders").fetchall()
+    conn.close()
+    raise RuntimeError(f"unexpected order {cur.lastrowid}: {rows}")
+
+
+@fluxrun.capture
+def sqlite_big_read() -> None:
+    conn = sqlite3.connect(str(STATE["sqlite"]))
+    rows = conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50) SELECT i FROM n"
+    ).fetchall()
+    raise RuntimeError(f"{len(rows)} rows")
+
+
+@fluxrun.capture
+def psycopg_order() -> None:
+    import psycopg
+
+    with psycopg.connect(str(STATE["dsn"])) as conn:
+        new = conn.execute("INSERT INTO orders (note) VALUES (%s) RETURNING id", (STATE["note"],)).fetchone()
+        total = conn.execute("SELECT count(*) FROM orders").fetchone()
+    raise RuntimeError(f"unexpected order {new[0]} of {total[0]}")
+
+
+@fluxrun.capture
+async def psycopg_async_order() -> None:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(str(STATE["dsn"])) as conn:
+        cur = await conn.execute("INSERT INTO orders (note) VALUES (%s) RETURNING id, note", (STATE["note"],))
+        row = await cur.fetchone()
+    raise RuntimeError(f"unexpected order {row}")
+
+
+@fluxrun.capture
+async def asyncpg_order() -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(str(STATE["dsn_url"]))
+    try:
+        async with conn.transaction():
+            new = await conn.fetchval("INSERT INTO orders (note) VALUES ($1) RETURNING id", STATE["note"])
+        rows = await conn.fetch("SELECT id, note FROM orders WHERE id = $1", new)
+    finally:
+        await conn.close()
+    raise RuntimeError(f"unexpected order {[(r['id'], r['note']) for r in rows]}")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    note: Mapped[str] = mapped_column(String)
+
+
+@fluxrun.capture
+def sqlalchemy_orm_order() -> None:
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(str(STATE["sa_url"]))
+    with Session(engine) as session:
+        session.add(Order(note=str(STATE["note"])))
+        session.commit()
+        notes = session.scalars(select(Order.note).order_by(Order.id)).all()
+    engine.dispose()
+    raise RuntimeError(f"unexpected order among {len(notes)}: {notes[-1]}")
+
+
+KINDS_SQL = "INSERT INTO kinds (b, n, t, u, a, j) VALUES (%s, %s, %s, %s, %s, %s) RETURNING b, n, t, u, a, j"
+
+
+@fluxrun.capture
+def psycopg_kinds() -> None:
+    import datetime as dt
+    import decimal
+    import uuid
+
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    values = (
+        b"\x00\xffbin",
+        decimal.Decimal("12345678901234567890.000000001"),
+        dt.datetime(2024, 2, 29, 23, 59, 59, 123456, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        [1, None, 3],
+        Jsonb({"a": [1, 2.5, None, True], "b": {"c": "é"}}),
+    )
+    with psycopg.connect(str(STATE["dsn"])) as conn:
+        row = conn.execute(KINDS_SQL, values).fetchone()
+    raise RuntimeError(repr([(type(v).__name__, v) for v in row]))
+
+
+@fluxrun.capture
+async def asyncpg_kinds() -> None:
+    import datetime as dt
+    import decimal
+    import json
+    import uuid
+
+    import asyncpg
+
+    conn = await asyncpg.connect(str(STATE["dsn_url"]))
+    try:
+        row = await conn.fetchrow(
+            "INSERT INTO kinds (b, n, t, u, a, j) VALUES ($1, $2, $3, $4, $5, $6) RETURNING b, n, t, u, a, j",
+            b"\x00\xffbin",
+            decimal.Decimal("-0.000000000000000000001"),
+            dt.datetime(2024, 2, 29, 23, 59, 59, 123456, tzinfo=dt.UTC),
+            uuid.UUID("87654321-1234-5678-1234-567812345678"),
+            [7, 8],
+            json.dumps({"k": [1, {"x": None}]}),
+        )
+    finally:
+        await conn.close()
+    raise RuntimeError(repr([(type(v).__name__, v) for v in row.values()]))
+
+
+# -- sqlite ---------------------------------------------------------------------------------------------------
+def test_sqlite_replay_reproduces_and_writes_nothing(captured, sqlite_db: str) -> None:
+    with pytest.raises(RuntimeError) as raised:
+        sqlite_order()
+    before = sqlite_writes(sqlite_db)
+    assert before == (1, 1)
+    result = replay(captured, sqlite_order)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(raised.value)
+    assert result.served["db"] == 4  # connect, insert, commit, select (close is not a call)
+    assert result.unconsumed == []
+    assert sqlite_writes(sqlite_db) == before
+
+
+def test_sqlite_replay_with_the_file_gone_still_reproduces(captured, sqlite_db: str) -> None:
+    with pytest.raises(RuntimeError):
+        sqlite_order()
+    Path(sqlite_db).unlink()
+    result = replay(captured, sqlite_order)
+    assert result.outcome == "reproduced", result.summary()
+    assert not Path(sqlite_db).exists()  # connecting at replay did not even create the file
+
+
+def test_a_changed_statement_diverges_showing_both(captured, sqlite_db: str) -> None:
+    with pytest.raises(RuntimeError):
+        sqlite_order()
+    STATE["note"] = "a different note"
+    with pytest.raises(ReplayDivergence) as diverged:
+        replay(captured, sqlite_order)
+    message = str(diverged.value)
+    assert "written by the request" in message and "a different note" in message
+    assert "INSERT INTO orders (note) VALUES (?)" in message
+
+
+def test_a_truncated_result_is_refused_naming_the_limit(capture_with, sqlite_db: str) -> None:
+    captured = capture_with(max_db_rows=10)
+    with pytest.raises(RuntimeError, match="50 rows"):
+        sqlite_big_read()
+    with pytest.raises(ReplayDivergence, match=r"truncated at 10 rows.*max_db_rows \(FLUXRUN_MAX_DB_ROWS\)"):
+        replay(captured, sqlite_big_read)
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------------------------
+@pytest.fixture
+def pg(postgres: Cluster) -> Cluster:
+    STATE["dsn"] = postgres.dsn
+    STATE["dsn_url"] = f"postgresql://postgres:hunter2@127.0.0.1:{postgres.port}/postgres"
+    STATE["sa_url"] = f"postgresql+psycopg://postgres:hunter2@127.0.0.1:{postgres.port}/postgres"
+    return postgres
+
+
+@pytest.mark.parametrize(
+    "function",
+    [psycopg_order, psycopg_async_order, asyncpg_order, sqlalchemy_orm_order],
+    ids=["psycopg", "psycopg-async", "asyncpg", "sqlalchemy-orm-psycopg"],
+)
+def test_postgres_replay_reproduces_and_writes_nothing(captured, pg: Cluster, function) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RuntimeError) as raised:
+        outcome = function()
+        if asyncio.iscoroutine(outcome):
+            asyncio.run(outcome)
+    before = pg_writes(pg.dsn)
+    result = replay(captured, function)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(raised.value)
+    assert result.served["db"] >= 3 and result.unconsumed == []
+    assert pg_writes(pg.dsn) == before  # the database is up and reachable: still not one write
+
+
+def test_postgres_replay_in_the_isolated_child_reproduces(captured, pg: Cluster, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("FLUXRUN_REPLAY_ISOLATE", "1")
+    with pytest.raises(RuntimeError) as raised:
+        psycopg_order()
+    before = pg_writes(pg.dsn)
+    result = replay(captured, psycopg_order)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(raised.value)
+    assert pg_writes(pg.dsn) == before
+
+
+@pytest.mark.parametrize("function", [psycopg_kinds, asyncpg_kinds], ids=["psycopg", "asyncpg"])
+def test_column_values_round_trip_exactly(captured, pg: Cluster, function) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RuntimeError) as raised:
+        outcome = function()
+        if asyncio.iscoroutine(outcome):
+            asyncio.run(outcome)
+    message = str(raised.value)
+    for name in ("bytes", "Decimal", "datetime", "UUID", "list"):
+        assert f"('{name}'," in message
+    result = replay(captured, function)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == message  # types and values, time zone and precision included
+
+
+# -- transaction blocks and prepared statements ------------------------------------------------------------------
+@fluxrun.capture
+def psycopg_transaction_order() -> None:
+    import psycopg
+
+    with psycopg.connect(str(STATE["dsn"])) as conn:
+        with conn.transaction():
+            conn.execute("INSERT INTO orders (note) VALUES (%s)", (STATE["note"],))
+            with conn.transaction():  # a savepoint
+                conn.execute("INSERT INTO orders (note) VALUES (%s)", ("nested",))
+        total = conn.execute("SELECT count(*) FROM orders").fetchone()
+    raise RuntimeError(f"unexpected total {total[0]}")
+
+
+@fluxrun.capture
+async def asyncpg_prepared_order() -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(str(STATE["dsn_url"]))
+    try:
+        insert = await conn.prepare("INSERT INTO orders (note) VALUES ($1) RETURNING id, note")
+        row = await insert.fetchrow(STATE["note"])
+        select = await conn.prepare("SELECT id, note FROM orders WHERE id = $1")
+        names = [a.name for a in select.get_attributes()]
+        rows = await select.fetch(row["id"])
+        status = select.get_statusmsg()
+    finally:
+        await conn.close()
+    raise RuntimeError(f"unexpected order {names} {[tuple(r) for r in rows]} {status}")
+
+
+@fluxrun.capture
+async def sqlalchemy_asyncpg_order() -> None:
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(str(STATE["sa_async_url"]))
+    async with AsyncSession(engine) as session:
+        session.add(Order(note=str(STATE["note"])))
+        await session.commit()
+        notes = (await session.scalars(select(Order.note).order_by(Order.id))).all()
+    await engine.dispose()
+    raise RuntimeError(f"unexpected order among {len(notes)}: {notes[-1]}")
+
+
+@pytest.mark.parametrize(
+    "function",
+    [psycopg_transaction_order, asyncpg_prepared_order, sqlalchemy_asyncpg_order],
+    ids=["psycopg-transaction", "asyncpg-prepare", "sqlalchemy-asyncpg"],
+)
+def test_transactions_and_prepared_statements_replay_and_write_nothing(captured, pg: Cluster, function) -> None:  # type: ignore[no-untyped-def]
+    STATE["sa_async_url"] = f"postgresql+asyncpg://postgres:hunter2@127.0.0.1:{pg.port}/postgres"
+    with pytest.raises(RuntimeError) as raised:
+        outcome = function()
+        if asyncio.iscoroutine(outcome):
+            asyncio.run(outcome)
+    before = pg_writes(pg.dsn)
+    result = replay(captured, function)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(raised.value)
+    assert result.unconsumed == []
+    assert pg_writes(pg.dsn) == before
+
+
+# -- warm connection pools: captured on a pool that had already connected, replayed in a fresh process -----------
+WARM_APP = '''
+"""An app whose SQLAlchemy engine is created at import and connected before the failing request."""
+import os
+
+import fluxrun
+from sqlalchemy import String, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+URL = os.environ.get("DATABASE_URL", "postgresql+DRIVER://app@db.internal/app")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    note: Mapped[str] = mapped_column(String)
+
+
+if "+asyncpg" in URL:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    engine = create_async_engine(URL)
+
+    async def warm() -> None:
+        async with AsyncSession(engine) as session:
+            await session.scalar(select(Order.id).limit(1))
+
+    @fluxrun.capture
+    async def order(note: str) -> None:
+        async with AsyncSession(engine) as session:
+            session.add(Order(note=note))
+            await session.commit()
+            notes = (await session.scalars(select(Order.note).order_by(Order.id))).all()
+        raise RuntimeError(f"unexpected order among {len(notes)}: {notes[-1]}")
+else:
+    from sqlalchemy import create_engine
+
+    engine = create_engine(URL)
+
+    def warm() -> None:
+        with Session(engine) as session:
+            session.scalar(select(Order.id).limit(1))
+
+    @fluxrun.capture
+    def order(note: str) -> None:
+        with Session(engine) as session:
+            session.add(Order(note=note))
+            session.commit()
+            notes = session.scalars(select(Order.note).order_by(Order.id)).all()
+        raise RuntimeError(f"unexpected order among {len(notes)}: {notes[-1]}")
+'''
+
+FRESH_REPLAY = """
+import json, sys
+import fluxrun
+result = fluxrun.replay.run(sys.argv[1], sys.argv[2])
+print(json.dumps({"outcome": result.outcome, "message": result.new.message, "summary": result.summary(),
+                  "unconsumed": [e["call"] for e in result.unconsumed]}))
+"""
+
+
+def replay_in_a_fresh_process(bundle: Path, key: Path, app_dir: Path) -> dict[str, object]:
+    """`fluxrun.replay.run` in a new interpreter without the app's DATABASE_URL (a CI job)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "FLUXRUN_REPLAY_ISOLATE")}
+    env["PYTHONPATH"] = os.pathsep.join([str(app_dir), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_REPLAY, str(bundle), str(key)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "asyncpg"])
+def test_a_warm_sqlalchemy_pool_replays_in_a_fresh_process(  # type: ignore[no-untyped-def]
+    captured, pg: Cluster, tmp_path: Path, monkeypatch, driver: str
+) -> None:
+    import importlib
+    import sys
+
+    module = f"warm_{driver}_app"
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / f"{module}.py").write_text(WARM_APP.replace("DRIVER", driver))
+    monkeypatch.setenv("DATABASE_URL", f"postgresql+{driver}://postgres:hunter2@127.0.0.1:{pg.port}/postgres")
+    monkeypatch.syspath_prepend(str(app_dir))
+    app = importlib.import_module(module)
+    try:
+        with pytest.raises(RuntimeError) as raised:
+            if driver == "asyncpg":
+
+                async def scenario() -> None:
+                    try:
+                        await app.warm()  # the pool connects (and SQLAlchemy initialises its dialect) here
+                        await app.order("written by the request")
+                    finally:
+                        await app.engine.dispose()
+
+                asyncio.run(scenario())
+            else:
+                app.warm()
+                app.order("written by the request")
+    finally:
+        if driver != "asyncpg":
+            app.engine.dispose()
+        sys.modules.pop(module, None)
+    before = pg_writes(pg.dsn)
+    found = replay_in_a_fresh_process(captured.files()[-1], captured.keys.replay, app_dir)
+    assert found["outcome"] == "reproduced", found["summary"]
+    assert found["message"] == str(raised.value)
+    assert found["unconsumed"] == []
+    assert pg_writes(pg.dsn) == before

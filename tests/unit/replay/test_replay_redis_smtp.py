@@ -1,0 +1,212 @@
+"""Redis commands and mail are answered from the recording at replay: nothing reaches the real services.
+
+The scenario runs as requests in a real uvicorn process (tests/integration/apps/cache_mail_app.py) against a
+real `redis-server` and an aiosmtpd sink; the replays then run here, isolated and in-process, with the
+services up (their Redis command stats and the sink are compared before and after) and with them stopped.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from redis_server import redis_server
+from servers import APPS, uvicorn_process
+from smtp_sink import smtp_sink
+
+import fluxrun
+
+pytestmark = pytest.mark.slow
+MAIL_PASSWORD = "right-password"
+
+
+def wait_for_bundles(directory: Path, count: int, timeout: float = 15.0) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while True:
+        files = sorted(directory.glob("*.fluxrun"), key=lambda p: p.stat().st_mtime_ns) if directory.exists() else []
+        if len(files) >= count or time.monotonic() > deadline:
+            return files
+        time.sleep(0.05)
+
+
+def capture_signups(tmp_path: Path, keys, cache, sink) -> dict[str, Path]:
+    """Run both failing signups as requests in a real server process; their bundles by route."""
+    bundles = tmp_path / "bundles"
+    env = {
+        "FLUXRUN_CAPTURE_KEY": str(keys.capture),
+        "FLUXRUN_DIR": str(bundles),
+        "CACHE_REDIS_URL": cache.url,
+        "MAIL_HOST": sink.host,
+        "MAIL_PORT": str(sink.port),
+        "MAIL_PASSWORD": MAIL_PASSWORD,
+    }
+    with uvicorn_process("cache_mail_app:app", env) as url:
+        assert httpx.post(f"{url}/signup/ann", timeout=30).status_code == 500
+        assert httpx.post(f"{url}/async-signup/bob", timeout=30).status_code == 500
+        files = wait_for_bundles(bundles, 2)
+    assert len(files) == 2
+    return {"sync": files[0], "async": files[1]}
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    sys.path.insert(0, str(APPS))
+    import cache_mail_app
+
+    return cache_mail_app
+
+
+@pytest.fixture
+def services():
+    with redis_server() as cache, smtp_sink() as sink:
+        yield cache, sink
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "in-process"])
+def test_replays_reproduce_and_leave_redis_stats_and_the_mail_sink_exactly_as_before(
+    tmp_path, keys, services, app_module, isolate
+):
+    cache, sink = services
+    bundles = capture_signups(tmp_path, keys, cache, sink)
+    assert len(sink.messages) == 2 and sink.logins == ["signup-bot"]  # the capture sent them for real
+    assert cache.raw("GET", "signups") == b"2"
+    stats = cache.command_stats()
+    messages = list(sink.messages)
+    for route, path in bundles.items():
+        result = fluxrun.replay.run(path, keys.replay, app=app_module.app, isolate=isolate)
+        assert result.outcome == "reproduced", (route, result.summary())
+        assert result.new.error_type == "builtins:TypeError"
+        assert result.served["redis"] == 4, result.served  # set, incr, the pipeline, get
+        assert result.served["smtp"] >= 2, result.served
+        assert [e["call"] for e in result.unconsumed if e["kind"] in ("redis", "smtp")] == []
+    after = cache.command_stats()
+    assert after.pop("info") == stats.pop("info", 0) + 1  # only the INFO that read the stats before
+    assert after == stats  # no command reached Redis during the replays
+    assert sink.messages == messages  # no mail was sent again
+    assert cache.raw("GET", "signups") == b"2"
+
+
+def test_replays_reproduce_with_redis_and_the_mail_server_stopped(tmp_path, keys, app_module):
+    with redis_server() as cache, smtp_sink() as sink:
+        bundles = capture_signups(tmp_path, keys, cache, sink)
+    with pytest.raises(redis.ConnectionError):  # stopped: nothing answers on its port any more
+        redis.Redis.from_url(cache.url).ping()
+    with pytest.raises(OSError):
+        smtplib.SMTP(sink.host, sink.port, timeout=2)
+    for isolate in (True, False):
+        for route, path in bundles.items():
+            result = fluxrun.replay.run(path, keys.replay, app=app_module.app, isolate=isolate)
+            assert result.outcome == "reproduced", (route, isolate, result.summary())
+
+
+# -- matching, in this process ------------------------------------------------------------------------------
+MODE = {"user": "1", "to": "ann@example.com", "fixed": False}
+
+
+@pytest.fixture
+def cache():
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def sink():
+    with smtp_sink() as server:
+        yield server
+
+
+def make_profile(cache_url: str, mail_port: int) -> None:
+    client = redis.Redis.from_url(cache_url)
+    client.set(f"user:{MODE['user']}", "ann")
+    try:
+        client.incr(f"user:{MODE['user']}")
+    except redis.ResponseError as exc:  # the recorded error, raised again as the same class
+        note = f"not a counter: {exc}"
+    with smtplib.SMTP("127.0.0.1", mail_port) as smtp:
+        smtp.ehlo()
+        if smtp.has_extn("auth"):  # the recorded EHLO's extensions hold at replay
+            smtp.login("ann", MAIL_PASSWORD)
+        smtp.sendmail("app@example.com", [MODE["to"]], "Subject: hi\r\n\r\nhello\r\n")
+    if not MODE["fixed"]:
+        raise RuntimeError(note)
+
+
+@pytest.fixture
+def recorded(captured, cache, sink):
+    MODE.update(user="1", to="ann@example.com", fixed=False)
+
+    @fluxrun.capture
+    def profile() -> None:
+        make_profile(cache.url, sink.port)
+
+    with pytest.raises(RuntimeError, match="not a counter"):
+        profile()
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    yield path, profile
+    MODE.update(user="1", to="ann@example.com", fixed=False)
+
+
+def test_a_recorded_redis_error_is_raised_again_as_the_same_class(recorded, keys, cache, sink):
+    path, profile = recorded
+    before = cache.command_stats()
+    result = fluxrun.replay.run(path, keys.replay, app=profile, isolate=False)
+    assert result.outcome == "reproduced"
+    assert "value is not an integer" in result.new.message
+    assert (result.served["redis"], result.served["smtp"]) == (2, 4)  # set, incr; connect, ehlo, login, sendmail
+    assert len(sink.messages) == 1
+    after = cache.command_stats()
+    assert after.pop("info") == before.pop("info", 0) + 1 and after == before
+
+
+def test_a_different_redis_command_is_a_divergence_showing_both(recorded, keys):
+    path, profile = recorded
+    MODE["user"] = "2"
+    with pytest.raises(fluxrun.ReplayDivergence) as raised:
+        fluxrun.replay.run(path, keys.replay, app=profile, isolate=False)
+    message = str(raised.value)
+    assert "redis SET has no recorded answer" in message
+    assert "in make_profile" in message  # the app's line, not redis-py's
+    assert "next recorded redis call: redis SET" in message
+    assert "- ['SET', 'user:1', 'ann']" in message and "+ ['SET', 'user:2', 'ann']" in message
+
+
+def test_mail_to_another_recipient_is_a_divergence_showing_both(recorded, keys, sink):
+    path, profile = recorded
+    MODE["to"] = "eve@example.com"
+    with pytest.raises(fluxrun.ReplayDivergence) as raised:
+        fluxrun.replay.run(path, keys.replay, app=profile)
+    message = str(raised.value)
+    assert "smtp sendmail has no recorded answer" in message
+    assert "- ['ann@example.com']" in message and "+ ['eve@example.com']" in message
+    assert len(sink.messages) == 1  # only the capture's
+
+
+def test_a_fix_replays_as_fixed_without_sending(recorded, keys, sink):
+    path, profile = recorded
+    MODE["fixed"] = True
+    assert fluxrun.replay.run(path, keys.replay, app=profile).outcome == "fixed"
+    assert len(sink.messages) == 1
+
+
+def test_smtp_ssl_built_at_replay_makes_no_reverse_dns_lookup(captured, sink, keys):
+    @fluxrun.capture
+    def probe() -> None:
+        try:
+            smtp = smtplib.SMTP_SSL(timeout=5)  # no host: built without connecting, its local name looked up
+            smtp.connect(sink.host, sink.port)  # the sink speaks plain SMTP: the TLS handshake fails
+        except (OSError, ValueError, smtplib.SMTPException) as exc:
+            raise RuntimeError(f"no TLS: {type(exc).__name__}") from exc
+
+    with pytest.raises(RuntimeError) as raised:
+        probe()
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    result = fluxrun.replay.run(path, keys.replay, app=probe)  # isolated: a reverse lookup would be blocked
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(raised.value)
