@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from fluxrun_server.control import ops
 from fluxrun_server.control.ops import ROLES, Actor, Issued
 from fluxrun_server.control.ops import OperationError as AdminError
-from fluxrun_server.index.models import ApiKey, Project, ProjectToken, SigningKey, Workspace
+from fluxrun_server.index.models import ApiKey, Project, ProjectToken, QuarantinedRecord, SigningKey, Workspace
 
 __all__ = [
     "ROLES",
@@ -24,6 +24,7 @@ __all__ = [
     "find_project",
     "find_workspace",
     "issue_token",
+    "list_quarantined",
     "register_key",
     "revoke_api_key",
     "revoke_key",
@@ -79,8 +80,9 @@ def project_id(session: Session, ref: str) -> int:
     return project.id
 
 
-def issue_token(session: Session, project_ref: str, *, actor: Actor | None = None) -> Issued:
-    return ops.issue_token(session, _actor(actor), project_id(session, project_ref))
+def issue_token(session: Session, project_ref: str, *, kind: str = "ingest", actor: Actor | None = None) -> Issued:
+    """An `ingest` token (frt_) or a `ci` token (frc_) for the project."""
+    return ops.issue_token(session, _actor(actor), project_id(session, project_ref), kind)
 
 
 def revoke_token(session: Session, prefix: str, *, actor: Actor | None = None) -> ProjectToken:
@@ -113,3 +115,13 @@ def create_api_key(
 
 def revoke_api_key(session: Session, prefix: str, *, actor: Actor | None = None) -> ApiKey:
     return ops.revoke_api_key(session, _actor(actor), prefix)
+
+
+def list_quarantined(session: Session, project_ref: str | None = None, limit: int = 100) -> list[QuarantinedRecord]:
+    """Records the aggregator could not store (newest first), for the operator: what, why, where the bytes are."""
+    if not 1 <= limit <= 10_000:
+        raise AdminError(f"limit {limit}: give 1 to 10000")
+    query = select(QuarantinedRecord).order_by(QuarantinedRecord.id.desc()).limit(limit)  # type: ignore[union-attr]
+    if project_ref is not None:
+        query = query.where(QuarantinedRecord.project_id == project_id(session, project_ref))
+    return list(session.exec(query).all())

@@ -1,6 +1,8 @@
 """Tokens in the style of modern API tokens: a kind prefix, random body, and a checksum.
 
-`frt_` marks a project ingest token, `fra_` a workspace API key. The checksum lets a typo be told from
+`frt_` marks a project ingest token (what an app ships bundles with), `frc_` a project CI token (what CI reports
+replay outcomes with: an app host holding the ingest token cannot mark regressions guarded), `fra_` a
+workspace API key. The checksum lets a typo be told from
 a revoked token without a database lookup, and lets secret scanners recognise leaked tokens. Only a
 SHA-256 hash is stored; lookups go by a short prefix and compare hashes in constant time.
 """
@@ -12,10 +14,23 @@ import hmac
 import secrets
 import zlib
 
-__all__ = ["API_KEY", "INGEST_TOKEN", "TokenError", "check_token", "hash_token", "new_token", "token_prefix"]
+__all__ = [
+    "API_KEY",
+    "CI_TOKEN",
+    "INGEST_TOKEN",
+    "PROJECT_TOKEN_KINDS",
+    "TokenError",
+    "check_token",
+    "hash_token",
+    "new_token",
+    "token_prefix",
+]
 
 INGEST_TOKEN = "frt"
+CI_TOKEN = "frc"
 API_KEY = "fra"
+PROJECT_TOKEN_KINDS = (INGEST_TOKEN, CI_TOKEN)  # both stored as project tokens; the prefix says which
+_NAMES = {INGEST_TOKEN: "an ingest token (frt_)", CI_TOKEN: "a CI token (frc_)", API_KEY: "an API key (fra_)"}
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BODY = 32
 _CHECK = 6
@@ -48,16 +63,9 @@ def check_token(token: str, kind: str) -> str:
     token = token.strip()
     expected = f"{kind}_"
     if not token.startswith(expected):
-        other = (
-            "an ingest token (frt_)"
-            if token.startswith("frt_")
-            else "an API key (fra_)"
-            if token.startswith("fra_")
-            else None
-        )
+        other = next((name for prefix, name in _NAMES.items() if token.startswith(f"{prefix}_")), None)
         if other:
-            wanted = "an ingest token (frt_)" if kind == INGEST_TOKEN else "an API key (fra_)"
-            raise TokenError(f"this is {other}; this endpoint needs {wanted}")
+            raise TokenError(f"this is {other}; this endpoint needs {_NAMES.get(kind, kind)}")
         raise TokenError(f"not a FluxRun token: expected one starting with {expected}")
     rest = token[len(expected) :]
     if len(rest) != _BODY + _CHECK or any(c not in _ALPHABET for c in rest):

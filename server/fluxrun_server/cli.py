@@ -29,6 +29,11 @@ admin_app = typer.Typer(
     no_args_is_help=True,
 )
 server_app.add_typer(admin_app, name="admin")
+quarantine_app = typer.Typer(
+    help="Records the aggregator could not store (poison records), kept aside so indexing goes on.",
+    no_args_is_help=True,
+)
+server_app.add_typer(quarantine_app, name="quarantine")
 
 SettingsFile = Annotated[
     Path | None, typer.Option("--settings", help="A settings file (KEY=VALUE lines, FLUXRUN_SERVER_*).")
@@ -56,13 +61,41 @@ def serve(
         return
     import uvicorn
 
-    from fluxrun_server.main import create_app
+    from fluxrun_server.main import create_app, uvicorn_options
 
     settings = _settings(settings_file)
     address = f"http://{host or settings.host}:{port or settings.port}"
     index = settings.resolved_database_url.split("@")[-1]  # never print a database password
     out.print(f"FluxRun server on {address}  data {settings.data_dir.resolve()}  index {index}")
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="warning")
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="warning",
+        **uvicorn_options(settings),
+    )
+
+
+@server_app.command("aggregate")
+def aggregate(
+    ctx: typer.Context,
+    ack_wait: Annotated[
+        float, typer.Option(min=1.0, max=3600.0, help="seconds before a dead aggregator's messages go to another")
+    ] = 30.0,
+) -> None:
+    """Run one aggregator alone against the distributed log (FLUXRUN_SERVER_LOG_URL): log -> object store + index."""
+    from fluxrun_server.ingest.aggregate_node import run_aggregator_node
+    from fluxrun_server.ingest.log_nats import LogSetupError
+
+    settings = _settings(ctx.obj)
+    try:
+        code = run_aggregator_node(
+            settings, ack_wait_s=ack_wait, on_ready=lambda: out.print("FluxRun aggregator: pulling from the log")
+        )
+    except (ValueError, LogSetupError) as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
 
 
 @contextmanager
@@ -107,12 +140,17 @@ def create_project(ctx: typer.Context, workspace: str, name: str) -> None:
 
 
 @admin_app.command("create-token")
-def create_token(ctx: typer.Context, project: Annotated[str, typer.Argument(help="WORKSPACE/PROJECT or id")]) -> None:
-    """Issue an ingest token for a project. It is shown once; only its hash is stored."""
+def create_token(
+    ctx: typer.Context,
+    project: Annotated[str, typer.Argument(help="WORKSPACE/PROJECT or id")],
+    ci: Annotated[bool, typer.Option("--ci", help="a CI token (frc_): reports replay outcomes, cannot ingest")] = False,
+) -> None:
+    """Issue an ingest token (or, with --ci, a CI token) for a project. It is shown once; only its hash is stored."""
+    kind = "ci" if ci else "ingest"
     with _session(ctx) as session:
-        issued = _run(lambda: admin.issue_token(session, project))
+        issued = _run(lambda: admin.issue_token(session, project, kind=kind))
         out.print(issued.secret)
-        err.print(f"ingest token for {project} (prefix {issued.prefix}); it is shown only this once")
+        err.print(f"{kind} token for {project} (prefix {issued.prefix}); it is shown only this once")
 
 
 @admin_app.command("revoke-token")
@@ -359,3 +397,15 @@ def usage(
     with _session(ctx) as session:
         rows = _run(lambda: ops.usage(session, OPERATOR, admin.project_id(session, project), first, last))
         _json([asdict(r) for r in rows])
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    ctx: typer.Context,
+    project: Annotated[str | None, typer.Option(help="only this WORKSPACE/PROJECT (or id)")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 100,
+) -> None:
+    """Quarantined records as JSON: project, bundle id (cut), WAL LSN, why, and the object-store key of the bytes."""
+    with _session(ctx) as session:
+        rows = _run(lambda: admin.list_quarantined(session, project, limit))
+        _json([r.model_dump() for r in rows])

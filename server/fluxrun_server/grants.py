@@ -17,6 +17,7 @@ import binascii
 import contextlib
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -28,7 +29,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from fluxrun.agent.grant import (
+from fluxrun.grant import (
     DEFAULT_TTL_SECONDS,
     GRANT_VERSION,
     MAX_TTL_SECONDS,
@@ -44,6 +45,8 @@ log = logging.getLogger("fluxrun_server")
 GRANT_KEY_FILENAME = "grant.key"
 _KIND = "fluxrun-grant-key"
 _VERSION = 1
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 _cache: dict[Path, GrantKey] = {}
 _cache_lock = threading.Lock()
@@ -168,15 +171,24 @@ def issue_grant(
     project_id: int,
     project: str,
     bundle_id: str,
+    bundle_sha256: str,
     action: str,
     protected: bool,
     requested_by: str,
     ttl_seconds: int = DEFAULT_TTL_SECONDS,
     now: float | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Sign a single-use grant; return ``(token, claims)``. The lifetime is capped at MAX_TTL_SECONDS."""
+    """Sign a single-use grant; return ``(token, claims)``. The lifetime is capped at MAX_TTL_SECONDS.
+
+    `bundle_sha256` is the hex SHA-256 of the exact sealed bundle bytes the server stores and serves for
+    `bundle_id` (the index keeps it per bundle, and every read of the bundle is checked against it): the
+    agent opens only bytes with this hash, so another bundle sealed with the same id does not open.
+    """
     if not 1 <= ttl_seconds <= MAX_TTL_SECONDS:
         raise ValueError(f"ttl_seconds must be between 1 and {MAX_TTL_SECONDS}")
+    bundle_sha256 = bundle_sha256.lower()
+    if not _SHA256_HEX.match(bundle_sha256):
+        raise ValueError(f"bundle_sha256 must be a SHA-256 in hex, not {bundle_sha256[:80]!r}")
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {
         "version": GRANT_VERSION,
@@ -184,6 +196,7 @@ def issue_grant(
         "project_id": project_id,
         "project": project,
         "bundle_id": bundle_id,
+        "bundle_sha256": bundle_sha256,
         "action": action,
         "protected": protected,
         "nonce": secrets.token_hex(16),

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ServerSettings"]
 
+KiB = 1024
 MiB = 1024 * 1024
 
 
@@ -36,11 +37,28 @@ class ServerSettings(BaseSettings):
     max_decompressed_bytes: int = Field(64 * MiB, gt=0, description="a decompressed batch may not grow past this")
     max_bundle_bytes: int = Field(8 * MiB, gt=0)
     max_bundles_per_batch: int = Field(1000, gt=0)
+    max_request_body_bytes: int = Field(
+        256 * KiB, gt=0, description="body limit of every request but ingest and CI reports (413 past it)"
+    )
+    max_report_body_bytes: int = Field(4 * MiB, gt=0, description="body limit of POST /v1/regression-runs")
+    max_header_bytes: int = Field(64 * KiB, gt=0, description="request line and headers (431 past it)")
+    header_timeout_s: float = Field(10.0, gt=0, description="headers must arrive within this of the request's start")
+    body_timeout_s: float = Field(60.0, gt=0, description="a body must arrive within this of its headers (408)")
     wal_segment_bytes: int = Field(64 * MiB, gt=0)
     wal_backlog_bytes: int = Field(512 * MiB, gt=0, description="429 with Retry-After past this backlog")
     segment_target_bytes: int = Field(8 * MiB, gt=0, description="payloads per object-store segment")
     aggregate_interval_s: float = Field(0.05, gt=0)
     aggregate_batch: int = Field(2000, gt=0)
+    health_backlog_age_s: float = Field(
+        120.0, gt=0, description="/healthz is unhealthy once the oldest record not yet indexed is older than this"
+    )
+    health_min_free_bytes: int = Field(64 * MiB, ge=0, description="/healthz is unhealthy below this free disk space")
+    auth_stale_s: float = Field(
+        900.0, ge=0, description="with the database down, tokens and keys seen within this long stay valid"
+    )
+    log_url: str | None = Field(None, description="nats://host:4222[,host2:4222,...]: JetStream instead of the WAL")
+    log_stream: str = Field("FLUXRUN_BUNDLES", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the JetStream stream")
+    log_replicas: int = Field(3, ge=1, le=5, description="JetStream replicas of the stream (1 on a single server)")
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> ServerSettings:
@@ -55,6 +73,9 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 "use postgresql+psycopg://... for FLUXRUN_SERVER_DATABASE_URL (postgres:// is not a SQLAlchemy URL)"
             )
+        from fluxrun_server.ingest.log import refuse_contradictions  # the distributed log's own rules
+
+        refuse_contradictions(self)
         return self
 
     @property

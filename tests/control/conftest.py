@@ -1,4 +1,4 @@
-"""Fixtures for the control-plane tests: server processes on SQLite and on PostgreSQL (127.0.0.1:5432),
+"""Fixtures for the control-plane tests: server processes on SQLite and on PostgreSQL (a throwaway cluster),
 and signed bundles to ingest. The helpers they use are in control_helpers.py."""
 
 from __future__ import annotations
@@ -8,22 +8,12 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 import pytest
-from control_helpers import PG_ADMIN, Server
+from control_helpers import Server
+from postgres import create_database, drop_database
 from servers import free_port
 
 from fluxrun.bundle import Sealer, load_capture_key
-
-
-@pytest.fixture(scope="session")
-def postgres_admin() -> str:
-    try:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5):
-            pass
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {PG_ADMIN} is required for the control-plane tests (.ci/run starts it): {exc}")
-    return PG_ADMIN
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +36,9 @@ def make_server(
             **{f"FLUXRUN_CONTROL_{k.upper()}": v for k, v in control.items()},
         }
         if backend == "postgres":
-            admin_url = request.getfixturevalue("postgres_admin")
-            name = f"fluxrun_control_{secrets.token_hex(4)}"
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            databases.append(name)
-            env["FLUXRUN_SERVER_DATABASE_URL"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+            url = create_database("fluxrun_control")
+            databases.append(url)
+            env["FLUXRUN_SERVER_DATABASE_URL"] = url
         server = Server(f"http://127.0.0.1:{port}", env, data_dir, backend)
         made.append(server)
         return server
@@ -59,20 +46,27 @@ def make_server(
     yield make
     for server in made:
         server.close()
-    for name in databases:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    for url in databases:
+        drop_database(url)
 
 
 @pytest.fixture(scope="session")
 def seal(keys: Any) -> Callable[..., tuple[str, bytes]]:
-    """`seal(fingerprint=..., started_at=...)` -> (bundle_id, sealed bytes), signed with the test capture key."""
-    sealer = Sealer(load_capture_key(keys.capture), sdk="tests")
+    """`seal(fingerprint=..., started_at=..., project=...)` -> (bundle_id, sealed bytes), signed with the test
+    capture key, for acme/shop unless `project` names another."""
+    capture = load_capture_key(keys.capture)
+    sealers: dict[str, Sealer] = {}
 
     def make(
-        *, fingerprint: str = "fp-keyerror", started_at: datetime | None = None, size: int = 0
+        *,
+        fingerprint: str = "fp-keyerror",
+        started_at: datetime | None = None,
+        size: int = 0,
+        project: str = "acme/shop",
+        bundle_id: str | None = None,
     ) -> tuple[str, bytes]:
-        bundle_id = secrets.token_hex(16)
+        sealer = sealers.setdefault(project, Sealer(capture, sdk="tests", project=project))
+        bundle_id = bundle_id or secrets.token_hex(16)
         started = (started_at or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
         summary = {
             "bundle_id": bundle_id,

@@ -4,7 +4,6 @@ folders have a conftest module.)"""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +14,8 @@ from server_process import ServerProcess, wait_until
 
 from fluxrun.bundle import load_capture_key, signing_public_key
 
-__all__ = ["BACKENDS", "PG_ADMIN", "GraphQLFailed", "Server", "project_ids", "provision", "wait_until"]
+__all__ = ["BACKENDS", "GraphQLFailed", "Server", "project_ids", "provision", "wait_until"]
 
-PG_ADMIN = os.environ.get("FLUXRUN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgres"]
 
 
@@ -95,9 +93,10 @@ def provision(server: Server, capture_key: Path) -> None:
         admin.create_project(session, "acme", "web")
         admin.create_workspace(session, "other")
         admin.create_project(session, "other", "app")
-        for project in ("acme/shop", "acme/web", "other/app"):
+        for project in ("acme/shop", "acme/web"):  # one key, one workspace: other/app cannot register it too
             admin.register_key(session, project, f"{key_id}:{public}")
         server.keys["ingest"] = admin.issue_token(session, "acme/shop").secret
+        server.keys["ci"] = admin.issue_token(session, "acme/shop", kind="ci").secret
         server.keys["ingest_web"] = admin.issue_token(session, "acme/web").secret
         server.keys["ingest_other"] = admin.issue_token(session, "other/app").secret
         for role in ("owner", "admin", "member", "viewer"):

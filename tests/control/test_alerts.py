@@ -106,6 +106,7 @@ def server(request: pytest.FixtureRequest, make_server: Any, keys: Any, smtp: tu
     srv: Server = make_server(
         request.param,
         alert_max_attempts="3",
+        webhook_allow_private="true",  # the receivers are on loopback
         smtp_host="127.0.0.1",
         smtp_port=str(smtp[1]),
         smtp_from="alerts@flux.test",
@@ -123,12 +124,12 @@ def new_project(server: Server, keys: Any) -> tuple[int, str, str]:
     ]["id"]
     key_id, public = signing_public_key(load_capture_key(keys.capture))
     server.gql(
-        "member",
+        "admin",  # registering keys and minting tokens is for admins
         "mutation($p: Int!, $k: String!) { registerSigningKey(projectId: $p, publicKey: $k) { keyId } }",
         p=project_id,
         k=f"{key_id}:{public}",
     )
-    token = server.gql("member", "mutation($p: Int!) { createToken(projectId: $p) { secret } }", p=project_id)
+    token = server.gql("admin", "mutation($p: Int!) { createToken(projectId: $p) { secret } }", p=project_id)
     return project_id, token["createToken"]["secret"], name
 
 
@@ -173,7 +174,7 @@ def test_new_issue_webhook_is_signed_and_retried_with_backoff(
     receiver.flaky_left = 2
     rule_id = rule(server, project_id, "new_issue", "webhook", receiver.url + path)
     secret = secret_of(server, project_id, rule_id)
-    assert server.ingest(token, [seal(fingerprint="fp-new")[1]]).status_code == 202
+    assert server.ingest(token, [seal(fingerprint="fp-new", project=f"acme/{name}")[1]]).status_code == 202
 
     assert wait_until(lambda: len(receiver.to(path)) >= 3, timeout=20), receiver.to(path)
     time.sleep(0.5)
@@ -194,7 +195,7 @@ def test_new_issue_webhook_is_signed_and_retried_with_backoff(
     (done,) = deliveries(server, "delivered", project_id)
     assert done["attempts"] == 3 and done["lastError"] is None
     # the same issue again is not new
-    assert server.ingest(token, [seal(fingerprint="fp-new")[1]]).status_code == 202
+    assert server.ingest(token, [seal(fingerprint="fp-new", project=f"acme/{name}")[1]]).status_code == 202
     time.sleep(1.0)
     assert len(receiver.to(path)) == 3
 
@@ -203,11 +204,16 @@ def test_regression_alerts_in_ci_and_in_production(server: Server, receiver: Rec
     project_id, token, name = new_project(server, keys)
     path = f"/{name}/ok"
     rule(server, project_id, "regression", "webhook", receiver.url + path)
-    guarded_id, guarded = seal(fingerprint="fp-guarded")
-    ci_id, ci = seal(fingerprint="fp-ci")
+    guarded_id, guarded = seal(fingerprint="fp-guarded", project=f"acme/{name}")
+    ci_id, ci = seal(fingerprint="fp-ci", project=f"acme/{name}")
     assert server.ingest(token, [guarded, ci]).status_code == 202
     runs = f"/v1/projects/{project_id}/runs"
     assert wait_until(lambda: len(server.api("viewer", runs).json()["runs"]) == 2)
+
+    ci_token = server.gql(  # CI reports with a token of its own kind
+        "admin", 'mutation($p: Int!) { createToken(projectId: $p, kind: "ci") { secret } }', p=project_id
+    )["createToken"]["secret"]
+    assert ci_token.startswith("frc_")
 
     def report(bundle_id: str, outcome: str) -> None:
         import httpx
@@ -215,7 +221,7 @@ def test_regression_alerts_in_ci_and_in_production(server: Server, receiver: Rec
         response = httpx.post(
             server.url + "/v1/regression-runs",
             json={"results": [{"bundle_id": bundle_id, "outcome": outcome}]},
-            headers={"authorization": f"Bearer {token}"},
+            headers={"authorization": f"Bearer {ci_token}"},
         )
         assert response.status_code == 201, response.text
 
@@ -223,7 +229,8 @@ def test_regression_alerts_in_ci_and_in_production(server: Server, receiver: Rec
     report(ci_id, "reproduced")  # failing again in CI: regression
     assert wait_until(lambda: len(receiver.to(path)) == 1, timeout=15)
     assert json.loads(receiver.to(path)[0][2])["issue"]["fingerprint"] == "fp-ci"
-    assert server.ingest(token, [seal(fingerprint="fp-guarded")[1]]).status_code == 202  # reappears in production
+    again = seal(fingerprint="fp-guarded", project=f"acme/{name}")[1]
+    assert server.ingest(token, [again]).status_code == 202  # reappears in production
     assert wait_until(lambda: len(receiver.to(path)) == 2, timeout=15)
     event = json.loads(receiver.to(path)[1][2])
     assert event["event"] == "regression" and event["issue"]["fingerprint"] == "fp-guarded"
@@ -237,7 +244,7 @@ def test_email_alerts_for_new_issues_and_spikes(server: Server, smtp: tuple[Sink
     project_id, token, name = new_project(server, keys)
     rule(server, project_id, "new_issue", "email", f"oncall+{name}@acme.test")
     rule(server, project_id, "spike", "email", f"spikes+{name}@acme.test", threshold=3)
-    assert server.ingest(token, [seal(fingerprint="fp-mail")[1]]).status_code == 202
+    assert server.ingest(token, [seal(fingerprint="fp-mail", project=f"acme/{name}")[1]]).status_code == 202
 
     def mails(to: str) -> list[Any]:
         return [m for m in sink.messages if m["To"] == to]
@@ -248,7 +255,8 @@ def test_email_alerts_for_new_issues_and_spikes(server: Server, smtp: tuple[Sink
     assert mail["Subject"].startswith(f"[FluxRun] New issue in acme/{name}: builtins:KeyError")
     assert "fp-mail" in mail.get_payload()
     assert not mails(f"spikes+{name}@acme.test")  # one execution is no spike
-    assert server.ingest(token, [seal(fingerprint="fp-mail")[1] for _ in range(5)]).status_code == 202
+    five = [seal(fingerprint="fp-mail", project=f"acme/{name}")[1] for _ in range(5)]
+    assert server.ingest(token, five).status_code == 202
     assert wait_until(lambda: mails(f"spikes+{name}@acme.test"), timeout=15)
     time.sleep(1.0)
     (spike,) = mails(f"spikes+{name}@acme.test")  # once per issue per hour
@@ -262,7 +270,7 @@ def test_dead_letters_are_visible_to_admins_and_can_be_retried(
     project_id, token, name = new_project(server, keys)
     path = f"/{name}/dead"
     rule(server, project_id, "new_issue", "webhook", receiver.url + path)
-    assert server.ingest(token, [seal(fingerprint="fp-dead")[1]]).status_code == 202
+    assert server.ingest(token, [seal(fingerprint="fp-dead", project=f"acme/{name}")[1]]).status_code == 202
     dead = wait_until(lambda: deliveries(server, "dead", project_id), timeout=20)
     assert dead, deliveries(server, "pending", project_id)
     (letter,) = dead
@@ -287,7 +295,7 @@ def test_ingest_never_waits_for_alert_delivery(server: Server, receiver: Receive
     rule(server, project_id, "new_issue", "webhook", receiver.url + path)
     latencies = []
     for i in range(8):
-        bundle = seal(fingerprint=f"fp-slow-{i}")[1]
+        bundle = seal(fingerprint=f"fp-slow-{i}", project=f"acme/{name}")[1]
         start = time.perf_counter()
         assert server.ingest(token, [bundle]).status_code == 202
         latencies.append(time.perf_counter() - start)
@@ -302,14 +310,16 @@ def test_alerts_are_at_least_once_across_crashes(
     backend: str, make_server: Any, receiver: Receiver, keys: Any, seal: Any
 ) -> None:
     """Killed right after the ingest ack, and again while the receiver is failing: the alert still arrives."""
-    server: Server = make_server(backend, alert_max_attempts="50", webhook_timeout_s="1")  # an 8 s lease
+    server: Server = make_server(  # an 8 s lease; the receiver is on loopback
+        backend, alert_max_attempts="50", webhook_timeout_s="1", webhook_allow_private="true"
+    )
     provision(server, keys.capture)
     server.start()
     project_id, token, name = new_project(server, keys)
     path = f"/{name}/down"
     receiver.down.set()
     rule(server, project_id, "new_issue", "webhook", receiver.url + path)
-    assert server.ingest(token, [seal(fingerprint="fp-crash")[1]]).status_code == 202
+    assert server.ingest(token, [seal(fingerprint="fp-crash", project=f"acme/{name}")[1]]).status_code == 202
     server.stop(kill=True)  # acknowledged means in the WAL; the issue and its alert do not exist yet
     server.start()
     assert wait_until(lambda: receiver.to(path), timeout=20)  # the receiver is failing: retries pending

@@ -19,7 +19,7 @@ ROLES = ["viewer", "member", "admin", "owner"]
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request: pytest.FixtureRequest, make_server: Any, keys: Any) -> Server:
-    srv: Server = make_server(request.param)
+    srv: Server = make_server(request.param, webhook_allow_private="true")  # rules here point at loopback
     provision(srv, keys.capture)
     srv.out("create-plan", "team", "--bundles-per-day", "100000", "--retention-days", "30")
     srv.start()
@@ -95,7 +95,7 @@ OPERATIONS: dict[str, Op] = {
         lambda s, k, a: s.gql(k, "mutation($n: String!) { createProject(name: $n) { id } }", n=secrets.token_hex(4)),
     ),
     "createToken": (
-        "member",
+        "admin",  # the ingest trust anchor: minted by those who may revoke it (issue 16)
         _nothing,
         lambda s, k, a: s.gql(k, "mutation($p: Int!) { createToken(projectId: $p) { secret } }", p=a["project"]),
     ),
@@ -105,7 +105,7 @@ OPERATIONS: dict[str, Op] = {
         lambda s, k, a: s.gql(k, "mutation($x: String!) { revokeToken(prefix: $x) { revokedAt } }", x=a["prefix"]),
     ),
     "registerSigningKey": (
-        "member",
+        "admin",  # likewise
         _fresh_key,
         lambda s, k, a: s.gql(
             k,
@@ -365,7 +365,7 @@ def test_credentials_are_required(server: Server) -> None:
 
 
 def test_tokens_minted_and_revoked_through_graphql_take_effect(server: Server, ids: dict[str, int], seal: Any) -> None:
-    issued = server.gql("member", "mutation($p: Int!) { createToken(projectId: $p) { secret prefix } }", p=ids["shop"])
+    issued = server.gql("admin", "mutation($p: Int!) { createToken(projectId: $p) { secret prefix } }", p=ids["shop"])
     token = issued["createToken"]["secret"]
     assert server.ingest(token, [seal()[1]]).status_code == 202
     listed = server.gql("viewer", "query($x: String) { tokens(prefix: $x) { prefix revokedAt } }", x=token[:12])

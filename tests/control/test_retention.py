@@ -59,7 +59,7 @@ def test_retention_deletes_old_runs_issues_and_payloads_and_usage_shows_it(
     # younger runs stay; so does a project whose plan keeps everything
     fresh = [seal(fingerprint="fp-fresh") for _ in range(2)]
     assert server.ingest(server.keys["ingest"], [b for _, b in fresh]).status_code == 202
-    web_old_id, web_old = seal(fingerprint="fp-web-old", started_at=old_time)
+    web_old_id, web_old = seal(fingerprint="fp-web-old", started_at=old_time, project="acme/web")
     assert server.ingest(server.keys["ingest_web"], [web_old]).status_code == 202
     assert wait_until(lambda: runs(server, ids["shop"]) == {b for b, _ in fresh}, timeout=15)
     assert wait_until(lambda: runs(server, ids["web"]) == {web_old_id}, timeout=15)
@@ -73,3 +73,28 @@ def test_retention_deletes_old_runs_issues_and_payloads_and_usage_shows_it(
     query = "query($p: Int!) { usage(projectId: $p) { accepted deleted deletedBytes } }"
     (row,) = server.gql("viewer", query, p=ids["shop"])["usage"]
     assert row["accepted"] == 5 and row["deleted"] == 3 and row["deletedBytes"] == day["deleted_bytes"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_retention_of_one_project_keeps_another_projects_run_with_the_same_id(
+    backend: str, make_server: Any, keys: Any, seal: Any
+) -> None:
+    """Bundle ids are unique within a project only: deleting acme/shop's old run X leaves acme/web's run X."""
+    server: Server = make_server(backend, retention_interval_s="0.3")
+    provision(server, keys.capture)
+    server.out("create-plan", "short", "--retention-days", "2")
+    server.out("set-plan", "acme/shop", "short")  # acme/web keeps everything
+    server.start()
+    ids = project_ids(server)
+    old_time = datetime.now(UTC) - timedelta(days=5)
+    twin_id, web_twin = seal(fingerprint="fp-web-twin", started_at=old_time, project="acme/web")
+    assert server.ingest(server.keys["ingest_web"], [web_twin]).json()["accepted"] == [twin_id]
+    assert wait_until(lambda: runs(server, ids["web"]) == {twin_id}, timeout=15)
+    _, shop_twin = seal(fingerprint="fp-shop-twin", started_at=old_time, bundle_id=twin_id)
+    assert server.ingest(server.keys["ingest"], [shop_twin]).json()["accepted"] == [twin_id]
+    assert wait_until(lambda: usage_day(server, ids["shop"]).get("deleted") == 1, timeout=20)
+    time.sleep(1.0)  # several retention passes
+    assert runs(server, ids["shop"]) == set()
+    assert runs(server, ids["web"]) == {twin_id} and issues(server, ids["web"]) == {"fp-web-twin"}
+    bundle = server.api("viewer", f"/v1/runs/{twin_id}/bundle")
+    assert bundle.status_code == 200 and bundle.content == web_twin

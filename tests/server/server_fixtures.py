@@ -1,5 +1,6 @@
 """Real server processes for the server tests: `fluxrun server` under uvicorn on loopback, on the
-embedded default (SQLite + filesystem) and on PostgreSQL (127.0.0.1:5432) + S3 (moto in server mode)."""
+embedded default (SQLite + filesystem) and on PostgreSQL (a throwaway cluster, tests/support/postgres.py) + S3
+(moto in server mode)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import psycopg
 import pytest
+from postgres import create_database, drop_database
 from server_process import ServerProcess
 from servers import free_port
 
 from fluxrun.bundle import load_capture_key, signing_public_key
-
-PG_ADMIN = os.environ.get("FLUXRUN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @dataclass
@@ -43,17 +42,12 @@ def moto_endpoint() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    name = f"fluxrun_test_{secrets.token_hex(4)}"
-    try:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {PG_ADMIN} is required for the server tests (.ci/run starts it): {exc}")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def new_database(request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database for one server (dropped when `request`'s fixture ends): each module's server
+    provisions its own workspaces, so two servers must never share one."""
+    url = create_database()
+    request.addfinalizer(lambda: drop_database(url))
+    return url
 
 
 def _server_env(backend: str, data_dir: Path, port: int, request: pytest.FixtureRequest) -> dict[str, str]:
@@ -73,7 +67,7 @@ def _server_env(backend: str, data_dir: Path, port: int, request: pytest.Fixture
             "s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
         ).create_bucket(Bucket=bucket)
         env.update(
-            FLUXRUN_SERVER_DATABASE_URL=request.getfixturevalue("postgres_url"),
+            FLUXRUN_SERVER_DATABASE_URL=new_database(request),
             FLUXRUN_SERVER_OBJECT_STORE_URL=f"s3://{bucket}/bundles",
             FLUXRUN_SERVER_S3_ENDPOINT_URL=endpoint,
             FLUXRUN_SERVER_S3_REGION="us-east-1",
@@ -98,7 +92,9 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     key_id, public = signing_public_key(load_capture_key(keys.capture))
     srv.admin("add-key", "acme/shop", f"{key_id}:{public}")
     srv.tokens["ingest"] = srv.admin("create-token", "acme/shop")
+    srv.tokens["ci"] = srv.admin("create-token", "acme/shop", "--ci")
     srv.tokens["other_ingest"] = srv.admin("create-token", "other/app")
+    srv.tokens["other_ci"] = srv.admin("create-token", "other/app", "--ci")
     srv.tokens["api"] = srv.admin("create-api-key", "acme", "triager")
     srv.tokens["other_api"] = srv.admin("create-api-key", "other", "someone")
     srv.tokens["viewer"] = srv.admin("create-api-key", "acme", "watcher", "--role", "viewer")
@@ -111,12 +107,13 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="session")
 def seal(keys: Any) -> Any:
-    """`seal(route=..., error_type=..., fingerprint=...)` -> (bundle_id, bytes), signed with the test keys."""
+    """`seal(route=..., error_type=..., fingerprint=...)` -> (bundle_id, bytes), signed with the test keys, for
+    acme/shop (`project=` names another, `capture=` another capture key file)."""
     from datetime import UTC, datetime
 
     from fluxrun.bundle import Sealer
 
-    sealer = Sealer(load_capture_key(keys.capture), sdk="tests")
+    sealers: dict[tuple[str, str], Sealer] = {}
 
     def make(
         *,
@@ -129,7 +126,13 @@ def seal(keys: Any) -> Any:
         started_at: datetime | None = None,
         bundle_id: str | None = None,
         body_size: int = 0,
+        project: str = "acme/shop",
+        capture: Any = None,
     ) -> tuple[str, bytes]:
+        key_file = str(capture or keys.capture)
+        sealer = sealers.get((key_file, project))
+        if sealer is None:
+            sealer = sealers[(key_file, project)] = Sealer(load_capture_key(key_file), sdk="tests", project=project)
         bundle_id = bundle_id or secrets.token_hex(16)
         started = (started_at or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
         summary = {

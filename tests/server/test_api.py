@@ -182,11 +182,11 @@ def test_workspaces_never_see_each_other(server, seal):
     assert api(server, f"/v1/runs/{bundle_id}/bundle", token=other).status_code == 404
     issue_id = api(server, f"/v1/runs/{bundle_id}").json()["issue_id"]
     assert api(server, f"/v1/issues/{issue_id}", token=other).status_code == 404
-    # the other workspace's ingest token cannot report on acme's bundles either
+    # the other workspace's CI token cannot report on acme's bundles either
     report = httpx.post(
         f"{server.url}/v1/regression-runs",
         json={"results": [{"bundle_id": bundle_id, "outcome": "fixed"}]},
-        headers={"authorization": f"Bearer {server.tokens['other_ingest']}"},
+        headers={"authorization": f"Bearer {server.tokens['other_ci']}"},
     )
     assert report.status_code == 404
 
@@ -225,7 +225,7 @@ def test_regression_runs_guard_or_regress_the_issue(server, seal):
         return httpx.post(
             f"{server.url}/v1/regression-runs",
             json={"results": [{"bundle_id": bundle_id, "outcome": outcome, "ci": {"commit": "abc123"}}]},
-            headers={"authorization": f"Bearer {server.tokens['ingest']}"},
+            headers={"authorization": f"Bearer {server.tokens['ci']}"},
         )
 
     assert report("fixed").json()["issues"] == [{"id": issue_id, "status": "guarded"}]

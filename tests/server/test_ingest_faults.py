@@ -13,6 +13,7 @@ from sqlmodel import Session
 
 from fluxrun.bundle import load_capture_key, signing_public_key
 from fluxrun_server import admin
+from fluxrun_server.control import ops
 from fluxrun_server.ingest.batch import encode_batch
 from fluxrun_server.main import create_app
 from fluxrun_server.settings import ServerSettings
@@ -57,7 +58,8 @@ def test_a_full_disk_answers_503_with_retry_after(client, seal):
     response = test_client.post("/v1/executions", content=encode_batch([seal()[1]]))
     assert response.status_code == 503 and response.headers["retry-after"] == "30"
     assert "disk is full" in response.json()["detail"]
-    assert test_client.get("/healthz").status_code == 200
+    health = test_client.get("/healthz")  # unhealthy while the disk is full, with no reason told to strangers
+    assert health.status_code == 503 and health.json()["checks"]["disk"] == "failing" and "errors" not in health.json()
 
 
 def test_a_backlog_past_the_limit_answers_429(client, seal):
@@ -67,3 +69,27 @@ def test_a_backlog_past_the_limit_answers_429(client, seal):
     assert test_client.post("/v1/executions", content=encode_batch([seal()[1]])).status_code == 202
     response = test_client.post("/v1/executions", content=encode_batch([seal()[1]]))
     assert response.status_code == 429 and response.headers["retry-after"] == "2"
+
+
+def test_a_batch_answered_503_gives_its_quota_back(client, seal):
+    """The sender sends a refused batch again: it must not spend the daily quota twice."""
+    test_client, state = client
+    control = test_client.app.state.control
+    with Session(state.engine) as session:
+        operator = ops.Actor.operator()
+        ops.create_plan(session, operator, "tiny", bundles_per_day=2)
+        ops.set_project_plan(session, operator, admin.project_id(session, "acme/shop"), "tiny")
+    control.gate.flush()  # the plan is in force from now on
+    write = state.wal._write
+
+    def full(fd: int, data: memoryview) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    state.wal._write = full
+    batch = encode_batch([seal()[1], seal()[1]])
+    assert test_client.post("/v1/executions", content=batch).status_code == 503
+    state.wal._write = write  # space again; the WAL is usable after ENOSPC
+    response = test_client.post("/v1/executions", content=batch)
+    assert response.status_code == 202 and len(response.json()["accepted"]) == 2, response.text
+    spent = test_client.post("/v1/executions", content=encode_batch([seal()[1]]))
+    assert spent.status_code in (202, 429) and "quota_exceeded" in spent.text  # the quota holds after the refund

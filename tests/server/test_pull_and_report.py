@@ -12,6 +12,7 @@ import httpx
 import pytest
 from server_process import wait_until
 
+from fluxrun.bundle import Sealer, load_capture_key, open_bundle
 from fluxrun_server.ingest.batch import encode_batch
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,13 @@ def test_pull_replay_and_report(server, keys, tmp_path):
     )
     subprocess.run([sys.executable, "-c", capture], cwd=project, env=env, check=True)
     (bundle,) = (project / "captured").glob("*.fluxrun")
+    # captured to a folder (no DSN): it names no project, so it is sealed again for acme/shop, as an app with
+    # FLUXRUN_DSN=https://TOKEN@host/acme/shop would have sealed it
+    opened = open_bundle(bundle.read_bytes(), keys.replay_key)
+    for_the_server = Sealer(load_capture_key(keys.capture), sdk="tests", project="acme/shop").seal(
+        summary=opened.summary, payload=opened.payload, bundle_id=opened.sealed.bundle_id
+    )
+    bundle.write_bytes(for_the_server)
     accepted = httpx.post(
         f"{server.url}/v1/executions",
         content=encode_batch([bundle.read_bytes()]),
@@ -65,7 +73,7 @@ def test_pull_replay_and_report(server, keys, tmp_path):
     (guard,) = (project / "tests" / "fluxrun").glob("*.fluxrun")
     assert guard.read_bytes() == bundle.read_bytes()  # still sealed, byte for byte
 
-    dsn = f"http://{server.tokens['ingest']}@{server.url.removeprefix('http://')}/acme-shop"
+    dsn = f"http://{server.tokens['ci']}@{server.url.removeprefix('http://')}/acme/shop"  # CI's own token kind
     run = [
         sys.executable,
         "-m",

@@ -9,9 +9,8 @@ import secrets
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import psycopg
 import pytest
-from server_fixtures import PG_ADMIN
+from postgres import create_database, drop_database
 from server_process import wait_until
 
 from fluxrun.bundle import load_capture_key, read_bundle, signing_public_key
@@ -24,12 +23,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def postgres_url():
     """A database of this module's own: the shared session one already has test_api's `acme` workspace."""
-    name = f"fluxrun_test_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    url = create_database()
+    yield url
+    drop_database(url)
 
 
 def post(server, bundles):
@@ -159,23 +155,23 @@ def test_the_verification_threads_give_the_same_verdicts_as_inline_checks(keys, 
     tampered = bytearray(good[1])
     tampered[-3] ^= 0x10
     bundles = [good[0], bytes(tampered), b"not a bundle at all", *good[2:]]
-    inline = check_bundles(bundles, raw_signers(signers))
+    inline = check_bundles(bundles, raw_signers(signers), "acme/shop")
     assert [(c.reason is None) for c in inline] == [True, False, False, True, True, True]
     assert inline[1].reason == "tampered" and inline[1].bundle_id == read_bundle(bundles[1]).bundle_id
     assert inline[2].reason == "not_a_bundle" and inline[2].bundle_id is None
-    assert "no registered signing keys" in (check_bundles(good[:1], {})[0].message or "")
+    assert "no registered signing keys" in (check_bundles(good[:1], {}, "acme/shop")[0].message or "")
 
     verifier = Verifier(workers=1)
     try:
         assert verifier.wait_ready(timeout=120), "no verification threads"
-        pooled = asyncio.run(verifier.check(bundles, signers))
+        pooled = asyncio.run(verifier.check(bundles, signers, "acme/shop"))
     finally:
         verifier.close()
     assert pooled == inline
-    assert asyncio.run(Verifier(workers=0).check(bundles, signers)) == inline, "no workers: inline"
+    assert asyncio.run(Verifier(workers=0).check(bundles, signers, "acme/shop")) == inline, "no workers: inline"
     split = Verifier(workers=3)  # 18 bundles: three chunks on three threads, verdicts back in batch order
     try:
-        assert asyncio.run(split.check(bundles * 3, signers)) == inline * 3
+        assert asyncio.run(split.check(bundles * 3, signers, "acme/shop")) == inline * 3
     finally:
         split.close()
 

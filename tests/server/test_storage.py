@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from fluxrun_server.storage import filesystem as filesystem_module
-from fluxrun_server.storage.base import ObjectNotFound, ObjectStore, ObjectStoreError, open_store
+from fluxrun_server.storage.base import ObjectNotFound, ObjectStore, ObjectStoreError
+from fluxrun_server.storage.factory import open_store
 from fluxrun_server.storage.filesystem import FilesystemStore
 from fluxrun_server.storage.s3 import S3Store, make_config
 from fluxrun_server.storage.segments import MAGIC, Placement, SegmentWriter, read_index, read_payload

@@ -5,12 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
 
 from fluxrun_server.auth import API_KEY, INGEST_TOKEN, TokenError, check_token, token_prefix
 from fluxrun_server.state import ServerState
 
-__all__ = ["IngestProject", "Reader", "State", "Workspace", "project_for_authorization"]
+__all__ = ["IngestProject", "OptionalRowId", "Reader", "RowId", "State", "Workspace", "project_for_authorization"]
+
+# Ids of index rows (projects, issues) in URLs: integer columns, so a larger number is no id at all. Refused with a
+# 422 that says the range, rather than handed to the database (SQLite overflowed on it: a 500).
+ROW_ID_MAX = 2**31 - 1
+RowId = Annotated[int, Path(ge=1, le=ROW_ID_MAX, description="a row id")]
+OptionalRowId = Annotated[int | None, Query(ge=1, le=ROW_ID_MAX)]
 
 
 # `async def` dependencies run on the event loop; a plain `def` would hop to the threadpool for every request.

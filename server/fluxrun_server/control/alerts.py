@@ -25,11 +25,11 @@ from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any
 
-import httpx
 from sqlalchemy import Engine, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from fluxrun_server.control.egress import post_webhook
 from fluxrun_server.control.models import AlertCursor, AlertDelivery, AlertRule
 from fluxrun_server.control.settings import ControlSettings
 from fluxrun_server.index.models import Execution, Issue, Project, Workspace, utcnow
@@ -253,10 +253,17 @@ class Alerts:
             "X-FluxRun-Delivery": str(delivery_id),
             SIGNATURE_HEADER: sign(rule.secret or "", body, int(time.time())),
         }
-        response = httpx.post(rule.target, content=body, headers=headers, timeout=self.settings.webhook_timeout_s)
-        if 200 <= response.status_code < 300:
+        # the target is resolved and checked again now, and the POST goes to a checked address (egress.py)
+        answer = post_webhook(
+            rule.target,
+            body,
+            headers,
+            timeout=self.settings.webhook_timeout_s,
+            allow_private=self.settings.webhook_allow_private,
+        )
+        if 200 <= answer.status < 300:
             return None
-        return f"HTTP {response.status_code} from {rule.target}: {response.text[:200]}"
+        return f"HTTP {answer.status} from {rule.target}: {answer.text[:200]}"
 
     def _email(self, rule: AlertRule, delivery_id: int, payload: dict[str, Any]) -> str | None:
         settings = self.settings

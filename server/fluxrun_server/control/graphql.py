@@ -13,9 +13,11 @@ from typing import Any, TypeVar, cast
 import strawberry
 from fastapi import HTTPException, Request
 from graphql import GraphQLError
+from graphql.validation import NoSchemaIntrospectionCustomRule
 from sqlalchemy import Engine
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
+from strawberry.extensions import AddValidationRules, MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.fastapi import BaseContext, GraphQLRouter
 from strawberry.scalars import JSON
 
@@ -395,8 +397,9 @@ class Mutation:
         return _project(row, None)
 
     @strawberry.mutation(description="Mint an ingest token; the secret is shown only in this answer")
-    async def create_token(self, info: Info, project_id: int) -> Issued:
-        issued = await info.context.run(ops.issue_token, project_id)
+    async def create_token(self, info: Info, project_id: int, kind: str = "ingest") -> Issued:
+        """`ingest` (frt_, for the app) or `ci` (frc_, for CI's replay reports); admins only."""
+        issued = await info.context.run(ops.issue_token, project_id, kind)
         return Issued(secret=issued.secret, prefix=issued.prefix)
 
     @strawberry.mutation
@@ -470,7 +473,25 @@ class Mutation:
         return _delivery(await info.context.run(ops.retry_delivery, id))
 
 
-schema = strawberry.Schema(query=Query, mutation=Mutation)
+# What one request may ask, checked on the document before anything runs (a viewer's query with 10,000 aliases
+# of one field ran 17 s). The deepest query the schema allows is 3 levels (projects { plan { id } }); the CLI and
+# tests use a few aliases and a few hundred tokens. Strawberry's depth limit skips introspection fields, and
+# nested introspection (`__schema { types { fields { type { fields ...`) grows exponentially with depth, so
+# introspection is off: the API serves no IDE, and the schema is in the code and the docs.
+MAX_DEPTH = 8
+MAX_ALIASES = 30
+MAX_TOKENS = 2000
+
+schema = strawberry.Schema(
+    query=Query,
+    mutation=Mutation,
+    extensions=[  # factories: a fresh extension for each request (an instance is shared by concurrent ones)
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),  # counted while parsing: never parsed whole
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]),
+    ],
+)
 router: GraphQLRouter[Context, None] = GraphQLRouter(
     schema, path="/v1/graphql", context_getter=context_getter, graphql_ide=None, allow_queries_via_get=False
 )

@@ -6,8 +6,10 @@ API key with its role, or the server operator (the CLI, which holds the database
 any workspace). Anything outside the actor's workspace is reported as not found, never as forbidden, so ids of
 other workspaces cannot be probed.
 
-Roles, from least to most: viewer (reads), member (+ ingest tokens, signing keys, alert rules), admin
-(+ projects, revocation and rotation, API keys, members, audit log, dead letters), owner (+ owners and plans).
+Roles, from least to most: viewer (reads), member (+ alert rules), admin (+ projects, ingest and CI tokens,
+signing keys with their revocation and rotation, API keys, members, audit log, dead letters), owner (+ owners
+and plans). Tokens and signing keys are the ingest trust anchor, so minting and registering them needs the
+same role as revoking them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from sqlmodel import Session, col, select
 
 from fluxrun.bundle import parse_public_signing_key
 from fluxrun.errors import KeyFileError
-from fluxrun_server.auth import API_KEY, INGEST_TOKEN, hash_token, new_token, token_prefix
+from fluxrun_server.auth import API_KEY, CI_TOKEN, INGEST_TOKEN, hash_token, new_token, token_prefix
+from fluxrun_server.control.egress import TargetRefused, check_target
 from fluxrun_server.control.models import (
     AlertDelivery,
     AlertRule,
@@ -37,11 +40,13 @@ from fluxrun_server.control.models import (
     ProjectPlan,
     UsageCounter,
 )
+from fluxrun_server.control.settings import ControlSettings
 from fluxrun_server.index.models import ApiKey, Issue, Project, ProjectToken, SigningKey, Workspace, utcnow
 
 __all__ = [
     "ALERT_KINDS",
     "ROLES",
+    "TOKEN_KINDS",
     "Actor",
     "Forbidden",
     "Issued",
@@ -51,6 +56,7 @@ __all__ = [
 ]
 
 ROLES = ("viewer", "member", "admin", "owner")
+TOKEN_KINDS = {"ingest": INGEST_TOKEN, "ci": CI_TOKEN}  # what a project token is for, by name
 OPERATOR = "operator"
 ALERT_KINDS = ("new_issue", "regression", "spike")
 CHANNELS = ("webhook", "email")
@@ -199,12 +205,17 @@ def list_projects(session: Session, actor: Actor, workspace_id: int | None = Non
 # -- ingest tokens ---------------------------------------------------------------------------------------
 
 
-def issue_token(session: Session, actor: Actor, project_id: int) -> Issued:
-    _require(actor, "member", "minting an ingest token")
+def issue_token(session: Session, actor: Actor, project_id: int, kind: str = "ingest") -> Issued:
+    """A project token: `ingest` (frt_, the app ships bundles with it) or `ci` (frc_, CI reports replay
+    outcomes with it; an ingest token cannot, so an app host cannot mark regressions guarded)."""
+    if kind not in TOKEN_KINDS:
+        raise OperationError(f"token kind {kind!r}: use one of {', '.join(TOKEN_KINDS)}")
+    _require(actor, "admin", f"minting an {kind} token")
     row = project(session, actor, project_id)
-    secret = new_token(INGEST_TOKEN)
+    secret = new_token(TOKEN_KINDS[kind])
     session.add(ProjectToken(project_id=project_id, prefix=token_prefix(secret), token_hash=hash_token(secret)))
-    _audit(session, actor, row.workspace_id, "token.create", f"project:{project_id}", prefix=token_prefix(secret))
+    target = f"project:{project_id}"
+    _audit(session, actor, row.workspace_id, "token.create", target, prefix=token_prefix(secret), kind=kind)
     session.commit()
     return Issued(secret, token_prefix(secret))
 
@@ -248,11 +259,28 @@ def _parse_key(public: str) -> tuple[str, str]:
     return key_id, base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 
 
+def _refuse_foreign_key(session: Session, workspace_id: int, key_id: str, raw: str) -> None:
+    """A public key is not a secret: anyone can register it. Active in one workspace, it may not be
+    registered in another, or that workspace could pass the first one's bundles off as its own. The message
+    names no workspace; it says only that the key is taken."""
+    taken = session.exec(
+        select(SigningKey.id)
+        .join(Project, col(Project.id) == SigningKey.project_id)
+        .where(SigningKey.public_key == raw, col(SigningKey.revoked_at).is_(None), Project.workspace_id != workspace_id)
+    ).first()
+    if taken is not None:
+        raise OperationError(
+            f"signing key {key_id} is active in another workspace and cannot be registered here; generate a new "
+            "key pair for this project (`fluxrun keys generate DIR`). If the key is yours, revoke it there first"
+        )
+
+
 def register_key(session: Session, actor: Actor, project_id: int, public: str) -> SigningKey:
     """Register a signing public key (`fluxrun keys public capture.key` prints it) for a project."""
-    _require(actor, "member", "registering a signing key")
+    _require(actor, "admin", "registering a signing key")
     owner = project(session, actor, project_id)
     key_id, raw = _parse_key(public)
+    _refuse_foreign_key(session, owner.workspace_id, key_id, raw)
     existing = session.exec(
         select(SigningKey).where(SigningKey.project_id == project_id, SigningKey.key_id == key_id)
     ).first()
@@ -291,6 +319,7 @@ def rotate_key(session: Session, actor: Actor, project_id: int, public: str, old
     key_id, raw = _parse_key(public)
     if key_id == old_key_id:
         raise OperationError("the new key has the same id as the old one; generate a new key pair first")
+    _refuse_foreign_key(session, owner.workspace_id, key_id, raw)
     old = session.exec(
         select(SigningKey).where(SigningKey.project_id == project_id, SigningKey.key_id == old_key_id)
     ).first()
@@ -549,8 +578,11 @@ def create_alert_rule(
         raise OperationError(f"alert channel {channel!r}: use webhook or email")
     if kind == "spike" and (threshold is None or threshold < 1):
         raise OperationError("a spike rule needs a threshold: executions of one issue per hour, at least 1")
-    if channel == "webhook" and not target.startswith(("http://", "https://")):
-        raise OperationError(f"webhook target {target!r} must be an http:// or https:// URL")
+    if channel == "webhook":
+        try:  # public addresses only, unless the operator allows private ones (SSRF; control/egress.py)
+            check_target(target, allow_private=ControlSettings().webhook_allow_private)
+        except TargetRefused as exc:
+            raise OperationError(str(exc)) from None
     if channel == "email" and "@" not in target:
         raise OperationError(f"email target {target!r} is not an e-mail address")
     latest = session.exec(select(func.max(Issue.id)).where(Issue.project_id == project_id)).one()

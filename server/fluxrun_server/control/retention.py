@@ -84,8 +84,15 @@ class Retention:
                 if not rows:
                     break
                 ids = [r[0] for r in rows]
-                session.execute(delete(RegressionRun).where(col(RegressionRun.bundle_id).in_(ids)))
-                session.execute(delete(Execution).where(col(Execution.bundle_id).in_(ids)))
+                # ids are unique within a project only: another project's run with one of these ids stays
+                session.execute(
+                    delete(RegressionRun).where(
+                        col(RegressionRun.project_id) == project_id, col(RegressionRun.bundle_id).in_(ids)
+                    )
+                )
+                session.execute(
+                    delete(Execution).where(col(Execution.project_id) == project_id, col(Execution.bundle_id).in_(ids))
+                )
                 session.commit()
             keys |= {r[1] for r in rows}
             deleted += len(rows)

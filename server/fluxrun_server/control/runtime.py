@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from fluxrun_server.control.alerts import Alerts
 from fluxrun_server.control.retention import Retention
@@ -56,13 +57,23 @@ class ControlPlane:
             log.exception("could not write the last usage counters")
 
     def _loop(self, name: str, period: float, job: Callable[[], Any]) -> None:
+        """Run `job` every `period` seconds. A failure is logged once, when the job starts failing (a database
+        outage in one line, anything else with its traceback), and again when it recovers: not every period."""
         while not self._stop.wait(period):
             try:
                 job()
-                self.errors.pop(name, None)
             except Exception as exc:  # keep going; the work is retried next period
+                failing = name in self.errors
                 self.errors[name] = f"{type(exc).__name__}: {exc}"
-                log.exception("control-plane job %s failed; retrying", name)
+                if failing:
+                    continue
+                if isinstance(exc, OperationalError | InterfaceError):
+                    log.error("control-plane job %s: the database is unavailable; retrying every %.1f s", name, period)
+                else:
+                    log.exception("control-plane job %s failed; retrying every %.1f s", name, period)
+            else:
+                if self.errors.pop(name, None) is not None:
+                    log.warning("control-plane job %s recovered", name)
 
 
 async def get_gate(request: Request) -> Gate:

@@ -21,6 +21,11 @@ class ControlSettings(BaseSettings):
     alert_retry_max_s: float = Field(600.0, gt=0)
     alert_max_attempts: int = Field(6, ge=1, description="after this many failures a delivery is a dead letter")
     webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_allow_private: bool = Field(
+        False,
+        description="allow webhook targets on loopback, private and link-local addresses (tests, on-premises "
+        "receivers); off, such targets are refused when a rule is made and when an alert is sent (SSRF)",
+    )
     smtp_host: str | None = Field(None, description="SMTP server for e-mail alerts; unset: e-mail rules dead-letter")
     smtp_port: int = Field(25, ge=1, le=65535)
     smtp_from: str = "fluxrun@localhost"

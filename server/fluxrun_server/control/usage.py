@@ -9,6 +9,12 @@ reloads the projects' plans.
 
 Rate limits are per project, so one project flooding the server gets cheap 429s before its bodies are read,
 while the others keep their share.
+
+On PostgreSQL (where several nodes share one index) a daily quota is exact across nodes: `charge()` reserves the
+batch's bundles in the `accepted` counter itself, in one short transaction that locks the project's row for the
+day, granting at most what is left; the flush then leaves `accepted` alone. A quota is never overrun however
+many nodes take requests, and the UTC day of the reservation is the day it counts against. Projects without a
+quota, and SQLite, keep the in-memory path.
 """
 
 from __future__ import annotations
@@ -38,6 +44,17 @@ class Limits:
     max_payload_bytes: int | None = None
     rate_per_second: float | None = None
     burst: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What `Gate.charge` counted for a batch's kept bundles, so a batch that is then not stored is refunded."""
+
+    project_id: int
+    day: date
+    bundles: int
+    size: int
+    reserved: bool  # taken from the database's counter (exact quotas), not only counted here
 
 
 class _Bucket:
@@ -78,6 +95,12 @@ def bump(session: Session, engine: Engine, counts: dict[tuple[int, date, str], i
         session.execute(stmt)
 
 
+def _accepted_row(project_id: int, day: date) -> tuple[Any, Any]:
+    """The usage table and the condition that picks a project's "accepted" counter for a day."""
+    table = UsageCounter.__table__  # type: ignore[attr-defined]
+    return table, (table.c.project_id == project_id) & (table.c.day == day) & (table.c.metric == "accepted")
+
+
 class Gate:
     def __init__(self, engine: Engine, settings: ControlSettings) -> None:
         self.engine = engine
@@ -90,6 +113,7 @@ class Gate:
         self._stored_today: dict[int, int] = {}  # accepted today, as last read from the database
         self._day = _today()
         self.flush_errors = 0
+        self.exact_quotas = engine.dialect.name == "postgresql"  # shared by nodes: reserve in the database
 
     # -- hot path ------------------------------------------------------------------------------------------
 
@@ -137,10 +161,15 @@ class Gate:
             bucket = self._buckets[project_id] = _Bucket(rate, max(burst, 1.0))
         return bucket
 
+    def reserves(self, project_id: int) -> bool:
+        """Whether `charge` takes this project's bundles from the database's counter (a round trip)."""
+        return self.exact_quotas and self.limits(project_id).bundles_per_day is not None
+
     def charge(
         self, project_id: int, accepted: list[str], records: list[bytes], rejected: list[dict[str, Any]]
-    ) -> None:
-        """Trim `accepted`/`records` (in place) to the quota and payload limit, count everything, take tokens."""
+    ) -> Charge:
+        """Trim `accepted`/`records` (in place) to the quota and payload limit, count everything, take tokens.
+        The receipt lets `refund` give the kept bundles back if they are then not stored."""
         limits = self.limits(project_id)
         day = _today()
         bundles = len(accepted) + len(rejected)
@@ -164,10 +193,23 @@ class Gate:
                     size += len(record)
                     continue
                 rejected.append({"index": None, "bundle_id": bundle_id, "reason": reason, "message": message})
+            reserve = self.exact_quotas and limits.bundles_per_day is not None and bool(keep_ids)
+        if reserve:
+            assert limits.bundles_per_day is not None
+            granted, total = self._reserve(project_id, day, len(keep_ids), limits.bundles_per_day)
+            for bundle_id, record in zip(keep_ids[granted:], keep_records[granted:], strict=True):
+                size -= len(record)
+                message = f"the daily quota of {limits.bundles_per_day} bundles is spent"
+                rejected.append({"index": None, "bundle_id": bundle_id, "reason": "quota_exceeded", "message": message})
+            del keep_ids[granted:], keep_records[granted:]
+        with self._lock:
+            if reserve:
+                self._stored_today[project_id] = max(self._stored_today.get(project_id, 0), total)
             for item in rejected:
                 self._pending[(project_id, day, f"rejected:{item['reason']}")] += 1
             if keep_ids:
-                self._pending[(project_id, day, "accepted")] += len(keep_ids)
+                if not reserve:  # a reservation already counted them
+                    self._pending[(project_id, day, "accepted")] += len(keep_ids)
                 self._pending[(project_id, day, "bytes")] += size
             if limits.rate_per_second:
                 bucket = self._bucket(project_id, limits)
@@ -177,6 +219,38 @@ class Gate:
                 bucket.tokens = max(-60 * bucket.rate, bucket.tokens - bundles)
         accepted[:] = keep_ids
         records[:] = keep_records
+        return Charge(project_id, day, len(keep_ids), size, reserve)
+
+    def refund(self, charge: Charge) -> None:
+        """Give back what `charge` counted for bundles that were answered 503 and not stored: the sender sends
+        them again, and a retry must not spend the quota twice."""
+        if not charge.bundles:
+            return
+        with self._lock:
+            self._pending[(charge.project_id, charge.day, "bytes")] -= charge.size
+            if not charge.reserved:
+                self._pending[(charge.project_id, charge.day, "accepted")] -= charge.bundles
+                return
+            stored = self._stored_today.get(charge.project_id, 0)
+            self._stored_today[charge.project_id] = max(0, stored - charge.bundles)
+        table, key = _accepted_row(charge.project_id, charge.day)
+        with self.engine.begin() as connection:
+            connection.execute(table.update().where(key).values(value=table.c.value - charge.bundles))
+
+    def _reserve(self, project_id: int, day: date, wanted: int, quota: int) -> tuple[int, int]:
+        """Take up to `wanted` of today's quota in the database: (granted, accepted today including them)."""
+        table, key = _accepted_row(project_id, day)
+        with self.engine.begin() as connection:
+            connection.execute(
+                postgresql.insert(table)
+                .values(project_id=project_id, day=day, metric="accepted", value=0)
+                .on_conflict_do_nothing(index_elements=["project_id", "day", "metric"])
+            )
+            used = int(connection.execute(select(table.c.value).where(key).with_for_update()).scalar_one())
+            granted = max(0, min(wanted, quota - used))
+            if granted:
+                connection.execute(table.update().where(key).values(value=table.c.value + granted))
+        return granted, used + granted
 
     # -- background ------------------------------------------------------------------------------------------
 

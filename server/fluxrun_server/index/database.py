@@ -13,6 +13,7 @@ from sqlmodel import create_engine
 __all__ = ["make_engine", "migrate"]
 
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+CONNECT_TIMEOUT_S = 5
 
 
 def _json_dumps(value: object) -> str:
@@ -27,6 +28,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
+            hide_parameters=True,  # error texts reach logs and /healthz: never another tenant's values
             json_serializer=_json_dumps,
             json_deserializer=orjson.loads,
         )
@@ -35,7 +37,11 @@ def make_engine(url: str) -> Engine:
         def _pragmas(connection, _record):  # type: ignore[no-untyped-def]
             cursor = connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the aggregator's writes
-            cursor.execute("PRAGMA synchronous=NORMAL")  # durability comes from our own WAL, not SQLite's
+            # FULL: every commit is fsynced before it returns. The aggregator checkpoints the ingest WAL (and
+            # so lets it delete acknowledged records) right after its index commit; with NORMAL that commit
+            # was durable only at SQLite's next checkpoint, and a power cut in between lost acknowledged
+            # bundles (tests/server/test_durability.py). One fdatasync per aggregator batch, not per bundle.
+            cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
@@ -44,6 +50,9 @@ def make_engine(url: str) -> Engine:
         url,
         pool_pre_ping=True,
         pool_size=10,
+        hide_parameters=True,
+        # a database host that drops packets must fail a connect in seconds, not hang ingest or /healthz
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql") else {},
         max_overflow=10,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Issue",
     "Project",
     "ProjectToken",
+    "QuarantinedRecord",
     "RegressionRun",
     "SigningKey",
     "Workspace",
@@ -115,8 +116,9 @@ class Execution(SQLModel, table=True):
         Index("ix_execution_project_outcome_started", "project_id", "outcome", "started_at", "bundle_id"),
     )
 
+    # (bundle id, project) is the key: ids are the app's, unique within a project only (migration 0006)
     bundle_id: str = Field(primary_key=True)
-    project_id: int = Field(foreign_key="project.id")
+    project_id: int = Field(foreign_key="project.id", primary_key=True)
     issue_id: int | None = Field(default=None, foreign_key="issue.id")
     received_at: datetime = Field(default_factory=utcnow)
     started_at: datetime
@@ -151,3 +153,24 @@ class RegressionRun(SQLModel, table=True):
     outcome: str
     ci: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class QuarantinedRecord(SQLModel, table=True):
+    """A WAL record the aggregator could not store (a poison record): kept aside so indexing goes on.
+
+    The record's bytes are kept in the object store under `object_key`; the text fields are cut and made
+    printable, so a hostile record cannot make this row fail as well (migration 0005).
+    """
+
+    __tablename__ = "quarantined_record"
+    __table_args__ = (Index("ix_quarantined_record_project_id", "project_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int | None = None  # no foreign key: a damaged record may name any number
+    bundle_id: str | None = None
+    wal_lsn: int = Field(sa_column=Column(BigInteger, nullable=False))
+    reason: str
+    object_key: str | None = None
+    record_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    record_sha256: str
+    quarantined_at: datetime = Field(default_factory=utcnow)

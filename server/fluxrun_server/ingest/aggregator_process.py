@@ -1,8 +1,8 @@
 """The aggregator in a process of its own, so that it does not take the GIL from the request path.
 
 Aggregation (parse each bundle again, pack segment objects, build and insert the index rows) is CPU-bound
-Python: ~150 µs a bundle here, more than the server's whole request path. On a thread of the server process
-it held the GIL a third of the time or more at 5,000 bundles/s, and every request, WAL commit and verifier
+Python, more per bundle than the server's whole request path. On a thread of the server process it held
+the GIL a third of the time or more at the ingest target's rate, and every request, WAL commit and verifier
 round trip queued behind it. In its own process it runs on the other core.
 
 The split keeps one writer per file:
@@ -50,6 +50,7 @@ log = logging.getLogger("fluxrun_server.aggregator")
 
 LOCK_NAME = "aggregator.lock"  # in DATA_DIR: held by the running aggregator process
 RESTART_DELAY_S = 1.0
+MAX_RESTART_DELAY_S = 30.0  # a child that keeps dying (its store unreachable at start) is restarted ever slower
 SEND_EVERY_S = 0.005  # the durable LSN reaches the child at most this often (it costs visibility at most this)
 LOCK_WAIT_S = 60.0  # how long a new aggregator waits for the previous one (of a killed server) to exit
 
@@ -67,7 +68,9 @@ class AggregatorProcess:
         self.restart_delay_s = restart_delay_s
         self.stored = 0
         self.duplicates = 0
+        self.quarantined = 0
         self.last_error: str | None = None
+        self.failing_since: float | None = None  # time.time() the current run of failed passes began
         self.pid: int | None = None
         self.ready = False  # the current process said it is running (for /healthz)
         self._wake = threading.Event()
@@ -98,7 +101,9 @@ class AggregatorProcess:
     # -- the link ------------------------------------------------------------------------------------
 
     def _supervise(self) -> None:
+        delay = self.restart_delay_s
         while not self._stopping.is_set():
+            started = time.monotonic()
             try:
                 code = self._run_child()
             except Exception as exc:
@@ -107,9 +112,14 @@ class AggregatorProcess:
                 code = None
             if self._stopping.is_set():
                 return
+            if time.monotonic() - started > 2 * MAX_RESTART_DELAY_S:
+                delay = self.restart_delay_s  # it ran for a while: a new failure, not the same one again
+            if delay == self.restart_delay_s:  # logged once per run of exits, not at every restart
+                log.error("the aggregator process exited with code %s; restarting it (backing off)", code)
             self.last_error = f"the aggregator process exited (code {code}); restarting it"
-            log.error("the aggregator process exited with code %s; restarting it", code)
-            self._stopping.wait(self.restart_delay_s)
+            self.failing_since = self.failing_since or time.time()
+            self._stopping.wait(delay)
+            delay = min(MAX_RESTART_DELAY_S, delay * 2)
 
     def _run_child(self) -> int | None:
         proc = self._proc = subprocess.Popen(
@@ -178,6 +188,7 @@ class AggregatorProcess:
     def _receive(self, message: dict[str, Any]) -> None:
         if message.get("ready"):
             self.ready = True
+            self.last_error = self.failing_since = None  # a new process: its passes report from here on
         if "checkpoint" in message:
             try:
                 self.wal.checkpoint(int(message["checkpoint"]))
@@ -189,6 +200,8 @@ class AggregatorProcess:
             self.duplicates = int(message["duplicates"])
         if "status" in message:
             self.last_error = message.get("last_error")
+            self.failing_since = message.get("failing_since")
+            self.quarantined = int(message.get("quarantined") or 0)
 
 
 # -- the child process -------------------------------------------------------------------------------
@@ -239,7 +252,7 @@ def main() -> int:
     from fluxrun_server.index.database import make_engine
     from fluxrun_server.ingest.aggregator import Aggregator
     from fluxrun_server.ingest.wal import WALReader
-    from fluxrun_server.storage.base import open_store
+    from fluxrun_server.storage.factory import open_store
 
     settings = ServerSettings(**config["settings"])
     out = _Out()
@@ -252,7 +265,14 @@ def main() -> int:
         out.send({"checkpoint": lsn, "stored": aggregator.stored, "duplicates": aggregator.duplicates})
 
     def report_status(agg: Aggregator) -> None:
-        out.send({"status": "error" if agg.last_error else "ok", "last_error": agg.last_error})
+        out.send(
+            {
+                "status": "error" if agg.last_error else "ok",
+                "last_error": agg.last_error,
+                "failing_since": agg.failing_since,
+                "quarantined": agg.quarantined,
+            }
+        )
 
     reader = WALReader(
         settings.wal_dir,

@@ -1,22 +1,28 @@
-"""Bundle checks at the edge (format version, Ed25519 signature), on a few threads beside the event loop.
+"""Bundle checks at the edge (format version, Ed25519 signature, the signed project), on a few threads
+beside the event loop.
 
-`verify_signature` checks with libsodium (through PyNaCl, ~55 µs here) and lets OpenSSL decide only what
+`verify_signature` checks with libsodium (through PyNaCl) and lets OpenSSL decide only what
 libsodium refuses (see fluxrun.bundle.seal). libsodium releases the GIL while it verifies, so checking on
-threads runs in parallel with the event loop and the WAL writer: only the parse (~15 µs a bundle) holds
-the GIL. Until libsodium, `cryptography` (~105 µs, holding the GIL) was the check, and batches went to a
+threads runs in parallel with the event loop and the WAL writer: only the parse holds
+the GIL. Until libsodium, `cryptography` (about twice as slow, holding the GIL) was the check, and batches went to a
 pool of worker processes; the pickling, the pool's manager and feeder threads and the worker's own parse
 cost more CPU per bundle than the verification that threads now run. `Verifier` splits a batch across
 `workers` threads (one chunk each) and checks a single bundle inline, where the hand-off would cost more
 than it saves.
 
-The checks are the same either way: `check_bundles` is a pure function of the bytes and the project's
-registered public keys.
+The checks are the same either way: `check_bundles` is a pure function of the bytes, the project's
+registered public keys and the project's full name. A bundle is accepted only into the project its signed
+header names (format v2): a registered *public* key is not a secret, so the signature alone cannot say
+which project a bundle belongs to. Each accepted bundle's SHA-256 comes back with its verdict (computed
+here, off the event loop), so ingest can tell an identical retry from a different bundle with the same id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,14 +32,29 @@ from functools import lru_cache
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from fluxrun.bundle import read_bundle, verify_signature
+from fluxrun.bundle import SealedBundle, read_bundle, verify_signature
 from fluxrun.errors import BundleError
+from fluxrun_server.ingest.summary_limits import check_summary
 
-__all__ = ["SUPPORTED_VERSIONS", "Checked", "Verifier", "check_bundles", "default_workers"]
+__all__ = [
+    "BUNDLE_ID",
+    "SUPPORTED_VERSIONS",
+    "Checked",
+    "Verifier",
+    "check_bundles",
+    "check_fields",
+    "check_project",
+    "default_workers",
+]
 
-SUPPORTED_VERSIONS = (1,)
+# Version 1 names no project, so no server can tell which project it was sealed for: refused at ingest
+# (readers still open it). See docs/bundle-format.md, "Versioning".
+SUPPORTED_VERSIONS = (2,)
 INLINE_BELOW = 2  # batches with fewer bundles are checked in the event loop (no hand-off to a thread)
 CHUNK_MIN = 4  # a batch is split into chunks of at least this many bundles (one per thread)
+# What a bundle id may be: the SDK's are uuid4 hex. Ids become object-store keys, URLs, file names and
+# arguments of the shell commands the dashboard shows, so nothing else gets in.
+BUNDLE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,21 +64,27 @@ class Checked:
     bundle_id: str | None
     reason: str | None = None
     message: str | None = None
+    sha256: bytes | None = None  # of the whole sealed bundle, for accepted ones
 
 
-def check_bundles(bundles: Sequence[bytes], signers: Mapping[str, bytes]) -> list[Checked]:
-    """Parse and verify each bundle against the project's public keys (raw 32-byte Ed25519 keys by key id)."""
-    return _check(bundles, {key_id: _public_key(raw) for key_id, raw in signers.items()})
+def check_bundles(bundles: Sequence[bytes], signers: Mapping[str, bytes], project: str) -> list[Checked]:
+    """Parse and verify each bundle against the project's public keys (raw 32-byte Ed25519 keys by key id)
+    and its full name (`WORKSPACE/PROJECT`), which the bundle's signed header must name."""
+    return _check(bundles, {key_id: _public_key(raw) for key_id, raw in signers.items()}, project)
 
 
-def _check(bundles: Sequence[bytes], keys: Mapping[str, Ed25519PublicKey]) -> list[Checked]:
+def _check(bundles: Sequence[bytes], keys: Mapping[str, Ed25519PublicKey], project: str) -> list[Checked]:
     out: list[Checked] = []
     for raw in bundles:
         sealed = None
         try:
             sealed = read_bundle(raw)
-            if sealed.version not in SUPPORTED_VERSIONS:  # read_bundle refuses unknown versions already
-                raise BundleError("unsupported_version", f"format version {sealed.version} is not accepted")
+            if sealed.version not in SUPPORTED_VERSIONS:
+                raise BundleError(
+                    "wrong_project",
+                    f"bundle {sealed.bundle_id[:64]!r} is format version {sealed.version}, which does not name its "
+                    "project; this server accepts only bundles that do (version 2): upgrade the fluxrun SDK",
+                )
             if not keys:
                 raise BundleError(
                     "unknown_key_id",
@@ -65,11 +92,56 @@ def _check(bundles: Sequence[bytes], keys: Mapping[str, Ed25519PublicKey]) -> li
                     "`fluxrun server admin add-key` (the key comes from `fluxrun keys public capture.key`)",
                 )
             verify_signature(sealed, keys)
+            check_project(sealed, project)
+            check_fields(sealed)
+            check_summary(sealed)  # values the index could not store are refused before the ack
         except BundleError as exc:
             out.append(Checked(sealed.bundle_id if sealed is not None else None, exc.reason, str(exc)))
             continue
-        out.append(Checked(sealed.bundle_id))
+        out.append(Checked(sealed.bundle_id, sha256=hashlib.sha256(raw).digest()))
     return out
+
+
+def check_project(sealed: SealedBundle, project: str) -> None:
+    """The signed project must be the token's project. Checked after the signature, so the name is the signer's."""
+    named = sealed.project
+    if named == project:
+        return
+    if not named:
+        raise BundleError(
+            "wrong_project",
+            f"bundle {sealed.bundle_id[:64]!r} was sealed without a project (the app had no FLUXRUN_DSN, so it wrote "
+            f"bundles to a folder); set FLUXRUN_DSN=https://TOKEN@host/{project} before bundles are sealed",
+        )
+    raise BundleError(
+        "wrong_project",
+        f"bundle {sealed.bundle_id[:64]!r} was sealed for project {named[:200]!r}, but this ingest token belongs to "
+        f"{project!r}; ship it with that project's token (the DSN's path names the project: "
+        f"https://TOKEN@host/{project})",
+    )
+
+
+def check_fields(sealed: SealedBundle) -> None:
+    """Refuse the bundle text that is later shown, copied into commands and written into generated tests
+    unless it has the expected shape. A valid signature is not enough: any member can register a key."""
+    if not BUNDLE_ID.fullmatch(sealed.bundle_id):
+        raise BundleError(
+            "malformed",
+            f"bundle id {sealed.bundle_id[:80]!r} is not 1 to 64 characters of A-Za-z0-9_- (the SDK uses a uuid4 hex)",
+        )
+    summary = sealed.summary
+    error = summary.get("error")
+    if error is not None and not isinstance(error, dict):
+        raise BundleError("malformed", f"bundle {sealed.bundle_id}: summary field 'error' is not an object or null")
+    fields = {"route": summary.get("route"), "method": summary.get("method")}
+    if error:
+        fields.update({"error type": error.get("type"), "error message": error.get("message")})
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, str):
+            raise BundleError(
+                "malformed",
+                f"bundle {sealed.bundle_id}: summary field {name} is a {type(value).__name__}, not a string or null",
+            )
 
 
 @lru_cache(maxsize=256)
@@ -97,16 +169,18 @@ class Verifier:
         self._closed = False
         self._lock = threading.Lock()
 
-    async def check(self, bundles: Sequence[bytes], signers: Mapping[str, Ed25519PublicKey]) -> list[Checked]:
+    async def check(
+        self, bundles: Sequence[bytes], signers: Mapping[str, Ed25519PublicKey], project: str
+    ) -> list[Checked]:
         pool = self._ready_pool() if len(bundles) >= self.inline_below else None
         if pool is None:
-            return _check(bundles, signers)
+            return _check(bundles, signers, project)
         loop = asyncio.get_running_loop()
         chunks = max(1, min(self.workers, len(bundles) // CHUNK_MIN))
         size = -(-len(bundles) // chunks)
         parts = await asyncio.gather(
             *(
-                loop.run_in_executor(pool, _check, bundles[start : start + size], signers)
+                loop.run_in_executor(pool, _check, bundles[start : start + size], signers, project)
                 for start in range(0, len(bundles), size)
             )
         )

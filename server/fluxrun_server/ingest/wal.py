@@ -300,6 +300,9 @@ class WriteAheadLog:
         self._backlog_bytes = 0
         self._healthy = True
         self._last_error: BaseException | None = None
+        self._disk_full = False  # the last write ran out of space (cleared by the next write that sticks)
+        # (first LSN of a commit, when it was made durable): at most one entry a second, for the backlog's age
+        self._arrivals: deque[tuple[int, float]] = deque()
         self._appends = self._records = self._fsyncs = self._bytes = 0
         self._reader = _FrameReader(lambda: self._checkpointed)
 
@@ -438,6 +441,8 @@ class WriteAheadLog:
                     del self._sizes[: self._sizes_head]
                     self._sizes_head = 0
                 self._checkpointed = lsn
+                while len(self._arrivals) > 1 and self._arrivals[1][0] <= lsn + 1:
+                    self._arrivals.popleft()
                 doomed: list[_Segment] = []
                 while len(self._segments) > 1 and self._segments[1].first_lsn - 1 <= lsn:
                     doomed.append(self._segments.pop(0))
@@ -481,6 +486,20 @@ class WriteAheadLog:
         """Frame bytes of the acknowledged records not yet checkpointed (drives the 429 backpressure)."""
         with self._lock:
             return self._backlog_bytes
+
+    @property
+    def oldest_backlog_age_s(self) -> float:
+        """Seconds since the oldest record not yet checkpointed was made durable (0 without a backlog;
+        up to a second high). /healthz reports indexing as stuck when this grows past a threshold."""
+        with self._lock:
+            if self._durable_lsn <= self._checkpointed or not self._arrivals:
+                return 0.0
+            return time.monotonic() - self._arrivals[0][1]
+
+    @property
+    def disk_full(self) -> bool:
+        """The last write ran out of disk space (and no write has succeeded since)."""
+        return self._disk_full
 
     @property
     def stats(self) -> WALStats:
@@ -548,6 +567,8 @@ class WriteAheadLog:
         self._durable_lsn = last_lsn
         self._checkpointed = checkpointed
         self._backlog_bytes = sum(self._sizes)
+        if last_lsn > checkpointed:  # their arrival times are gone: count their age from this start
+            self._arrivals.append((checkpointed + 1, time.monotonic()))
         log.info(
             "WAL %s: %d records in %d segment(s), last LSN %d, checkpoint %d",
             self.directory,
@@ -715,6 +736,12 @@ class WriteAheadLog:
                 return
             resolved: list[tuple[Future[list[int]], list[int]]] = []
             with self._lock:
+                now = time.monotonic()
+                if self._durable_lsn <= self._checkpointed:  # no backlog before this commit
+                    self._arrivals.clear()
+                if not self._arrivals or now - self._arrivals[-1][1] >= 1.0:
+                    self._arrivals.append((first_lsn + pos, now))
+                self._disk_full = False
                 self._durable_lsn = first_lsn + stop - 1
                 self._active_size += unit
                 self._sizes.extend(sizes)
@@ -754,6 +781,7 @@ class WriteAheadLog:
                     self._poison(undo, pending)
                     return False
             log.warning("WAL: disk full, %d record batch(es) refused: %s", len(pending), exc)
+            self._disk_full = True
             self._fail(pending, WALFullError, f"the WAL disk is full: {exc}", exc)
             return False
         try:
@@ -770,6 +798,7 @@ class WriteAheadLog:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
+                self._disk_full = True
                 self._fail(pending, WALFullError, f"the WAL disk is full: {exc}", exc)
             else:
                 self._poison(exc, pending)

@@ -1,4 +1,4 @@
-"""The object-store contract the server writes bundle segments to, its errors, and `open_store(url)`.
+"""The object-store contract the server writes bundle segments to, and its errors (`open_store` is in `factory`).
 
 Payloads are opaque, already-encrypted bytes; the store only has to keep them whole. Two backends
 implement the contract: `FilesystemStore` (the embedded default) and `S3Store` (AWS S3, MinIO, OCI
@@ -8,11 +8,9 @@ Object Storage). Keys are checked the same way by both, so data can move between
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-from urllib.parse import unquote, urlsplit
+from typing import Protocol, runtime_checkable
 
-__all__ = ["ObjectNotFound", "ObjectStore", "ObjectStoreError", "check_key", "open_store"]
+__all__ = ["ObjectNotFound", "ObjectStore", "ObjectStoreError", "check_key"]
 
 
 class ObjectStoreError(Exception):
@@ -84,37 +82,3 @@ def check_range(key: str, offset: int, length: int, backend: str) -> None:
             key=key,
             backend=backend,
         )
-
-
-def open_store(url: str, **options: Any) -> ObjectStore:
-    """Open the store a settings URL names: `file:///path` or a plain path, or `s3://bucket/prefix`.
-
-    S3 options (`endpoint_url`, `region`, `access_key`, `secret_key`, ...) go to `S3Store`; the server passes
-    them unconditionally, so for a filesystem URL they are accepted when unset and refused when set.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "s3":
-        from fluxrun_server.storage.s3 import S3Store  # boto3 is slow to import: only when it is used
-
-        if not parts.netloc:
-            raise ValueError(f"object store URL {url!r} names no bucket (expected s3://bucket/prefix)")
-        if parts.query or parts.fragment:
-            raise ValueError(f"object store URL {url!r}: query strings and fragments are not supported")
-        prefix = unquote(parts.path).lstrip("/")
-        return S3Store(parts.netloc, prefix=prefix, **options)
-
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"object store URL {url!r}: file URLs must be local (file:///path)")
-        path = Path(unquote(parts.path))
-    elif "://" in url:
-        raise ValueError(f"object store URL {url!r}: unknown scheme {parts.scheme!r} (use file:// or s3://)")
-    else:
-        path = Path(url)
-    unknown = {name for name, value in options.items() if value is not None and value is not False}
-    if unknown:
-        raise ValueError(f"options {sorted(unknown)} do not apply to the filesystem store {url!r}")
-    from fluxrun_server.storage.filesystem import FilesystemStore
-
-    return FilesystemStore(path.expanduser())

@@ -2,7 +2,9 @@
 decision; the agent, which alone holds the replay key, checks the signature before it decrypts.
 
 `GET /v1/grant-key` is public (it is a public key: operators copy it into FLUXRUN_AGENT_GRANT_KEY).
-`POST /v1/grants` needs a workspace API key and only grants bundles of that workspace.
+`POST /v1/grants` needs a workspace API key and only grants bundles of that workspace. A grant names the
+bundle's SHA-256 as the index stores it for the sealed bytes `GET /v1/runs/{id}/bundle` serves (that read is
+checked against the same hash), so the agent opens exactly those bytes and no other bundle with the id.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
-from fluxrun.agent.grant import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
+from fluxrun.grant import DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS
 from fluxrun_server.api.deps import State, Workspace
+from fluxrun_server.api.runs import find_run
 from fluxrun_server.auth import token_prefix
 from fluxrun_server.grants import grant_key_for, issue_grant
-from fluxrun_server.index.models import Execution, Project
+from fluxrun_server.index.models import Project
 from fluxrun_server.index.models import Workspace as WorkspaceRow
+from fluxrun_server.ingest.verify import BUNDLE_ID
 
 router = APIRouter(tags=["grants"])
 log = logging.getLogger("fluxrun_server")
@@ -29,8 +33,9 @@ PROTECTED_ROLES = ("owner", "admin")
 
 
 class GrantRequest(BaseModel):
-    bundle_id: str = Field(min_length=1, max_length=200)
+    bundle_id: str = Field(pattern=f"^{BUNDLE_ID.pattern}$", description="a bundle id as ingest accepts them")
     action: Literal["unlock", "replay"]
+    project_id: int | None = Field(None, description="the run's project, when the workspace has its id in two")
     protected: bool = False
     ttl_seconds: int = Field(DEFAULT_TTL_SECONDS, ge=1, le=MAX_TTL_SECONDS)
 
@@ -48,14 +53,15 @@ def get_grant_key(state: State) -> dict[str, str]:
 )
 def create_grant(body: GrantRequest, request: Request, state: State, reader: Workspace) -> dict[str, Any]:
     with Session(state.engine) as session:
-        execution = session.get(Execution, body.bundle_id)
-        project = session.get(Project, execution.project_id) if execution is not None else None
-        if execution is None or project is None or project.workspace_id != reader.workspace_id:
-            raise HTTPException(404, f"no run {body.bundle_id}")  # another workspace's run is not found either
+        execution = find_run(session, reader.workspace_id, body.bundle_id, body.project_id)  # 404 for others' runs
+        project = session.get(Project, execution.project_id)
+        if project is None:
+            raise HTTPException(404, f"no run {body.bundle_id}")
         workspace = session.get(WorkspaceRow, project.workspace_id)
         project_name = f"{workspace.name if workspace else project.workspace_id}/{project.name}"
         assert project.id is not None
         project_id = project.id
+        bundle_sha256 = execution.object_sha256
     if body.protected and reader.role not in PROTECTED_ROLES:
         raise HTTPException(
             403,
@@ -68,6 +74,7 @@ def create_grant(body: GrantRequest, request: Request, state: State, reader: Wor
         project_id=project_id,
         project=project_name,
         bundle_id=body.bundle_id,
+        bundle_sha256=bundle_sha256,
         action=body.action,
         protected=body.protected,
         requested_by=requested_by,

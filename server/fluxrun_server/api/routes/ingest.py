@@ -8,7 +8,9 @@ more (an fsync failed) it is 503 and the node reports itself unhealthy.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,6 +24,7 @@ from fluxrun_server.api.deps import IngestProject, State, project_for_authorizat
 from fluxrun_server.control.runtime import IngestGate
 from fluxrun_server.control.usage import Gate
 from fluxrun_server.ingest.batch import BatchError, TooLarge, decode_batch, decompress, read_limited
+from fluxrun_server.ingest.identity import IndexUnavailable, identities_for
 from fluxrun_server.ingest.records import pack_record
 from fluxrun_server.ingest.verify import Verifier
 from fluxrun_server.ingest.wal import WALError, WALFullError
@@ -31,6 +34,9 @@ PATH = "/v1/executions"
 
 # Signature checks of multi-bundle batches run on a few threads (libsodium releases the GIL); one pool per process.
 _verifier = Verifier()
+# Compressed batches are inflated on one thread beside the event loop (zstd and zlib release the GIL), one at a
+# time: a decompression bomb costs at most one batch's inflate limit of memory, however many arrive at once.
+_inflater = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fluxrun-inflate")
 
 
 @asynccontextmanager
@@ -48,6 +54,7 @@ router = APIRouter(tags=["ingest"], lifespan=_start_verifier)
     summary="Ingest a batch of sealed bundles",
     responses={
         413: {"description": "body or bundle over a limit"},
+        409: {"description": "every bundle of the batch reuses an id the project has for a different bundle"},
         429: {"description": "backlog full, project rate limit, or daily quota spent (the detail says which)"},
     },
 )
@@ -66,6 +73,12 @@ async def handle(
     settings = state.settings
     gate.admit(project_id)  # 429 before the body is read: over the project's rate, or its daily quota is spent
     if state.wal.backlog_bytes > settings.wal_backlog_bytes:
+        if state.aggregator.last_error:  # an outage (database or object store down) spent the WAL's budget
+            raise HTTPException(
+                503,
+                "the server cannot index bundles right now and its buffer is full; retry later",
+                headers={"Retry-After": "30"},
+            )
         raise HTTPException(
             429, "the server is catching up on stored bundles; retry shortly", headers={"Retry-After": "2"}
         )
@@ -74,35 +87,79 @@ async def handle(
         raise HTTPException(413, f"request body is {length} bytes, over the {settings.max_batch_bytes} byte limit")
     try:
         body = await read_limited(chunks, settings.max_batch_bytes)
-        data = decompress(body, headers.get("content-encoding"), settings.max_decompressed_bytes)
+        encoding = headers.get("content-encoding")
+        if encoding is None or encoding.strip().lower() in ("", "identity"):
+            data = body
+        else:
+            loop = asyncio.get_running_loop()
+            data = await loop.run_in_executor(_inflater, decompress, body, encoding, settings.max_decompressed_bytes)
         bundles = decode_batch(
             data, max_bundles=settings.max_bundles_per_batch, max_bundle_bytes=settings.max_bundle_bytes
         )
     except TooLarge as exc:
+        _charge_refused(gate, project_id, "batch_too_large", str(exc))
         raise HTTPException(413, str(exc)) from None
     except BatchError as exc:
+        _charge_refused(gate, project_id, "malformed_batch", str(exc))
         raise HTTPException(400, f"malformed batch: {exc}") from None
 
-    verdicts = await _verifier.check(bundles, state.signers(project_id))
+    identities = identities_for(state.engine)  # (project, bundle id) is the identity: ingest/identity.py
+    try:
+        project_name = identities.project_name(project_id)  # cached: the database is asked once per project
+    except IndexUnavailable:
+        raise HTTPException(
+            503, "the server's database is unavailable; retry later", headers={"Retry-After": "10"}
+        ) from None
+    verdicts = await _verifier.check(bundles, state.signers(project_id), project_name)
+    indexed = await identities.lookup(project_id, verdicts)
+    duplicates = identities.conflicts(project_id, verdicts, indexed)  # no await from here until the ids are claimed
     accepted: list[str] = []
     records: list[bytes] = []
     rejected: list[dict[str, Any]] = []
+    digests: dict[str, bytes] = {}
     for index, (raw, verdict) in enumerate(zip(bundles, verdicts, strict=True)):
-        if verdict.reason is not None or verdict.bundle_id is None:
+        if verdict.reason is not None or verdict.bundle_id is None or verdict.sha256 is None:
             rejected.append(
                 {"index": index, "bundle_id": verdict.bundle_id, "reason": verdict.reason, "message": verdict.message}
             )
             continue
+        if index in duplicates:
+            rejected.append(
+                {"index": index, "bundle_id": verdict.bundle_id, "reason": "duplicate_id", "message": duplicates[index]}
+            )
+            continue
         accepted.append(verdict.bundle_id)
         records.append(pack_record(project_id, raw))
+        digests[verdict.bundle_id] = verdict.sha256
 
-    gate.charge(project_id, accepted, records, rejected)  # quota and plan limits trim the batch; usage counts
+    # The ids are claimed before anything is awaited (two requests cannot both take one id); what the quota
+    # then trims is given back.
+    claimed = [(bundle_id, digests[bundle_id]) for bundle_id in accepted]
+    identities.claim(project_id, claimed)
+    try:
+        if accepted and gate.reserves(project_id):  # the quota is reserved in the database: not on the event loop
+            charge = await asyncio.to_thread(gate.charge, project_id, accepted, records, rejected)
+        else:
+            charge = gate.charge(project_id, accepted, records, rejected)  # quota and plan limits trim the batch
+    except BaseException:
+        identities.release(project_id, claimed)
+        raise
+    if len(accepted) < len(claimed):
+        kept = set(accepted)
+        identities.release(project_id, [item for item in claimed if item[0] not in kept])
+        claimed = [item for item in claimed if item[0] in kept]
+    if duplicates and not accepted and all(r["reason"] == "duplicate_id" for r in rejected):
+        raise HTTPException(409, {"message": next(iter(duplicates.values())), "rejected": rejected})
     if records:
         try:
             await state.wal.append_async(records)
         except WALFullError:
+            identities.release(project_id, claimed)
+            gate.refund(charge)
             raise HTTPException(503, "the server's disk is full; retry later", headers={"Retry-After": "30"}) from None
         except WALError as exc:
+            identities.release(project_id, claimed)
+            gate.refund(charge)
             raise HTTPException(
                 503, f"the server cannot store bundles durably right now ({exc}); try another node"
             ) from None
@@ -110,13 +167,18 @@ async def handle(
     return orjson.dumps({"accepted": accepted, "rejected": rejected})
 
 
+def _charge_refused(gate: Gate, project_id: int, reason: str, message: str) -> None:
+    """A refused batch costs its sender a bundle of its rate and counts as a rejection in its usage: refusals
+    were free before, so a sender over its rate could keep the server reading and inflating for nothing."""
+    gate.charge(project_id, [], [], [{"index": None, "bundle_id": None, "reason": reason, "message": message}])
+
+
 class IngestFastPath:
     """ASGI middleware: answers POST /v1/executions itself, everything else goes to the app.
 
     The route above costs the same work plus FastAPI's per-request machinery (routing through every
     router, dependency solving, the request and response wrappers, the exception and body-limit
-    middleware). Skipping it took the server's CPU per single-bundle request from ~470 to ~340 µs (an
-    A/B of `benchmarks/ingest.py --quick`, 1 shipper, batch 1: 1,405 -> 1,800 requests/s). Here it is the
+    middleware), about a quarter of the server's CPU for a single-bundle request. Here it is the
     token check, `handle`, and HTTPException answered as FastAPI's default handler would
     ({"detail": ...} with the exception's status and headers). Installed inside the server-error
     middleware, so a bug still becomes a 500.

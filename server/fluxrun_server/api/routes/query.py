@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, and_, func, literal_column, or_, text
 from sqlmodel import Session, col, select
 
-from fluxrun_server.api.deps import Reader, State, Workspace
+from fluxrun_server.api.deps import OptionalRowId, Reader, RowId, State, Workspace
+from fluxrun_server.api.runs import find_issue, find_run
 from fluxrun_server.index.models import Execution, Issue, Project, RegressionRun, utcnow
 from fluxrun_server.storage.segments import Placement, read_payload
 
@@ -29,12 +30,8 @@ def _project(session: Session, reader: Reader, project_id: int) -> Project:
     return project
 
 
-def _execution(session: Session, reader: Reader, bundle_id: str) -> Execution:
-    execution = session.get(Execution, bundle_id)
-    if execution is None:
-        raise HTTPException(404, f"no run {bundle_id}")
-    _project(session, reader, execution.project_id)  # 404 for another workspace's run, never 403
-    return execution
+def _execution(session: Session, reader: Reader, bundle_id: str, project_id: int | None = None) -> Execution:
+    return find_run(session, reader.workspace_id, bundle_id, project_id)  # another workspace's run: the same 404
 
 
 def _run_item(e: Execution) -> dict[str, Any]:
@@ -81,14 +78,14 @@ def list_projects(state: State, reader: Workspace) -> dict[str, Any]:
 
 @router.get("/v1/projects/{project_id}/runs", summary="Captured executions, newest first, with filters")
 def list_runs(
-    project_id: int,
+    project_id: RowId,
     state: State,
     reader: Workspace,
     outcome: str | None = None,
     route: str | None = None,
     error_type: str | None = None,
     release: str | None = None,
-    issue_id: int | None = None,
+    issue_id: OptionalRowId = None,
     since: datetime | None = None,
     until: datetime | None = None,
     q: str | None = Query(None, description="text in the route, error type or message"),
@@ -146,7 +143,11 @@ def list_runs(
         newest_first = (col(Execution.started_at).desc(), col(Execution.bundle_id).desc())
         keys = session.exec(query.order_by(*newest_first).limit(limit + 1)).all()
         rows = (
-            session.exec(select(Execution).where(col(Execution.bundle_id).in_(keys)).order_by(*newest_first)).all()
+            session.exec(
+                select(Execution)
+                .where(Execution.project_id == project_id, col(Execution.bundle_id).in_(keys))
+                .order_by(*newest_first)
+            ).all()
             if keys
             else []
         )
@@ -211,9 +212,9 @@ def _aware(value: datetime) -> datetime:
 
 
 @router.get("/v1/runs/{bundle_id}", summary="One run: summary, IO event index and network list")
-def get_run(bundle_id: str, state: State, reader: Workspace) -> dict[str, Any]:
+def get_run(bundle_id: str, state: State, reader: Workspace, project_id: int | None = None) -> dict[str, Any]:
     with Session(state.engine) as session:
-        e = _execution(session, reader, bundle_id)
+        e = _execution(session, reader, bundle_id, project_id)
         events = e.summary.get("events") or []
         return {
             **_run_item(e),
@@ -241,9 +242,9 @@ def get_run(bundle_id: str, state: State, reader: Workspace) -> dict[str, Any]:
     response_class=Response,
     responses={200: {"content": {"application/x-fluxrun-bundle": {}}}},
 )
-def get_bundle(bundle_id: str, state: State, reader: Workspace) -> Response:
+def get_bundle(bundle_id: str, state: State, reader: Workspace, project_id: int | None = None) -> Response:
     with Session(state.engine) as session:
-        e = _execution(session, reader, bundle_id)
+        e = _execution(session, reader, bundle_id, project_id)
     placement = Placement(e.bundle_id, e.object_key, e.object_offset, e.object_length, e.object_sha256)
     data = read_payload(state.store, placement)
     return Response(data, media_type="application/x-fluxrun-bundle", headers={"Cache-Control": "private, no-store"})
@@ -266,7 +267,7 @@ def _issue_item(i: Issue) -> dict[str, Any]:
 
 @router.get("/v1/projects/{project_id}/issues", summary="Failures grouped by fingerprint")
 def list_issues(
-    project_id: int,
+    project_id: RowId,
     state: State,
     reader: Workspace,
     status: IssueStatus | None = None,
@@ -295,7 +296,7 @@ def _hour_bucket(dialect: str) -> Any:
     summary="Hourly run counts per issue over the last hours (the issue list's sparklines), grouped in SQL",
 )
 def issue_series(
-    project_id: int, state: State, reader: Workspace, hours: int = Query(24, ge=1, le=24 * 14)
+    project_id: RowId, state: State, reader: Workspace, hours: int = Query(24, ge=1, le=24 * 14)
 ) -> dict[str, Any]:
     with Session(state.engine) as session:
         _project(session, reader, project_id)
@@ -320,16 +321,12 @@ def issue_series(
 
 
 def _issue(session: Session, reader: Reader, issue_id: int) -> Issue:
-    issue = session.get(Issue, issue_id)
-    if issue is None:
-        raise HTTPException(404, f"no issue {issue_id}")
-    _project(session, reader, issue.project_id)
-    return issue
+    return find_issue(session, reader.workspace_id, issue_id)  # another workspace's issue: the same 404
 
 
 @router.get("/v1/issues/{issue_id}", summary="One issue with its per-hour series and regression runs")
 def get_issue(
-    issue_id: int, state: State, reader: Workspace, hours: int = Query(24, ge=1, le=24 * 14)
+    issue_id: RowId, state: State, reader: Workspace, hours: int = Query(24, ge=1, le=24 * 14)
 ) -> dict[str, Any]:
     with Session(state.engine) as session:
         issue = _issue(session, reader, issue_id)
@@ -364,7 +361,7 @@ class StatusChange(BaseModel):
 
 
 @router.patch("/v1/issues/{issue_id}", summary="Change an issue's status")
-def change_issue(issue_id: int, change: StatusChange, state: State, reader: Workspace) -> dict[str, Any]:
+def change_issue(issue_id: RowId, change: StatusChange, state: State, reader: Workspace) -> dict[str, Any]:
     if reader.role == "viewer":
         raise HTTPException(403, "viewers cannot change issues")
     with Session(state.engine) as session:
