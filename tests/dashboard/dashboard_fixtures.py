@@ -2,8 +2,9 @@
 Chromium driven by Playwright. The agent's CORS origin is the server's own origin, where the dashboard
 is served, exactly as an operator would configure it.
 
-Chromium must be at /usr/bin/chromium (`apt-get install -y chromium`; .ci/run installs it). When it is
-missing these tests fail and say so: a browser suite that skips silently proves nothing.
+Chromium is Debian's /usr/bin/chromium; the tests install the `chromium` package when it is missing (as root,
+through tests/support/system_packages.py). When it cannot be installed these tests fail and say so: a browser
+suite that skips silently proves nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,9 +27,10 @@ import orjson
 import pytest
 from server_process import FluxRunServer, fluxrun_server
 from servers import free_port
+from system_packages import ensure
 
 import fluxrun
-from fluxrun.bundle import Sealer, load_capture_key
+from fluxrun.bundle import Sealer, load_capture_key, open_bundle
 from fluxrun.model.export import build_summary
 from fluxrun.scrub import default_scrubber
 from fluxrun_server.ingest.batch import encode_batch
@@ -107,6 +108,26 @@ class Seeded:
     issues: dict[str, int] = field(default_factory=dict)
 
 
+SITE = "/srv/venv/lib/python3.12/site-packages"
+# A traceback as an ASGI app records it, outermost first: FluxRun's middleware, the framework, two frames of
+# the app (the second raised), and nothing after: the dashboard must put the app first and hide FluxRun.
+TRACEBACK = [
+    {"file": f"{SITE}/fluxrun/middleware/asgi.py", "line": 88, "function": "FluxRunMiddleware.__call__",
+     "module": "fluxrun.middleware.asgi", "in_app": False, "code": "await self.app(scope, receive, send)"},
+    {"file": f"{SITE}/starlette/routing.py", "line": 714, "function": "Router.__call__",
+     "module": "starlette.routing", "in_app": False, "code": "await route.handle(scope, receive, send)"},
+    {"file": f"{SITE}/starlette/routing.py", "line": 288, "function": "Route.handle",
+     "module": "starlette.routing", "in_app": False, "code": "await self.app(scope, receive, send)"},
+    {"file": f"{SITE}/fastapi/routing.py", "line": 301, "function": "run_endpoint_function",
+     "module": "fastapi.routing", "in_app": False, "code": "return await dependant.call(**values)"},
+    {"file": "shop/views.py", "line": 12, "function": "login_view", "module": "shop.views", "in_app": True,
+     "code": "return login(form)"},
+    {"file": "shop/app.py", "line": 30, "function": "login", "module": "shop.app", "in_app": True,
+     "code": "price = item['price']"},
+]  # fmt: skip
+RANDOM_UUID = "6f1c0b2e-9a7d-4c3b-8e5f-a1b2c3d4e5f6"
+
+
 def web_payload(
     bundle_id: str, marker: str, *, route: str, error: str, message: str, minutes_ago: int
 ) -> dict[str, Any]:
@@ -132,6 +153,7 @@ def web_payload(
                 ["content-type", "application/json"],
             ],
             "route": route,
+            "request_id": f"req-{bundle_id[:12]}",
             "body": {"size": len(body), "text": body},
         },
         "events": [
@@ -169,7 +191,7 @@ def web_payload(
             },
             {
                 "seq": 4, "kind": "random", "call": "uuid.uuid4", "task": "0", "site": "shop:login:16",
-                "start_ns": 45_100_000, "dur_ns": 0, "data": {"value": "6f1c0b2e-0000-4000-8000-000000000001"},
+                "start_ns": 45_100_000, "dur_ns": 0, "data": {"value": {"$t": "uuid", "v": RANDOM_UUID}},
             },
             {
                 "seq": 5, "kind": "host", "call": "accounts.load", "task": "0", "site": "shop:login:17",
@@ -188,10 +210,7 @@ def web_payload(
             "error": {
                 "type": error,
                 "message": message,
-                "frames": [
-                    {"file": "shop/app.py", "line": 30, "function": "login", "module": "shop.app", "in_app": True,
-                     "code": "price = item['price']"},
-                ],
+                "frames": TRACEBACK,
                 "fingerprint": hashlib.sha256(f"{route} {error}".encode()).hexdigest()[:16],
             },
         },
@@ -209,7 +228,9 @@ def ingest(server: FluxRunServer, bundle: bytes) -> str:
         timeout=30,
     )
     assert response.status_code == 202, response.text
-    [bundle_id] = response.json()["accepted"]
+    accepted = response.json()["accepted"]
+    assert len(accepted) == 1, f"the server refused the bundle: {response.text}"
+    [bundle_id] = accepted
     deadline = time.monotonic() + 15
     while server.api(f"/v1/runs/{bundle_id}").status_code != 200:
         assert time.monotonic() < deadline, f"run {bundle_id} never became visible"
@@ -241,7 +262,12 @@ def capture_jobs(keys: Any, directory: Path) -> dict[str, bytes]:
             finally:
                 fluxrun.shutdown()
             [path] = folder.glob("*.fluxrun")
-            out[name] = path.read_bytes()
+            # captured to a folder (no DSN), so it names no project and no server accepts it: sealed again for
+            # acme/shop, as an app with FLUXRUN_DSN=https://TOKEN@host/acme/shop seals it
+            opened = open_bundle(path.read_bytes(), keys.replay_key)
+            out[name] = Sealer(load_capture_key(keys.capture), sdk="tests", project="acme/shop").seal(
+                summary=opened.summary, payload=opened.payload, bundle_id=opened.sealed.bundle_id
+            )
     finally:
         jobs.RATES_FIXED = jobs.SENDS_RECEIPT = True
     return out
@@ -256,7 +282,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, keys: Any) -> Iterator[Flux
 
 @pytest.fixture(scope="session")
 def seeded(server: FluxRunServer, keys: Any, tmp_path_factory: pytest.TempPathFactory) -> Seeded:
-    sealer = Sealer(load_capture_key(keys.capture), sdk="tests")
+    sealer = Sealer(load_capture_key(keys.capture), sdk="tests", project="acme/shop")
     seeded = Seeded()
     kinds = [
         ("login", "/login", "builtins:KeyError", "'price'", [5, 40, 200]),
@@ -282,7 +308,7 @@ def seeded(server: FluxRunServer, keys: Any, tmp_path_factory: pytest.TempPathFa
     report = httpx.post(
         f"{server.url}/v1/regression-runs",
         json={"results": [{"bundle_id": seeded.runs["checkout0"], "outcome": "fixed", "ci": {"run": "412"}}]},
-        headers={"authorization": f"Bearer {server.tokens['ingest']}"},
+        headers={"authorization": f"Bearer {server.tokens['ci']}"},
         timeout=10,
     )
     assert report.status_code == 201, report.text
@@ -320,13 +346,10 @@ def agent(server: FluxRunServer, keys: Any, tmp_path_factory: pytest.TempPathFac
 # is open, and tests collected after these (asyncio.run in tests/integration) would fail under it.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        found = shutil.which("chromium")
-        pytest.fail(
-            f"Chromium is not installed at {CHROMIUM}{f' (found {found})' if found else ''}: the dashboard's browser "
-            "tests need it. Install it with `apt-get install -y chromium` (.ci/run does this).",
-            pytrace=False,
-        )
+    try:
+        ensure("chromium", "chromium", str(CHROMIUM))
+    except RuntimeError as exc:
+        pytest.fail(f"the dashboard's browser tests need Debian's Chromium at {CHROMIUM}: {exc}", pytrace=False)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import re
 import secrets
 import tomllib
@@ -17,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
-import pytest
 from dashboard_fixtures import Seeded, ingest, web_payload
+from postgres import create_database, drop_database
 from server_process import FluxRunServer, fluxrun_server
 
 from fluxrun.bundle import Sealer, load_capture_key
@@ -116,17 +114,11 @@ def test_issue_series_counts_runs_per_hour(server: FluxRunServer, seeded: Seeded
 
 def test_issue_series_on_postgresql(tmp_path: Path, keys: Any) -> None:
     """The sparkline query groups by hour in SQL, which differs per dialect: check PostgreSQL too."""
-    admin_url = os.environ.get("FLUXRUN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"fluxrun_dash_{secrets.token_hex(4)}"
+    url = create_database("fluxrun_dash")
     try:
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {admin_url} is required (.ci/run starts it): {exc}")
-    try:
-        env = {"FLUXRUN_SERVER_DATABASE_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"}
+        env = {"FLUXRUN_SERVER_DATABASE_URL": url}
         with fluxrun_server(tmp_path / "data", keys.capture, env) as server:
-            sealer = Sealer(load_capture_key(keys.capture), sdk="tests")
+            sealer = Sealer(load_capture_key(keys.capture), sdk="tests", project="acme/shop")
             for minutes in (3, 70, 71):
                 bundle_id = secrets.token_hex(16)
                 payload = web_payload(
@@ -139,5 +131,4 @@ def test_issue_series_on_postgresql(tmp_path: Path, keys: Any) -> None:
             assert len(series) == 5 and sum(series) == 3
             assert series[-1] + series[-2] >= 1 and series[-2] + series[-3] >= 2  # 3 min ago; 70 and 71 min ago
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(url)

@@ -11,7 +11,8 @@ export interface BundleHeader {
 
 export function bundleHeader(bytes: Uint8Array): BundleHeader {
   const magic = String.fromCharCode(...bytes.subarray(0, 4));
-  if (magic !== "FLXR" || bytes[4] !== 1) throw new Error("not a FluxRun v1 bundle");
+  // v2 adds the project to the header; both keep magic, version and the header's length in front.
+  if (magic !== "FLXR" || (bytes[4] !== 1 && bytes[4] !== 2)) throw new Error("not a FluxRun v1 or v2 bundle");
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const length = view.getUint32(5);
   if (9 + length > bytes.length) throw new Error("truncated bundle header");

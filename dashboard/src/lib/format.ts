@@ -8,7 +8,10 @@ export function ago(iso: string | null | undefined, now = Date.now()): string {
 }
 
 export function when(iso: string | null | undefined): string {
-  return iso ? new Date(iso).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "—";
+  if (!iso) return "—";
+  const date = new Date(iso);
+  // A date the browser cannot read is shown as it came, instead of throwing and blanking the page.
+  return Number.isNaN(date.getTime()) ? iso : date.toISOString().replace("T", " ").slice(0, 19) + " UTC";
 }
 
 export function ms(value: number | null | undefined): string {
@@ -51,4 +54,11 @@ export function outcomeLine(o: Record<string, any> | undefined): string {
   if (!o) return "—";
   const parts = [o.status ? `HTTP ${o.status}` : "", o.error_type ? `${o.error_type}: ${o.message ?? ""}` : ""];
   return parts.filter(Boolean).join(", ") || (o.kind === "ok" ? "returned normally" : String(o.kind ?? "—"));
+}
+
+/** The wall-clock time of an event: the run's start plus its offset, "14:03:07.125" (UTC). */
+export function clockTime(startedAt: string | null | undefined, offsetMs: number): string {
+  const start = startedAt ? Date.parse(startedAt) : NaN;
+  if (Number.isNaN(start)) return "—";
+  return new Date(start + offsetMs).toISOString().slice(11, 23);
 }

@@ -1,7 +1,7 @@
 // The FluxRun server's query API, called with the signed-in API key. The server only ever sees
 // summaries, sealed (encrypted) bundles and grant requests: plaintext comes from the agent, never here.
 
-import type { Issue, IssueDetail, IssueStatus, Project, Run, RunDetail } from "./types";
+import type { Issue, IssueDetail, IssueStatus, Project, Run, RunDetail, Triage } from "./types";
 
 const KEY = "fluxrun.apiKey";
 
@@ -80,6 +80,11 @@ export const server = {
     ),
   issue: (id: number) => json<IssueDetail>("GET", `/v1/issues/${id}`),
   setIssueStatus: (id: number, status: IssueStatus) => json<Issue>("PATCH", `/v1/issues/${id}`, { status }),
+  /** Resolve, ignore (until `events` more events) and reopen: each written to the audit log. */
+  triage: (id: number) => json<Triage>("GET", `/v1/issues/${id}/triage`),
+  resolve: (id: number) => json<Triage>("POST", `/v1/issues/${id}/resolve`),
+  ignore: (id: number, events: number) => json<Triage>("POST", `/v1/issues/${id}/ignore`, { events }),
+  reopen: (id: number) => json<Triage>("POST", `/v1/issues/${id}/reopen`),
   runs: (project: number, params: Record<string, string | number | null | undefined>) =>
     json<{ runs: Run[]; next_cursor: string | null }>("GET", `/v1/projects/${project}/runs${qs(params)}`),
   run: (bundleId: string) => json<RunDetail>("GET", `/v1/runs/${encodeURIComponent(bundleId)}`),

@@ -1,6 +1,6 @@
 // Shapes of the server's query API (see /openapi.json) and of the agent's answers.
 
-export type IssueStatus = "open" | "resolved" | "regressed" | "guarded";
+export type IssueStatus = "open" | "resolved" | "regressed" | "guarded" | "ignored";
 
 export interface Project {
   id: number;
@@ -31,6 +31,12 @@ export interface RegressionRun {
 export interface IssueDetail extends Issue {
   series: { hour: string; count: number }[];
   regression_runs: RegressionRun[];
+}
+
+export interface Triage extends Issue {
+  /** Set while the issue is ignored: it reopens when its count reaches `until_count`. */
+  snooze: { until_count: number; remaining: number; events: number } | null;
+  history: { action: string; actor: string; detail: Record<string, unknown>; created_at: string }[];
 }
 
 export interface Run {
@@ -102,5 +108,6 @@ export interface ReplayResult {
   recorded_calls?: number;
   unconsumed?: unknown[];
   warnings?: unknown[];
+  isolation?: string;
   error?: { type: string; message: string; call?: string; site?: string; kind?: string };
 }
