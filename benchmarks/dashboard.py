@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from harness import free_port, percentile
 from sqlalchemy import insert, text
 
 from fluxrun_server.index.database import make_engine, migrate
@@ -68,12 +68,6 @@ STAMP = """
   new MutationObserver(seen).observe(document, { subtree: true, childList: true });
 })();
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def admin(env: dict[str, str], *args: str) -> str:
@@ -135,11 +129,6 @@ def load(url: str, project_id: int, runs: int, issues: int, seed: int = 7) -> fl
             conn.execute(insert(Execution.__table__), batch)  # type: ignore[attr-defined]
     engine.dispose()
     return time.perf_counter() - begin
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def main() -> int:
@@ -234,7 +223,7 @@ def main() -> int:
     print(f"{'measure':<48} {'p50':>8} {'p95':>8} {'max':>8}  target")
     result = {}
     for name, values, target in rows:
-        p50, p95 = statistics.median(values), pct(values, 0.95)
+        p50, p95 = statistics.median(values), percentile(values, 95)
         verdict = "" if target is None else f"p95 < {target:.0f} ms: {'PASS' if p95 < target else 'FAIL'}"
         print(f"{name:<48} {p50:8.0f} {p95:8.0f} {max(values):8.0f}  {verdict}")
         result[name] = {"p50": p50, "p95": p95, "max": max(values)}

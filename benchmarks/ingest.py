@@ -77,6 +77,7 @@ trust auth for section 4's second half, which is skipped with a note if it is no
     python benchmarks/ingest.py                  # full run, about 3-4 minutes on 2 cores
     python benchmarks/ingest.py --quick          # smoke run, about 40 s, noisy numbers
     python benchmarks/ingest.py --json out.json  # also write the results as JSON
+    python benchmarks/ingest.py --log nats       # the WAL beside NATS JetStream R3 (benchmarks/ingest_log.py)
 
 Keys, bundles, batch files and every server data folder live in a temporary directory that is removed at
 the end; the benchmark database is dropped. The servers listen on loopback only. The exit status is 0
@@ -100,7 +101,6 @@ import platform
 import random
 import secrets
 import shutil
-import socket
 import statistics
 import struct
 import subprocess
@@ -118,6 +118,7 @@ from typing import IO, Any
 import httpx
 import orjson
 import psycopg
+from harness import free_port, percentile, targets_table, verdict
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -230,14 +231,6 @@ LEVELS = (
         for n in (1, 8, 64)
     ),
 )
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -485,12 +478,6 @@ def read_batches(path: Path) -> list[bytes]:
 # ------------------------------------------------------------------------------------------------------
 # The server as a subprocess, and its provisioning
 # ------------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -1611,10 +1598,6 @@ def measure_runlist_postgres(
 # ------------------------------------------------------------------------------------------------------
 
 
-def verdict(ok: bool) -> str:
-    return "[green]pass[/green]" if ok else "[red]FAIL[/red]"
-
-
 def fsync_table(result: dict[str, Any]) -> Table:
     table = Table(
         title="1. Raw fsync rate of the server's data disk (the ceiling for durable acks without group commit)",
@@ -1850,20 +1833,6 @@ def collect_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return targets
 
 
-def targets_table(targets: list[dict[str, Any]], quick: bool) -> Table:
-    title = "Targets" + (" (quick mode: few samples, 100,000 rows, noisy)" if quick else "")
-    table = Table(title=title, title_justify="left")
-    for column in ("target", "measured", "result"):
-        table.add_column(column, justify="right" if column == "measured" else "left")
-    for target in targets:
-        table.add_row(
-            escape(target["target"]),
-            f"{target['measured']:,.1f} {target['unit']}",
-            "info" if target["pass"] is None else "[green]pass[/green]" if target["pass"] else "[red]FAIL[/red]",
-        )
-    return table
-
-
 # ------------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------------
@@ -1886,7 +1855,7 @@ def run_all(settings: Settings, workdir: Path, console: Console) -> dict[str, An
         mark = perf()
 
     capture_key, _replay_key = generate_keys(workdir / "keys")
-    sealer = Sealer(load_capture_key(capture_key), sdk="bench")
+    sealer = Sealer(load_capture_key(capture_key), sdk="bench", project="bench/shop")
     factory = BundleFactory(sealer, seed=7)
     sizes = [len(factory.one()[1]) for _ in range(200)]
     results["bundle_bytes"] = {"mean": statistics.mean(sizes), "min": min(sizes), "max": max(sizes)}
@@ -1938,7 +1907,7 @@ def run_all(settings: Settings, workdir: Path, console: Console) -> dict[str, An
     phase("runlist PostgreSQL")
 
     results["targets"] = collect_targets(results)
-    console.print(targets_table(results["targets"], settings is QUICK))
+    console.print(targets_table(results["targets"], settings is QUICK, quick_note="few samples, 100,000 rows, noisy"))
     return results
 
 
@@ -1946,6 +1915,12 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fast smoke run (few samples, 100,000 rows, noisy)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--log",
+        choices=("wal", "nats"),
+        default="wal",
+        help="nats: the embedded WAL beside NATS JetStream with 1 and 3 edge nodes (benchmarks/ingest_log.py)",
+    )
     internal = parser.add_argument_group("internal (the shipper child process)")
     internal.add_argument("--shipper", action="store_true", help=argparse.SUPPRESS)
     internal.add_argument("--url", help=argparse.SUPPRESS)
@@ -1959,6 +1934,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         return shipper_main(args)
     settings = QUICK if args.quick else FULL
     console = Console(width=None if sys.stdout.isatty() else 160)
+    if args.log == "nats":
+        import ingest_log
+
+        return ingest_log.main(console, args.json, quick=args.quick)
     console.print(
         f"FluxRun {fluxrun.__version__} server ingest benchmark ({'quick' if args.quick else 'full'}), "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs"

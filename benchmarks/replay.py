@@ -12,7 +12,9 @@ Sections:
    FluxRun (its own cost, against the live MockTransport), the same replay with the module switched to
    FIXED (the guard's path: returns normally, outcome "fixed"), the replay with the interceptors held
    installed around the loop (what `run` pays per call to install and restore every patch), and
-   `run(bundle_bytes, key)` (open included). Target: under 2 ms + 0.3 ms per recorded call.
+   `run(bundle_bytes, key)` (open included). The timed replay is the in-process one (`isolate=False`);
+   beside it, the default isolated replay (`isolate=True`: a forked child with its own network
+   namespace, seccomp filter and audit hook). Target: under 2 ms + 0.3 ms per recorded call.
 2. VCR.py playback of the same HTTP exchanges (1, 8 and 98 GETs). A stdlib `http.server` on 127.0.0.1
    (port 0, in a thread) answers the same JSON; vcrpy records one cassette per N through a real
    `httpx.Client`; the server is then stopped, and each cassette is played back under
@@ -26,7 +28,8 @@ Sections:
    FIXED = True, so every guard passes. Timed from outside as a subprocess:
    `python -m pytest -q -p no:cacheprovider --fluxrun-bundles bundles bundles` (the trailing `bundles`
    means only the guards are collected), with FLUXRUN_REPLAY_KEY set; the baseline is the same command
-   on an empty folder (pytest's and the plugin's start-up). Both serially and with `-n 2` (xdist);
+   on an empty folder (pytest's and the plugin's start-up). Serially with isolation on (the default) and
+   off (`FLUXRUN_REPLAY_ISOLATE=0`), and with `-n 2` (xdist) isolated;
    interleaved rounds, median wall time. Target: 1,000 replays in under 10 s (with --quick, the time is
    projected to 1,000 from the per-bundle cost).
 
@@ -77,6 +80,7 @@ from typing import Any
 
 import httpx
 import vcr  # type: ignore[import-untyped]
+from harness import percentile, targets_table, verdict
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -196,9 +200,11 @@ def write_app(folder: Path, *, fixed: bool) -> Path:
 
 
 def stats_ms(samples_ns: list[int]) -> dict[str, float]:
-    ordered = sorted(samples_ns)
-    p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
-    return {"median_ms": statistics.median(ordered) / 1e6, "p95_ms": p95 / 1e6, "runs": len(ordered)}
+    return {
+        "median_ms": statistics.median(samples_ns) / 1e6,
+        "p95_ms": percentile(samples_ns, 95) / 1e6,
+        "runs": len(samples_ns),
+    }
 
 
 def time_runs(call: Callable[[], Any], runs: int, warmup: int = 3) -> list[int]:
@@ -272,7 +278,10 @@ def measure_replay(
                 app.check_stock.__wrapped__(7, gets, reads)  # undecorated, FluxRun not installed
 
         def replay(opened: Any = opened) -> Any:
-            return fluxrun.replay.run(opened, key)
+            return fluxrun.replay.run(opened, key, isolate=False)
+
+        def replay_isolated(opened: Any = opened) -> Any:
+            return fluxrun.replay.run(opened, key, isolate=True)
 
         def replay_bytes(data: bytes = data) -> Any:
             return fluxrun.replay.run(data, key)
@@ -285,6 +294,10 @@ def measure_replay(
 
         direct_ns = time_runs(direct, side_runs)
         replay_ns = time_runs(replay, runs)
+        isolated = replay_isolated()
+        if isolated.outcome != "reproduced" or "namespace" not in isolated.isolation:
+            raise AssertionError(f"N={calls}: isolated replay {isolated.outcome}, isolation {isolated.isolation}")
+        isolated_ns = time_runs(replay_isolated, side_runs)
         bytes_ns = time_runs(replay_bytes, side_runs)
         install.acquire(app_in_app())
         try:
@@ -310,6 +323,7 @@ def measure_replay(
                 "replay": replay_stats,
                 "per_call_ms": replay_stats["median_ms"] / calls,
                 "fixed_ms": stats_ms(fixed_ns)["median_ms"],
+                "isolated": stats_ms(isolated_ns),
                 "held_ms": stats_ms(held_ns)["median_ms"],
                 "bytes_ms": stats_ms(bytes_ns)["median_ms"],
                 "bundle_bytes": len(data),
@@ -501,12 +515,13 @@ def run_pytest(project: Path, folder: str, workers: int, env: dict[str, str]) ->
 def measure_pytest(settings: Settings, project: Path, replay_key: Path, console: Console) -> list[dict[str, Any]]:
     env = pytest_env(replay_key)
     (project / "empty").mkdir(exist_ok=True)
-    configs = [("serial", 0), ("-n 2 (xdist)", 2)]
-    samples: dict[str, dict[str, list[dict[str, Any]]]] = {name: {"empty": [], "bundles": []} for name, _ in configs}
+    # (name, xdist workers, FLUXRUN_REPLAY_ISOLATE): guards replay isolated by default; "0" is the in-process path
+    configs = [("serial, isolated", 0, "1"), ("serial, in-process", 0, "0"), ("-n 2 (xdist), isolated", 2, "1")]
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {name: {"empty": [], "bundles": []} for name, *_ in configs}
     for round_index in range(settings.pytest_rounds):
-        for name, workers in configs:
+        for name, workers, isolate in configs:
             for folder in ("empty", "bundles"):
-                run = run_pytest(project, folder, workers, env)
+                run = run_pytest(project, folder, workers, {**env, "FLUXRUN_REPLAY_ISOLATE": isolate})
                 expected_rc = 5 if folder == "empty" else 0  # 5: no tests collected
                 if run["returncode"] != expected_rc or (folder == "bundles" and run["passed"] != settings.bundles):
                     console.print(
@@ -519,7 +534,7 @@ def measure_pytest(settings: Settings, project: Path, replay_key: Path, console:
                     f"({escape(run['tail'] or 'no summary')})"
                 )
     rows = []
-    for name, workers in configs:
+    for name, workers, _ in configs:
         empty = statistics.median(r["wall_s"] for r in samples[name]["empty"])
         full = statistics.median(r["wall_s"] for r in samples[name]["bundles"])
         runs = samples[name]["bundles"]
@@ -553,10 +568,6 @@ def measure_pytest(settings: Settings, project: Path, replay_key: Path, console:
 # ------------------------------------------------------------------------------------------------------
 
 
-def verdict(ok: bool) -> str:
-    return "[green]pass[/green]" if ok else "[red]FAIL[/red]"
-
-
 def replay_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(
         title="1. Replay time per bundle after start-up (fluxrun.replay.run on an opened bundle)",
@@ -564,7 +575,9 @@ def replay_table(rows: list[dict[str, Any]]) -> Table:
         caption="median/p95 of repeated replays in one process, the failure reproduced. direct = the function "
         "called without FluxRun against the live MockTransport; fixed = the module switched to FIXED (returns "
         "normally, as a passing guard does); held = interceptors kept installed around the loop (run() otherwise "
-        "installs and restores every patch each call); +open = run(bundle bytes, key), decrypt included",
+        "installs and restores every patch each call); +open = run(bundle bytes, key), decrypt included. "
+        "replay = in this process (isolate=False); isolated = the default, in a forked child with its own "
+        "network namespace, seccomp filter and audit hook (isolate=True)",
         caption_justify="left",
     )
     columns = (
@@ -578,6 +591,8 @@ def replay_table(rows: list[dict[str, Any]]) -> Table:
         "fixed ms",
         "held ms",
         "+open ms",
+        "isolated ms",
+        "isolated p95",
         "runs",
         "target",
     )
@@ -596,6 +611,8 @@ def replay_table(rows: list[dict[str, Any]]) -> Table:
             f"{row['fixed_ms']:.3f}",
             f"{row['held_ms']:.3f}",
             f"{row['bytes_ms']:.3f}",
+            f"{row['isolated']['median_ms']:.3f}",
+            f"{row['isolated']['p95_ms']:.3f}",
             str(replay["runs"]),
             f"< {row['target_ms']:.1f} ms {verdict(row['pass'])}",
         )
@@ -700,16 +717,6 @@ def collect_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return targets
-
-
-def targets_table(targets: list[dict[str, Any]], quick: bool) -> Table:
-    title = "Targets" + (" (quick mode: few samples, noisy)" if quick else "")
-    table = Table(title=title, title_justify="left")
-    for column in ("target", "measured", "result"):
-        table.add_column(column, justify="right" if column == "measured" else "left")
-    for target in targets:
-        table.add_row(escape(target["target"]), f"{target['measured']:.2f} {target['unit']}", verdict(target["pass"]))
-    return table
 
 
 # ------------------------------------------------------------------------------------------------------
