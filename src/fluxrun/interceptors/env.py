@@ -39,7 +39,7 @@ from types import FrameType
 from typing import Any
 
 from fluxrun._context import Scope, current
-from fluxrun._internal import SiteRef, read_by, read_site, report_internal_error, site_ref
+from fluxrun._internal import APP, SiteRef, read_by, read_site, report_internal_error, site_ref, verdicts
 from fluxrun.interceptors.base import Patch
 from fluxrun.interceptors.hot_path import append_value
 
@@ -53,6 +53,7 @@ _real_delitem = vars(_Environ)["__delitem__"]
 _real_iter = vars(_Environ)["__iter__"]
 _real_len = vars(_Environ)["__len__"]
 _ABSENT: Any = object()
+_GETENV = os.getenv.__code__  # os.getenv calls get: the read is its caller's
 NAMES_KEY = "=names"  # the recorded set of names; os.environ refuses a name with "=" in it, so none collides
 NAMES_CALL = f"env {NAMES_KEY}"
 
@@ -73,19 +74,26 @@ def _present(read: tuple[str, str, str | None]) -> dict[str, Any]:
 
 
 def _read(scope: Scope, environ: Any, key: Any, frame: FrameType) -> Any:
-    """The value the code sees (or `_ABSENT`) for a read whose caller frame is `frame`."""
+    """The value the code sees (or `_ABSENT`) for a read whose caller frame is `frame`: at replay, or the
+    execution's first read of `key` (the callers answer later reads themselves, from `env_seen`)."""
     if scope.session is not None:
         return _replay_read(scope, environ, key, frame)
-    seen = scope.recording.env_seen
-    if key in seen or type(key) is not str:  # the snapshot holds it already (or os.environ will refuse it)
+    if type(key) is not str:  # os.environ will refuse it
         return _live(environ, key)
+    seen = scope.recording.env_seen
     try:  # _live, inlined
         value = _real_getitem(environ, key)
     except KeyError:
         value = _ABSENT
     try:
         seen.add(key)
-        site, by = read_site(frame)
+        code = frame.f_code
+        known = verdicts.get(id(code))
+        if known is not None and known[0] is code and known[1] == APP:  # read_site's common case, inlined
+            site: SiteRef | str = (known[2], code, frame.f_lasti)
+            by = None
+        else:
+            site, by = read_site(frame)
         if value is _ABSENT:
             here = scope.here()
             event = here.recording.add(KIND, f"env {key}", here.path, site, {} if by is None else {"reader": by})
@@ -212,7 +220,8 @@ def _get(self: Any, key: Any, default: Any = None) -> Any:
     if scope is None or self is not os.environ or (scope.session is None and key in scope.recording.env_seen):
         value = _live(self, key)
     else:
-        value = _read(scope, self, key, _getframe(1))
+        frame = _getframe(1)
+        value = _read(scope, self, key, (frame.f_back or frame) if frame.f_code is _GETENV else frame)
     return default if value is _ABSENT else value
 
 

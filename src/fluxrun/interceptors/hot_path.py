@@ -3,11 +3,12 @@
 An interceptor reads the context variable first (`current()`) and calls straight through when it is None.
 Otherwise it finds the call's site (one cached lookup per frame, `_internal.app_site`) and comes here, so
 what a recorded call costs is this module: the calling task's scope (nearly always the scope's own task or
-thread: two reads and a comparison, inlined; `Scope.here` for the rest), one `Entry` appended to the
-execution's log, and, for a call whose outcome comes later (`start_call`), its duration and completion
-number when it returns (`end_call`, `fail_call`). `value_patch` and `record_call` are the whole path of the
-most frequent calls (clock, randomness, sleeps). Nothing is formatted on the request path: most executions
-succeed and are dropped, and a kept one's entries become events when it is sealed (`Recording.events`).
+thread: two reads and a comparison, inlined; `Scope.here` for the rest), one entry appended to the
+execution's log (an `Entry` tuple, or a `CallEntry` for a call whose outcome comes later: `start_call`),
+and for the latter its duration and completion number when it returns (`end_call`, `fail_call`).
+`value_patch` and `record_call` are the whole path of the most frequent calls (clock, randomness, sleeps).
+Nothing is formatted on the request path: most executions succeed and are dropped, and a kept one's
+entries become events when it is sealed (`Recording.events`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from fluxrun._context import Scope, current, running_loop, scope_var, task_of, thread_id
 from fluxrun._internal import LIBRARY, PLUMBING, SiteRef, app_site, perf_ns, report_internal_error, verdicts
 from fluxrun.interceptors.base import serve_call
-from fluxrun.model.recording import CallEntry, Entry
+from fluxrun.model.recording import CallEntry
 
 __all__ = [
     "IMMUTABLE",
@@ -50,15 +51,7 @@ def append_value(scope: Scope, kind: str, call: str | None, site: Any, build: Ca
     loop = running_loop()
     owner = task_of(loop) if loop is not None else thread_id()
     here = scope if owner is scope.owner or owner == scope.owner else scope.here()
-    entry = Entry()
-    entry.kind = kind
-    entry.call = call
-    entry.task = here.path
-    entry.site = site
-    entry.start_ns = perf_ns()
-    entry.build = build
-    entry.value = value
-    here.recording.log.append(entry)
+    here.recording.log.append((kind, call, here.path, site, perf_ns(), build, value))  # an Entry
 
 
 def start_call(scope: Scope, kind: str, call: str | None, site: Any, data: Any) -> CallEntry:
@@ -270,17 +263,10 @@ def value_patch(
             loop = running_loop()
             owner = task_of(loop) if loop is not None else thread_id()
             here = scope if owner is scope.owner or owner == scope.owner else scope.here()
-            entry = Entry()
-            entry.kind = kind
-            entry.call = call
-            entry.task = here.path
-            entry.site = site
-            entry.start_ns = perf_ns()
             if not encoded or type(result) in IMMUTABLE:
-                entry.build, entry.value = build, result
+                here.recording.log.append((kind, call, here.path, site, perf_ns(), build, result))  # an Entry
             else:
-                entry.build, entry.value = as_data, build(result)
-            here.recording.log.append(entry)
+                here.recording.log.append((kind, call, here.path, site, perf_ns(), as_data, build(result)))
         except Exception as exc:
             report_internal_error(f"{kind} capture", exc)
         return result

@@ -14,43 +14,37 @@ from typing import Any
 
 from fluxrun._internal import perf_ns
 
-__all__ = ["KINDS", "CallEntry", "Entry", "Event", "Recording"]
+__all__ = ["ENTRY_FIELDS", "KINDS", "CallEntry", "Entry", "Event", "Recording"]
 
 # The IO channels a recording holds, in the order the summary lists them.
 KINDS = ("http", "host", "env", "time", "timer", "random", "log", "db", "redis", "smtp", "unrecorded")
 
 
-class Entry:
-    """A call in the log as the hot path records it (interceptors/hot_path.py), complete when it returned: a
-    clock, randomness or env read, a log record. `build(value)` makes its event's `data` when it is sealed.
+# A call in the log as the hot path records it (interceptors/hot_path.py), complete when it returned: a
+# clock, randomness or env read, a log record. A plain tuple of these fields, in this order: the cheapest
+# object CPython makes (a slotted class with its seven slots set costs about 700 instructions more per
+# recorded call; README.md, "Measured"). Only hot_path.py builds one and only `Recording.events` reads one,
+# by unpacking these names. `build(value)` makes the event's `data` when it is sealed; `value` is immutable
+# or already a snapshot; `start_ns` is absolute (`perf_ns`).
+ENTRY_FIELDS = ("kind", "call", "task", "site", "start_ns", "build", "value")
+Entry = tuple[str, "str | None", str, Any, int, Callable[[Any], dict[str, Any]], Any]
 
-    `value` is immutable or already a snapshot; `start_ns` is absolute (`perf_ns`). No `__init__`: the hot path
-    makes it with `Entry()` and sets its slots, far cheaper than calling an `__init__` or building a
-    NamedTuple (README.md, "Measured", counts the instructions of each); `dur_ns` and `error` are the
-    class's own (no duration, no error), so they cost nothing per entry.
-    """
 
-    __slots__ = ("build", "call", "kind", "site", "start_ns", "task", "value")
+class CallEntry:
+    """A call whose outcome comes later (a fetch, a boundary, a statement): appended when it starts, so its
+    place in the log is its start; its `value` is its data dict, completed with its duration, and its error
+    if it raised, when it returns. No `__init__`: the hot path makes it with `CallEntry()` and sets its slots."""
+
+    __slots__ = ("build", "call", "dur_ns", "error", "kind", "site", "start_ns", "task", "value")
 
     kind: str
     call: str | None
     task: str
     site: Any
     start_ns: int
+    dur_ns: int
     build: Callable[[Any], dict[str, Any]]
     value: Any
-    dur_ns: int = 0
-    error: dict[str, Any] | None = None
-
-
-class CallEntry(Entry):
-    """A call whose outcome comes later (a fetch, a boundary, a statement): appended when it starts, so its
-    place in the log is its start; its `value` is its data dict, completed with its duration, and its error
-    if it raised, when it returns."""
-
-    __slots__ = ("dur_ns", "error")
-
-    dur_ns: int
     error: dict[str, Any] | None
 
 
@@ -82,7 +76,7 @@ class Recording:
         self.execution = execution  # "asgi", "wsgi" or "function"
         self.entry = entry  # "module:attr" of the app or function, for replay
         self.request: dict[str, Any] = {}
-        self.log: list[Entry | Event] = []  # call order; an event's seq is its position here
+        self.log: list[Entry | CallEntry | Event] = []  # call order; an event's seq is its position here
         self.outcome: dict[str, Any] = {}
         self.started_ns = perf_ns()
         self.started_wall = started_wall
@@ -100,16 +94,18 @@ class Recording:
         out: list[Event] = []
         started = self.started_ns
         for seq, entry in enumerate(list(self.log)):
-            if isinstance(entry, Event):
+            if isinstance(entry, tuple):
+                kind, call, task, site, start_ns, build, value = entry
+                out.append(Event(seq, kind, call, task, site, start_ns - started, build(value)))
+            elif isinstance(entry, Event):
                 entry.seq = seq
                 out.append(entry)
-                continue
-            event = Event(
-                seq, entry.kind, entry.call, entry.task, entry.site, entry.start_ns - started, entry.build(entry.value)
-            )
-            event.dur_ns = entry.dur_ns
-            event.error = entry.error
-            out.append(event)
+            else:
+                data = entry.build(entry.value)
+                event = Event(seq, entry.kind, entry.call, entry.task, entry.site, entry.start_ns - started, data)
+                event.dur_ns = entry.dur_ns
+                event.error = entry.error
+                out.append(event)
         return out
 
     def elapsed_ns(self) -> int:
