@@ -765,10 +765,13 @@ def checkout_baseline(rev: str, workdir: Path) -> Baseline:
     randomly named temporary folder): the path of the code REV runs from is the same in every run, so its
     instruction counts repeat (they moved by thousands per request with the random part of the path)."""
     repo = Path(__file__).resolve().parent.parent
-    commit = subprocess.run(
+    found = subprocess.run(
         ["git", "-C", str(repo), "rev-parse", "--short", f"{rev}^{{commit}}"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if found.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: no such commit in {repo} (give a commit, tag or branch of this clone)")
+    commit = found.stdout.strip()
     target = Path(tempfile.gettempdir()) / f"fluxrun-bench-baseline-{commit}"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
