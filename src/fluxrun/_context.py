@@ -27,8 +27,8 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from fluxrun.answering import Answering
     from fluxrun.model.recording import Recording
-    from fluxrun.replay.session import ReplaySession
 
 __all__ = ["Scope", "current", "current_owner", "running_loop", "scope_var", "task_of", "thread_id", "watch_loop"]
 
@@ -57,8 +57,9 @@ def current_owner() -> object:
 class Scope:
     """The capture (or replay) state of one task or thread inside one execution.
 
-    While capturing, `recording` receives events and `session` is None. While replaying, `session`
-    answers each intercepted call from the recording; interceptors check it to choose their side.
+    While capturing, `recording` receives events and `session` is None. While replaying, `session` (the
+    replay session, seen through `fluxrun.answering`) answers each intercepted call from the recording;
+    interceptors check it to choose their side.
     `clock` numbers completions for the whole execution; `owner` is None for a scope created for a
     thread or pool job that has not started running yet.
     """
@@ -70,7 +71,7 @@ class Scope:
         recording: Recording,
         path: str,
         owner: object,
-        session: ReplaySession | None = None,
+        session: Answering | None = None,
         clock: Iterator[int] | None = None,
     ) -> None:
         self.recording = recording
@@ -85,7 +86,7 @@ class Scope:
                 watch_loop()
 
     @classmethod
-    def root(cls, recording: Recording, session: ReplaySession | None = None) -> Scope:
+    def root(cls, recording: Recording, session: Answering | None = None) -> Scope:
         scope = cls(recording, "0", current_owner(), session)
         if session is not None and _get_running_loop() is None:
             session.scheduler.thread_started()  # a synchronous root counts as a running thread (scheduler.py)

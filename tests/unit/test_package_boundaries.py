@@ -1,12 +1,17 @@
 """Package boundaries: the client never needs the server, the server never imports the customer agent,
-and a client-only install (`pip install fluxrun`) pulls in no web framework, ORM, S3 client or GraphQL."""
+a client-only install (`pip install fluxrun`) pulls in no web framework, ORM, S3 client or GraphQL, and
+capture (the interceptors) never imports replay."""
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, requires
+from pathlib import Path
+
+import fluxrun
 
 SERVER_ONLY = {"fastapi", "starlette", "sqlalchemy", "sqlmodel", "alembic", "boto3", "botocore", "strawberry-graphql",
                "uvicorn", "psycopg", "pydantic-settings"}  # fmt: skip
@@ -64,3 +69,43 @@ def test_the_server_never_imports_the_customer_agent():
     loaded = _modules_after("import fluxrun_server.main, fluxrun_server.grants, fluxrun_server.cli")
     assert "fluxrun_server.main" in loaded and "fluxrun.grant" in loaded
     assert not {m for m in loaded if m.startswith("fluxrun.agent")}
+
+
+SRC = Path(fluxrun.__file__).parent
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module an import statement in `path` names, at any level (inside functions too), made absolute."""
+    package = "fluxrun." + ".".join(path.relative_to(SRC).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rstrip(".").rsplit(".", node.level - 1)[0]
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from fluxrun import replay`
+    return found
+
+
+def test_capture_never_imports_replay():
+    """Interceptors answer through `fluxrun.answering`; only replay may import the other side."""
+    checked = [*sorted((SRC / "interceptors").glob("*.py")), SRC / "_context.py", SRC / "answering.py"]
+    assert len(checked) > 10
+    for path in checked:
+        wrong = {m for m in _imported_modules(path) if m == "fluxrun.replay" or m.startswith("fluxrun.replay.")}
+        assert not wrong, f"{path.relative_to(SRC)} imports {sorted(wrong)}"
+
+
+def test_the_replay_session_implements_what_the_interceptors_call():
+    from fluxrun.answering import Answering, Pacing
+    from fluxrun.replay.session import ReplaySession
+
+    session = ReplaySession({"events": []})
+    assert isinstance(session, Answering)
+    for member in ("touch", "thread_started", "thread_finished"):
+        assert callable(getattr(session.scheduler, member)), member
+    assert {"touch", "thread_started", "thread_finished"} <= set(dir(Pacing))

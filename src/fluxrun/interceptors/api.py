@@ -32,13 +32,13 @@ from types import FrameType
 from typing import Any
 
 from fluxrun._context import Scope, current, scope_var
+from fluxrun._diff import short_diff
 from fluxrun._internal import first_app_frame, report_internal_error, site_of, site_ref
+from fluxrun.answering import Matcher, serve_kind
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
 from fluxrun.interceptors.hot_path import end_call, fail_call, start_call
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.values import decode, encode
-from fluxrun.replay.diff import short_diff
-from fluxrun.replay.session import Matcher, serve_kind
 
 __all__ = [
     "Matcher",

@@ -41,12 +41,12 @@ from types import FrameType
 from typing import Any
 
 from fluxrun._context import Scope
+from fluxrun._diff import short_diff
 from fluxrun._internal import SiteRef, first_app_frame, report_internal_error, site_of, site_ref
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
 from fluxrun.interceptors.hot_path import append_value, as_data, detached_call, end_call, fail_call, start_call
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.values import MAX_BYTES, all_plain, decode, encode
-from fluxrun.replay.diff import short_diff
 
 __all__ = [
     "DEFAULT_ROW_LIMIT",
@@ -551,8 +551,7 @@ def serve(
 def peek(scope: Scope, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
     """The data of the first db call still to be served in this task that `wanted` accepts (not consumed)."""
     here = scope.here()
-    streams = getattr(here.session, "streams", None) or {}
-    for event in streams.get((KIND, here.path), ()):
+    for event in here.session.upcoming(KIND, here.path) if here.session is not None else ():
         if wanted(event["data"]):
             return event["data"]  # type: ignore[no-any-return]
     return None

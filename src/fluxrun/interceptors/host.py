@@ -15,12 +15,12 @@ from typing import Any, TypeVar
 import wrapt
 
 from fluxrun._context import Scope, current, scope_var
+from fluxrun._diff import short_diff
 from fluxrun._internal import caller_frame, caller_site, report_internal_error, site_of
 from fluxrun.interceptors.base import raise_recorded_error
 from fluxrun.interceptors.hot_path import IMMUTABLE, end_call, fail_call, start_call
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.values import MAX_BYTES, all_plain, decode, encode
-from fluxrun.replay.diff import short_diff
 
 __all__ = ["boundary"]
 

@@ -27,10 +27,10 @@ from fluxrun._context import Scope, current, scope_var
 from fluxrun._internal import caller_frame, caller_site, report_internal_error, site_of
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error, wrap_client_method
 from fluxrun.interceptors.hot_path import end_call, fail_call, start_call
+from fluxrun.interceptors.http_match import RequestView, http_matcher
 from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody
 from fluxrun.model.export import body_bytes
 from fluxrun.model.recording import CallEntry
-from fluxrun.replay.matchers import RequestView, http_matcher
 
 __all__ = ["HttpInterceptor", "body_snapshot"]
 

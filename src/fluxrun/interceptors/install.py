@@ -14,6 +14,7 @@ from typing import Any
 import wrapt
 
 from fluxrun._internal import InApp, is_fluxrun_file, is_library_file, is_stdlib_file, report_internal_error
+from fluxrun.answering import serve_kind
 from fluxrun.interceptors.aiohttp import AiohttpInterceptor
 from fluxrun.interceptors.base import Interceptor, Patch, Patcher
 from fluxrun.interceptors.clock import ClockInterceptor, package_rebinds
@@ -204,8 +205,6 @@ def plugin_interceptors() -> list[Interceptor]:
     `fluxrun.interceptors.api`. One that cannot be loaded or is not an interceptor is reported once
     (`report_internal_error`) and left out: a broken plugin never stops the app."""
     from importlib.metadata import entry_points
-
-    from fluxrun.replay.session import serve_kind
 
     global _plugin_entries
     path = tuple(sys.path)

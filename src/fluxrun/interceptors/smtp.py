@@ -21,6 +21,7 @@ from typing import Any
 
 import wrapt
 
+from fluxrun._diff import short_diff
 from fluxrun.interceptors.api import (
     Patch,
     active,
@@ -33,7 +34,6 @@ from fluxrun.interceptors.api import (
     record_async,
     replaying,
 )
-from fluxrun.replay.diff import short_diff
 
 __all__ = ["SmtpInterceptor"]
 

@@ -7,7 +7,7 @@ suspends capture while it runs, so its fetch is one event, not two. The response
 caller reads it, piece by piece (`http_stream.ConsumedBody`), or whole when urllib3 preloaded it.
 
 At replay `urlopen` is answered from the recording before any connection is made: matched by method,
-URL and body within the task (`replay.matchers.http_matcher`), the body served at its recorded
+URL and body within the task (`interceptors.http_match.http_matcher`), the body served at its recorded
 boundaries by a `TapeResponse`, and a recorded error (`NewConnectionError`, `MaxRetryError`) raised again
 as urllib3's own exception, so botocore and requests translate it as they did live.
 """
@@ -23,9 +23,9 @@ from fluxrun._context import Scope, current, scope_var
 from fluxrun._internal import report_internal_error, site_of, site_ref
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error, wrap_client_method
 from fluxrun.interceptors.hot_path import end_call, fail_call, start_call
+from fluxrun.interceptors.http_match import RequestView, http_matcher
 from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody, client_frame, request_body, snapshot
 from fluxrun.model.recording import CallEntry
-from fluxrun.replay.matchers import RequestView, http_matcher
 
 __all__ = [
     "Urllib3Interceptor",

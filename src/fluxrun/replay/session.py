@@ -12,31 +12,22 @@ from __future__ import annotations
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fluxrun._internal import is_fluxrun_file, is_library_file
+from fluxrun.answering import BY_TASK, SERVED_KINDS, Matcher
 from fluxrun.errors import LiveIOBlocked, ReplayDivergence
 from fluxrun.replay.answers import Answers
 from fluxrun.replay.scheduler import NeverAnswered, ReplayScheduler, is_pending
 
-__all__ = ["Matcher", "ReplaySession", "describe_frame", "serve_kind", "site_function"]
+if TYPE_CHECKING:
+    from fluxrun.answering import Answering
 
-# A matcher compares a recorded event with the call being made: None when they agree, else why not.
-Matcher = Callable[[dict[str, Any]], str | None]
+__all__ = ["ReplaySession", "describe_frame", "site_function"]
 
-SERVED_KINDS = {"http", "host", "env", "time", "timer", "random", "db", "redis", "smtp"}
-# Kinds matched by what the call is (a matcher), in order within their task, wherever in the task it is made.
-BY_TASK = {"http", "redis", "smtp"}
 OUTCOME_KEYS = {"http": "response", "host": "result"}  # where a call's recorded answer is kept
-
-
-def serve_kind(kind: str) -> None:
-    """Serve an interceptor's own kind at replay (a plugin's, see `fluxrun.interceptors.api`), matched per task."""
-    if kind not in SERVED_KINDS:
-        SERVED_KINDS.add(kind)
-        BY_TASK.add(kind)
 
 
 def site_function(site: str) -> str:
@@ -62,6 +53,8 @@ def stream_key(event: dict[str, Any]) -> tuple[str, ...]:
 
 
 class ReplaySession:
+    """Answers one replayed execution's intercepted calls from its recording (the `fluxrun.answering` interface)."""
+
     def __init__(self, payload: dict[str, Any], answers: Answers | None = None) -> None:
         self.payload = payload
         self.answers = answers  # what the test supplies for calls the recording lacks
@@ -135,6 +128,10 @@ class ReplaySession:
             self.consumed.add(event["seq"])
             self.served[kind] += 1
             return event
+
+    def upcoming(self, kind: str, task: str) -> Sequence[dict[str, Any]]:
+        """The calls of a per-task kind (db, http...) still to be served in `task`, in order (not consumed)."""
+        return self.streams.get((kind, task), ())
 
     async def turn(self, event: dict[str, Any], outcome_key: str) -> None:
         """Await the recorded turn of a taken fetch or boundary answer (asyncio callers)."""
@@ -274,3 +271,7 @@ def _package_read(event: dict[str, Any]) -> bool:
     module = sys.modules.get(str(event.get("site", "")).split(":", 1)[0])
     filename = getattr(module, "__file__", None)
     return bool(filename) and is_library_file(str(filename)) and not is_fluxrun_file(str(filename))
+
+
+if TYPE_CHECKING:  # mypy fails here when the session stops implementing what the interceptors call
+    _implements: type[Answering] = ReplaySession

@@ -14,8 +14,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from fluxrun._diff import short_diff
 from fluxrun.model.export import body_bytes
-from fluxrun.replay.diff import short_diff
 
 __all__ = ["MATCHERS", "RequestView", "http_matcher"]
 
