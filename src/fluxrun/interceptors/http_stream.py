@@ -34,15 +34,17 @@ def client_frame(depth: int = 2) -> FrameType | None:
     except ValueError:
         return None
     first = None
+    verdicts = _client_verdicts
     while frame is not None:
         code = frame.f_code
-        entry = _client_verdicts.get(id(code))
+        entry = verdicts.get(id(code))
         if entry is None or entry[0] is not code:
             entry = _client_verdict(frame)
-        if entry[1] != _PLUMBING_FRAME:
-            first = first or frame
-            if entry[1] == _APP_FRAME:
-                return frame
+        verdict = entry[1]
+        if verdict == _APP_FRAME:
+            return frame
+        if verdict == _CLIENT_FRAME and first is None:
+            first = frame
         frame = frame.f_back
     return first
 

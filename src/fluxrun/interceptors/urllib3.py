@@ -21,11 +21,13 @@ from typing import Any
 
 from fluxrun._context import Scope, current, scope_var
 from fluxrun._internal import report_internal_error, site_of, site_ref
+from fluxrun.answering import Answering
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error, wrap_client_method
 from fluxrun.interceptors.hot_path import end_call, fail_call, start_call
 from fluxrun.interceptors.http_match import RequestView, http_matcher
 from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody, client_frame, request_body, snapshot
 from fluxrun.model.recording import CallEntry
+from fluxrun.model.schema import AnyEvent
 
 __all__ = [
     "Urllib3Interceptor",
@@ -290,7 +292,7 @@ def body_view(body: Any) -> bytes | None:
 
 def take_request(
     scope: Scope, method: str, url: str, headers: Any, body: bytes | None
-) -> tuple[Any, dict[str, Any], Callable[[str], BaseException]]:
+) -> tuple[Answering, AnyEvent, Callable[[str], BaseException]]:
     """Take the recorded fetch that answers this request: (replay session, event, refuse). The caller waits
     for the event's recorded turn (`session.turn` or `session.wait_turn`) before using its outcome.
     `body` is the upload's bytes (`body_view`), None when it cannot be compared."""
@@ -310,7 +312,7 @@ def take_request(
     return session, event, refuse
 
 
-def outcome_of(event: dict[str, Any], refuse: Callable[[str], BaseException]) -> tuple[dict[str, Any] | None, Any]:
+def outcome_of(event: AnyEvent, refuse: Callable[[str], BaseException]) -> tuple[dict[str, Any] | None, Any]:
     """(response, error) of a taken fetch whose turn has come; a recording without either is refused (a
     `ReplayDivergence`), never an internal error raised into the app."""
     recorded, error = event["data"].get("response"), event.get("error")
@@ -350,12 +352,14 @@ def _pool_url(pool: Any, url: str) -> str:
 
 def _urlopen_wrapper(module: Any, limit: Callable[[], int]) -> Callable[..., Any]:
     def arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, str, Any, Any]:
-        names = ("method", "url", "body", "headers")
-        values = dict(zip(names, args, strict=False))
-        for name in names:
-            if name in kwargs:
-                values[name] = kwargs[name]
-        return values["method"], values["url"], values.get("body"), values.get("headers")
+        """`urlopen(method, url, body=None, headers=None, ...)`'s first four, by position or keyword."""
+        n = len(args)
+        return (
+            args[0] if n > 0 else kwargs["method"],
+            args[1] if n > 1 else kwargs["url"],
+            args[2] if n > 2 else kwargs.get("body"),
+            args[3] if n > 3 else kwargs.get("headers"),
+        )
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         scope = current()
