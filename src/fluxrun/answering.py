@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from fluxrun.errors import ReplayDivergence
+from fluxrun.model.schema import AnyEvent, EnvData, EventDict
 
 __all__ = ["BY_TASK", "SERVED_KINDS", "Answering", "Matcher", "Pacing", "serve_kind"]
 
 # A matcher compares a recorded event with the call being made: None when they agree, else why not.
-Matcher = Callable[[dict[str, Any]], str | None]
+Matcher = Callable[[AnyEvent], str | None]
 
 # The kinds replay answers from the recording (the others, logs say, are recorded for reading only).
 SERVED_KINDS = {"http", "host", "env", "time", "timer", "random", "db", "redis", "smtp"}
@@ -64,22 +65,24 @@ class Answering(Protocol):
         *,
         name: str | None = None,
         match: Matcher | None = None,
-    ) -> dict[str, Any]:
+    ) -> AnyEvent:
         """The recorded event answering this call; raises `ReplayDivergence` when there is none."""
 
-    def take_if_recorded(self, kind: str, call: str, task: str, site: str) -> dict[str, Any] | None:
+    def take_if_recorded(self, kind: str, call: str, task: str, site: str) -> AnyEvent | None:
         """A package's clock, randomness or sleep: its next recorded event, or None when none is left."""
 
-    def upcoming(self, kind: str, task: str) -> Sequence[dict[str, Any]]:
+    def upcoming(self, kind: str, task: str) -> Sequence[AnyEvent]:
         """The calls of a per-task kind still to be served in `task`, in order (not consumed)."""
 
-    async def turn(self, event: dict[str, Any], outcome_key: str) -> None:
+    async def turn(self, event: AnyEvent, outcome_key: str) -> None:
         """Await the recorded turn of a taken answer (asyncio callers)."""
 
-    def wait_turn(self, event: dict[str, Any], outcome_key: str) -> None:
+    def wait_turn(self, event: AnyEvent, outcome_key: str) -> None:
         """Block until the recorded turn of a taken answer (thread callers)."""
 
-    def env_read(self, key: str, task: str, frame: FrameType | None, *, lenient: bool = False) -> dict[str, Any] | None:
+    def env_read(
+        self, key: str, task: str, frame: FrameType | None, *, lenient: bool = False
+    ) -> EventDict[EnvData] | None:
         """The recorded read of `key` (env is a snapshot); None when `lenient` and it was never read."""
 
     def diverge(
@@ -88,7 +91,7 @@ class Answering(Protocol):
         call: str,
         task: str,
         frame: FrameType | None,
-        stream: list[dict[str, Any]],
+        stream: list[AnyEvent],
         match: Matcher | None,
         *,
         hint: str | None = None,

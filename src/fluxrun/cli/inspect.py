@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fluxrun.bundle import OpenedBundle, SealedBundle, load_replay_key, open_bundle, read_bundle
+from fluxrun.model.schema import AnyEvent, SummaryEvent
 from fluxrun.model.values import describe
 from fluxrun.scrub import Scrubber, default_scrubber
 
@@ -66,7 +67,7 @@ def _header(headers: list[list[str]], name: str) -> str | None:
     return None
 
 
-def _detail(event: dict[str, Any], scrub: Scrubber | None) -> str:
+def _detail(event: AnyEvent, scrub: Scrubber | None) -> str:
     kind, data, error = event["kind"], event["data"], event.get("error")
     if kind == "http":
         if error:
@@ -128,7 +129,8 @@ def _index_table(summary: dict[str, Any]) -> Table:
     table = Table(title="IO event index (from the plaintext summary)", title_justify="left")
     for column in ("#", "at ms", "dur ms", "task", "kind", "label", "status"):
         table.add_column(column, justify="right" if column in ("#", "at ms", "dur ms") else "left")
-    for e in summary.get("events", []):
+    events: list[SummaryEvent] = summary.get("events", [])
+    for e in events:
         status = str(e.get("status") or e.get("error_type") or "")
         timing = (f"{e['start_ms']:.3f}", f"{e['dur_ms']:.3f}")
         table.add_row(str(e["seq"]), *timing, e["task"], e["kind"], escape(e["label"]), escape(status))
@@ -139,12 +141,11 @@ def _timeline_table(payload: dict[str, Any], scrub: Scrubber | None) -> Table:
     table = Table(title="Event timeline (decrypted)", title_justify="left")
     for column in ("#", "at ms", "dur ms", "task", "kind", "call", "detail", "site"):
         table.add_column(column, justify="right" if column in ("#", "at ms", "dur ms") else "left")
-    for e in payload["events"]:
-        call = (
-            e["call"]
-            if e["kind"] != "http" or scrub is None
-            else f"{e['call'].split(' ', 1)[0]} {scrub.url(e['call'].split(' ', 1)[1])}"
-        )
+    events: list[AnyEvent] = payload["events"]
+    for e in events:
+        call = e["call"] or ""  # every exported event names its call (an http fetch's is made at export)
+        if e["kind"] == "http" and scrub is not None:
+            call = f"{call.split(' ', 1)[0]} {scrub.url(call.split(' ', 1)[1])}"
         module, _function, line = [*e["site"].rsplit(":", 2), "", ""][:3]
         table.add_row(
             str(e["seq"]), f"{e['start_ns'] / 1e6:.3f}", f"{e['dur_ns'] / 1e6:.3f}", e["task"], e["kind"],

@@ -38,6 +38,7 @@ from fluxrun.answering import Matcher, serve_kind
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
 from fluxrun.interceptors.hot_path import end_call, fail_call, start_call
 from fluxrun.model.recording import CallEntry
+from fluxrun.model.schema import AnyEvent
 from fluxrun.model.values import decode, encode
 
 __all__ = [
@@ -150,7 +151,7 @@ async def record_async(
     return value
 
 
-def answer(scope: Scope, kind: str, call: str, match: Matcher | None = None) -> dict[str, Any]:
+def answer(scope: Scope, kind: str, call: str, match: Matcher | None = None) -> AnyEvent:
     """The recorded event answering this call (matched in order within the calling task); its recorded
     exception is raised again. Raises `ReplayDivergence` when the recording has no such call."""
     here = scope.here()
@@ -169,7 +170,7 @@ def fields_match(made: dict[str, Any], fields: Iterable[str] | None = None) -> M
     keys by default), compared in their recorded (encoded) form; else a short diff of the first that differs."""
     keys = list(made if fields is None else fields)
 
-    def match(event: dict[str, Any]) -> str | None:
+    def match(event: AnyEvent) -> str | None:
         data = event.get("data") or {}
         for key in keys:
             if data.get(key) != made.get(key):

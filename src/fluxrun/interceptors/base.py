@@ -12,7 +12,7 @@ import functools
 import inspect
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from sys import _getframe
 from typing import Any, Protocol
@@ -28,6 +28,7 @@ from fluxrun._internal import (
     report_internal_error,
     site_of,
 )
+from fluxrun.model.schema import AnyEvent
 
 __all__ = [
     "Interceptor",
@@ -249,7 +250,7 @@ def serve_call(
     wrapped: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    answer: Callable[[dict[str, Any]], Any],
+    answer: Callable[[AnyEvent], Any],
     *,
     depth: int = 3,
     live: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any] | None = None,
@@ -281,7 +282,7 @@ def serve_call(
     return answer(event)
 
 
-def raise_recorded_error(event: dict[str, Any]) -> None:
+def raise_recorded_error(event: Mapping[str, Any]) -> None:
     """Raise the exception a recorded call raised, rebuilt from the recording."""
     error = event.get("error")
     if error is None:

@@ -28,6 +28,7 @@ from typing import Any
 from fluxrun._context import current
 from fluxrun.interceptors.base import Patch, serve_call
 from fluxrun.interceptors.hot_path import record_call, record_value, value_patch
+from fluxrun.model.schema import EventDict, ValueData
 from fluxrun.model.values import decode, encode
 
 __all__ = ["CapturedDate", "CapturedDatetime", "ClockInterceptor"]
@@ -38,7 +39,7 @@ _real_datetime = _dt.datetime
 _real_date = _dt.date
 
 
-def _recorded_value(event: dict[str, Any]) -> Any:
+def _recorded_value(event: EventDict[ValueData]) -> Any:
     return event["data"]["value"]
 
 
@@ -46,7 +47,7 @@ def _encoded(result: Any) -> dict[str, Any]:
     return {"value": encode(result)}
 
 
-def _decoded(event: dict[str, Any]) -> Any:
+def _decoded(event: EventDict[ValueData]) -> Any:
     return decode(event["data"]["value"])
 
 

@@ -27,6 +27,7 @@ from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors import db_common as db
 from fluxrun.interceptors.base import Patch, loaded
 from fluxrun.model.recording import CallEntry
+from fluxrun.model.schema import AnyEvent, DbData, EventDict
 from fluxrun.model.values import decode, encode
 
 __all__ = ["AsyncpgInterceptor", "ReplayedRecord"]
@@ -106,7 +107,7 @@ def _prepare_result(stmt: Any) -> dict[str, Any]:
     }
 
 
-def _answer(scope: Scope, op: str, event: dict[str, Any]) -> Any:
+def _answer(scope: Scope, op: str, event: EventDict[DbData]) -> Any:
     result = event["data"].get("result") or {}
     if op == "execute":
         return result.get("status")
@@ -155,7 +156,7 @@ class ReplayedTransaction:
             await self.rollback()
 
 
-def _serve_only(op: str, sql: str | None = None, params: Any = None, *, conn: Any = None) -> dict[str, Any]:
+def _serve_only(op: str, sql: str | None = None, params: Any = None, *, conn: Any = None) -> AnyEvent:
     scope = current()
     if scope is None or scope.session is None:
         raise LiveIOBlocked(f"an asyncpg connection opened during a replay was used outside it ({op})")

@@ -35,17 +35,19 @@ import sys
 import weakref
 import zoneinfo
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from fluxrun._context import Scope
 from fluxrun._diff import short_diff
 from fluxrun._internal import SiteRef, first_app_frame, report_internal_error, site_of, site_ref
+from fluxrun.answering import Matcher
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
 from fluxrun.interceptors.hot_path import append_value, as_data, detached_call, end_call, fail_call, start_call
 from fluxrun.model.recording import CallEntry
+from fluxrun.model.schema import AnyEvent, DbData, EventDict
 from fluxrun.model.values import MAX_BYTES, all_plain, decode, encode
 
 __all__ = [
@@ -272,7 +274,7 @@ def _zones(rows: list[Any]) -> list[list[Any]]:
     return out
 
 
-def recorded_rows(result: dict[str, Any]) -> list[tuple[Any, ...]]:
+def recorded_rows(result: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     rows = [list(row) if isinstance(row, (list, tuple)) else row for row in decode(result.get("rows") or [])]
     for r, c, key in result.get("zones") or ():
         with contextlib.suppress(Exception):
@@ -417,7 +419,7 @@ def attach(scope: Scope, conn: Any, describe: Callable[[], dict[str, Any]] | Non
         report_internal_error("db capture", exc)
 
 
-def replayed(conn: Any, event: dict[str, Any]) -> None:
+def replayed(conn: Any, event: AnyEvent) -> None:
     """A connection opened at replay: while SQLAlchemy sets it up, its calls are answered from its recorded setup."""
     pending = _connecting.get()
     if pending is None:
@@ -428,13 +430,14 @@ def replayed(conn: Any, event: dict[str, Any]) -> None:
     pending.append(conn)
 
 
-def _serve_setup(scope: Scope, profile: Profile, driver: str, op: str, sql: str | None, params: Any) -> dict[str, Any]:
+def _serve_setup(scope: Scope, profile: Profile, driver: str, op: str, sql: str | None, params: Any) -> AnyEvent:
     call = label(driver, op, sql)
     match = statement_matcher(op, sql, params)
     for index, recorded in enumerate(profile.setup or ()):
-        if match({"data": recorded}) is None:
+        if match(cast(AnyEvent, {"data": recorded})) is None:  # the matcher reads only the data
             del profile.setup[index]  # type: ignore[union-attr]
-            event = {"kind": KIND, "call": call, "data": recorded, "error": recorded.get("error")}
+            # a setup call, answered from its connection's connect event: no place of its own in the recording
+            event = cast(AnyEvent, {"kind": KIND, "call": call, "data": recorded, "error": recorded.get("error")})
             raise_recorded_error(event)
             return event
     if profile.setup is None:
@@ -497,12 +500,10 @@ def _done_setting_up(pool: Any, pending: list[Any], ok: bool) -> None:
 
 
 # -- replaying ---------------------------------------------------------------------------------------------
-def statement_matcher(
-    op: str, sql: str | None, params: Any, driver: str | None = None
-) -> Callable[[dict[str, Any]], str | None]:
+def statement_matcher(op: str, sql: str | None, params: Any, driver: str | None = None) -> Matcher:
     """None when a recorded db call is this one (same operation, normalised SQL and parameters), else why not."""
 
-    def describe(data: dict[str, Any]) -> str:
+    def describe(data: Mapping[str, Any]) -> str:
         text = str(data.get("op", "?"))
         if data.get("sql") is not None:
             text += f" {data['sql']}"
@@ -512,7 +513,7 @@ def statement_matcher(
 
     made = {"op": op, "sql": sql, "params": params}
 
-    def match(event: dict[str, Any]) -> str | None:
+    def match(event: EventDict[DbData]) -> str | None:
         data = event["data"]
         if data.get("op") != op:
             return f"a different database call:\n{short_diff(describe(data), describe(made), width=160)}"
@@ -529,7 +530,7 @@ def statement_matcher(
 
 def serve(
     scope: Scope, driver: str, op: str, sql: str | None = None, params: Any = None, *, conn: Any = None
-) -> dict[str, Any]:
+) -> AnyEvent:
     """The recorded event answering this db call (its recorded error raised again); nothing is executed.
     A call on a connection being set up is answered from that connection's recorded setup instead."""
     if setting_up and conn is not None:
@@ -557,7 +558,7 @@ def peek(scope: Scope, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, An
     return None
 
 
-def refuse_truncated(scope: Scope, event: dict[str, Any]) -> BaseException:
+def refuse_truncated(scope: Scope, event: EventDict[DbData]) -> BaseException:
     """The error for reading past the rows a truncated answer kept."""
     here = scope.here()
     frame = app_frame()

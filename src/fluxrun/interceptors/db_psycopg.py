@@ -29,6 +29,7 @@ from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors import db_common as db
 from fluxrun.interceptors.base import Patch, loaded
 from fluxrun.model.recording import CallEntry
+from fluxrun.model.schema import AnyEvent
 from fluxrun.model.values import decode
 
 __all__ = ["PsycopgInterceptor"]
@@ -384,7 +385,7 @@ class _Support:
         self.ReplayedConnection = ReplayedConnection
         self.ReplayedAsyncConnection = ReplayedAsyncConnection
 
-    def replayed_connection(self, event: dict[str, Any], kwargs: dict[str, Any], asynchronous: bool) -> Any:
+    def replayed_connection(self, event: AnyEvent, kwargs: dict[str, Any], asynchronous: bool) -> Any:
         fake_class = self.ReplayedAsyncConnection if asynchronous else self.ReplayedConnection
         pgconn = _ReplayedPGconn(self.pq, event["data"])
         conn = fake_class(pgconn)
@@ -757,12 +758,12 @@ def _block_patches(support: _Support, cls: Any, asynchronous: bool) -> list[Patc
         data = {"driver": DRIVER, "op": op, "savepoint": tx.savepoint_name or None}
         return db.begin(scope, conn, db.label(DRIVER, op), data, _describe(conn))
 
-    def served(scope: Scope, tx: Any, op: str) -> dict[str, Any]:
+    def served(scope: Scope, tx: Any, op: str) -> AnyEvent:
         if tx._conn not in support.fakes:
             raise _not_replayable(tx)
         return db.serve(scope, DRIVER, op, conn=tx._conn)
 
-    def ended(tx: Any, entry: CallEntry | None, event: dict[str, Any] | None) -> None:
+    def ended(tx: Any, entry: CallEntry | None, event: AnyEvent | None) -> None:
         if event is not None:
             _set_transaction_status(tx._conn, event["data"].get("result") or {}, pq)
             return

@@ -17,9 +17,11 @@ import wrapt
 from fluxrun._context import Scope, current, scope_var
 from fluxrun._diff import short_diff
 from fluxrun._internal import caller_frame, caller_site, report_internal_error, site_of
+from fluxrun.answering import Matcher
 from fluxrun.interceptors.base import raise_recorded_error
 from fluxrun.interceptors.hot_path import IMMUTABLE, end_call, fail_call, start_call
 from fluxrun.model.recording import CallEntry
+from fluxrun.model.schema import EventDict, HostData
 from fluxrun.model.values import MAX_BYTES, all_plain, decode, encode
 
 __all__ = ["boundary"]
@@ -60,14 +62,14 @@ def _encode_result(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "result": encode(data["result"])}
 
 
-def _arguments_match(args: Any, kwargs: Any) -> Callable[[dict[str, Any]], str | None]:
+def _arguments_match(args: Any, kwargs: Any) -> Matcher:
     """A matcher: the recorded call had the same arguments (compared in their recorded, encoded form)."""
     try:
         encoded_args, encoded_kwargs = encode(list(args)), encode(kwargs)
     except Exception:  # unencodable arguments: match on the name alone
         return lambda event: None
 
-    def match(event: dict[str, Any]) -> str | None:
+    def match(event: EventDict[HostData]) -> str | None:
         recorded_args, recorded_kwargs = event["data"].get("args"), event["data"].get("kwargs")
         if recorded_args == encoded_args and recorded_kwargs == encoded_kwargs:
             return None

@@ -24,6 +24,7 @@ from fluxrun._context import Scope, current, running_loop, scope_var, task_of, t
 from fluxrun._internal import LIBRARY, PLUMBING, SiteRef, app_site, perf_ns, report_internal_error, verdicts
 from fluxrun.interceptors.base import serve_call
 from fluxrun.model.recording import CallEntry
+from fluxrun.model.schema import AnyEvent, EventError
 
 __all__ = [
     "IMMUTABLE",
@@ -132,7 +133,7 @@ def record_call(
     kwargs: dict[str, Any],
     data: Callable[[Any], dict[str, Any]],
     *,
-    on_error: Callable[[BaseException], dict[str, Any]] | None = None,
+    on_error: Callable[[BaseException], EventError] | None = None,
 ) -> Any:
     """Run `wrapped` and record it as one event of `kind` whose fields `data(result)` builds.
 
@@ -217,7 +218,7 @@ def value_patch(
     original: Callable[..., Any],
     kind: str,
     call: str,
-    answer: Callable[[dict[str, Any]], Any],
+    answer: Callable[[AnyEvent], Any],
     *,
     encoded: bool = False,
     keywords: bool = True,
@@ -295,7 +296,7 @@ def value_patch(
 _NO_KEYWORDS: dict[str, Any] = {}
 
 
-def error_fields(exc: BaseException) -> dict[str, Any]:
+def error_fields(exc: BaseException) -> EventError:
     """What a recorded exception keeps: its type, message and encoded form (rebuilt at replay)."""
     from fluxrun.model.values import encode, type_path
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import datetime
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from fluxrun._context import Scope, current, scope_var
@@ -31,6 +31,7 @@ from fluxrun.interceptors.http_match import RequestView, http_matcher
 from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody
 from fluxrun.model.export import body_bytes
 from fluxrun.model.recording import CallEntry
+from fluxrun.model.schema import AnyEvent
 
 __all__ = ["HttpInterceptor", "body_snapshot"]
 
@@ -269,7 +270,7 @@ class _Replayer:
                 f"the recording holds no usable answer for it ({type(exc).__name__}: {exc})",
             ) from None  # fmt: skip
 
-    def respond(self, here: Scope, event: dict[str, Any], frame: Any, call: str, request: Any) -> Any:
+    def respond(self, here: Scope, event: AnyEvent, frame: Any, call: str, request: Any) -> Any:
         session = here.session
         assert session is not None
         recorded = event["data"]["response"]
@@ -306,7 +307,7 @@ class _Replayer:
         response.elapsed = datetime.timedelta(microseconds=event.get("dur_ns", 0) / 1000)
         return response
 
-    def rebuild_error(self, error: dict[str, Any], request: Any) -> BaseException:
+    def rebuild_error(self, error: Mapping[str, Any], request: Any) -> BaseException:
         module_name, _, qualname = str(error.get("type", "")).partition(":")
         cls = getattr(self.module, qualname, None) if module_name.split(".")[0] == self.module.__name__ else None
         if isinstance(cls, type) and issubclass(cls, self.module.RequestError):

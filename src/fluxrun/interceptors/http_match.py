@@ -15,7 +15,9 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from fluxrun._diff import short_diff
+from fluxrun.answering import Matcher
 from fluxrun.model.export import body_bytes
+from fluxrun.model.schema import Body, EventDict, HttpData, HttpRequest
 
 __all__ = ["MATCHERS", "RequestView", "http_matcher"]
 
@@ -36,20 +38,20 @@ class RequestView:
         return None
 
 
-def _recorded_body(body: dict[str, Any] | None) -> bytes | None:
+def _recorded_body(body: Body | None) -> bytes | None:
     if not body or body.get("streamed"):
         return None  # a streamed upload was not recorded: nothing to compare
     return body_bytes(body)
 
 
-def _recorded_header(request: dict[str, Any], name: str) -> str | None:
+def _recorded_header(request: HttpRequest, name: str) -> str | None:
     for key, value in request.get("headers", []):
         if key.lower() == name:
             return str(value)
     return None
 
 
-def method(recorded: dict[str, Any], actual: RequestView) -> str | None:
+def method(recorded: HttpRequest, actual: RequestView) -> str | None:
     if recorded["method"].upper() == actual.method:
         return None
     return f"method differs: recorded {recorded['method']}, made {actual.method}"
@@ -65,7 +67,7 @@ def _url_key(url: str) -> tuple[str, str, str, list[tuple[str, str]]]:
     )
 
 
-def url(recorded: dict[str, Any], actual: RequestView) -> str | None:
+def url(recorded: HttpRequest, actual: RequestView) -> str | None:
     if _url_key(recorded["url"]) == _url_key(actual.url):
         return None
     return "url differs:\n" + short_diff(recorded["url"], actual.url)
@@ -106,11 +108,11 @@ def _normalised(content: bytes, content_type: str | None) -> Any:
     return ("bytes", content)
 
 
-def body(recorded: dict[str, Any], actual: RequestView) -> str | None:
+def body(recorded: HttpRequest, actual: RequestView) -> str | None:
     expected = _recorded_body(recorded.get("body"))
     if expected is None or actual.body is None:
         return None
-    if recorded.get("body", {}).get("truncated"):
+    if (recorded.get("body") or {}).get("truncated"):
         return None if actual.body[: len(expected)] == expected else "body differs from the recorded (truncated) body"
     expected_n = _normalised(expected, _recorded_header(recorded, "content-type"))
     actual_n = _normalised(actual.body, actual.header("content-type"))
@@ -119,13 +121,13 @@ def body(recorded: dict[str, Any], actual: RequestView) -> str | None:
     return "body differs:\n" + short_diff(expected.decode("utf-8", "replace"), actual.body.decode("utf-8", "replace"))
 
 
-MATCHERS: tuple[Callable[[dict[str, Any], RequestView], str | None], ...] = (method, url, body)
+MATCHERS: tuple[Callable[[HttpRequest, RequestView], str | None], ...] = (method, url, body)
 
 
-def http_matcher(actual: RequestView) -> Callable[[dict[str, Any]], str | None]:
+def http_matcher(actual: RequestView) -> Matcher:
     """A session matcher for one live request: the first failing matcher says why, or None."""
 
-    def match(event: dict[str, Any]) -> str | None:
+    def match(event: EventDict[HttpData]) -> str | None:
         recorded = event["data"]["request"]
         for matcher in MATCHERS:
             why = matcher(recorded, actual)

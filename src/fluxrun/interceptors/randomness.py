@@ -17,6 +17,7 @@ from fluxrun._context import current
 from fluxrun._internal import real_urandom
 from fluxrun.interceptors.base import Patch, serve_call, wrap
 from fluxrun.interceptors.hot_path import record_call, value_patch
+from fluxrun.model.schema import EventDict, ValueData
 from fluxrun.model.values import decode, encode
 
 __all__ = ["RandomnessInterceptor"]
@@ -35,7 +36,7 @@ def _encoded(result: Any) -> dict[str, Any]:
     return {"value": encode(result)}
 
 
-def _decoded(event: dict[str, Any]) -> Any:
+def _decoded(event: EventDict[ValueData]) -> Any:
     return decode(event["data"]["value"])
 
 
@@ -77,7 +78,7 @@ def _shuffle_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
     if scope.session is not None:
         target = args[0]
 
-        def apply(event: dict[str, Any]) -> None:
+        def apply(event: EventDict[ValueData]) -> None:
             items = [target[i] for i in event["data"]["permutation"]]
             for position, item in enumerate(items):
                 target[position] = item

@@ -34,6 +34,7 @@ from fluxrun.interceptors.api import (
     record_async,
     replaying,
 )
+from fluxrun.model.schema import AnyEvent
 
 __all__ = ["SmtpInterceptor"]
 
@@ -97,7 +98,7 @@ def _mail_match(made: dict[str, Any]) -> Any:
     addresses = fields_match(made, ["op", "from", "to"])
     content = _comparable(decode(made["message"]))
 
-    def match(event: dict[str, Any]) -> str | None:
+    def match(event: AnyEvent) -> str | None:
         why = addresses(event)
         if why is not None:
             return why

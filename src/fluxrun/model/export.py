@@ -10,6 +10,7 @@ import base64
 import platform
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from fluxrun._internal import format_site
 from fluxrun._version import __version__
 from fluxrun.model.recording import KINDS, Event, Recording
 from fluxrun.model.request import request_identity
+from fluxrun.model.schema import AnyEvent, SummaryEvent
 from fluxrun.model.values import not_rebuildable
 from fluxrun.scrub import Scrubber
 
@@ -49,7 +51,7 @@ def json_body(value: Any) -> Any:
     return str(value)  # objects kept raw on the hot path, such as httpx.URL
 
 
-def body_bytes(body: dict[str, Any] | None) -> bytes:
+def body_bytes(body: Mapping[str, Any] | None) -> bytes:
     """The bytes of a recorded body (`{"text": ...}` or `{"base64": ...}`), empty when none were kept."""
     if not body:
         return b""
@@ -60,12 +62,12 @@ def body_bytes(body: dict[str, Any] | None) -> bytes:
     return b""
 
 
-def _event(event: Event) -> dict[str, Any]:
+def _event(event: Event) -> AnyEvent:
     data = json_body(event.data)
     call = event.call
     if call is None and event.kind == "http":
         call = f"{data['request']['method']} {data['request']['url']}"
-    out: dict[str, Any] = {
+    out: AnyEvent = {
         "seq": event.seq,
         "kind": event.kind,
         "call": call,
@@ -112,7 +114,7 @@ def build_payload(
     }
 
 
-def _label(event: dict[str, Any], scrubber: Scrubber) -> str:
+def _label(event: AnyEvent, scrubber: Scrubber) -> str:
     kind, data = event["kind"], event["data"]
     if kind == "http":
         return f"{data['request']['method']} {scrubber.url(data['request']['url'])}"
@@ -121,8 +123,8 @@ def _label(event: dict[str, Any], scrubber: Scrubber) -> str:
     return str(event["call"])  # env key names, time/random function names, boundary names: no values
 
 
-def _index_entry(event: dict[str, Any], scrubber: Scrubber) -> dict[str, Any]:
-    entry: dict[str, Any] = {
+def _index_entry(event: AnyEvent, scrubber: Scrubber) -> SummaryEvent:
+    entry: SummaryEvent = {
         "seq": event["seq"],
         "kind": event["kind"],
         "label": _label(event, scrubber),
@@ -155,7 +157,7 @@ def culprit(error: dict[str, Any]) -> dict[str, Any] | None:
     return {k: chosen.get(k) for k in ("file", "line", "function", "module")}
 
 
-def not_recorded(events: list[dict[str, Any]]) -> list[str]:
+def not_recorded(events: list[AnyEvent]) -> list[str]:
     """What a recording lacks, in words (`1 connection to 127.0.0.1:5432 was not recorded`): the IO noted as
     "unrecorded" at capture (fluxrun.interceptors.unrecorded), which a replay could not serve."""
     return [f"1 {e['call']} was not recorded" for e in events if e["kind"] == "unrecorded"]
@@ -171,7 +173,7 @@ def build_summary(payload: dict[str, Any], *, scrubber: Scrubber, duration_ns: i
     request = payload["request"]
     outcome = payload["outcome"]
     error = outcome.get("error")
-    events = payload["events"]
+    events: list[AnyEvent] = payload["events"]
     summary: dict[str, Any] = {
         "bundle_id": payload["bundle_id"],
         "execution": payload["execution"],

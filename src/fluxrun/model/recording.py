@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fluxrun._internal import perf_ns
+from fluxrun.model.schema import EventError
 
 __all__ = ["ENTRY_FIELDS", "KINDS", "CallEntry", "Entry", "Event", "Recording"]
 
@@ -45,7 +46,7 @@ class CallEntry:
     dur_ns: int
     build: Callable[[Any], dict[str, Any]]
     value: Any
-    error: dict[str, Any] | None
+    error: EventError | None
 
 
 class Event:
@@ -64,7 +65,7 @@ class Event:
         self.start_ns = start_ns
         self.dur_ns = 0
         self.data = data
-        self.error: dict[str, Any] | None = None
+        self.error: EventError | None = None
 
 
 class Recording:

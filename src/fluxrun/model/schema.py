@@ -7,10 +7,9 @@ is unchanged (docs/bundle-format.md): mypy checks every reader against the one d
 `EventDict` is generic in its `data`: code that knows an event's kind says so (`EventDict[HttpData]`), and
 code that handles every kind reads `AnyEvent`. Interceptor plugins record kinds of their own, so `data`
 of an unknown kind is an open dict. Values under `result`, `value`, `args`... are in the encoded form of
-`fluxrun.model.values` (`Any` here): only `decode` knows their shape.
+`fluxrun.model.values` (`Any` here): only `decode` knows their shape. No `from __future__ import
+annotations` here: Python 3.11 reads `NotRequired` and `Required` only from evaluated annotations.
 """
-
-from __future__ import annotations
 
 from typing import Any, Generic, NotRequired, Required, TypeAlias, TypedDict, TypeVar
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
+from fluxrun.model.schema import AnyEvent
 from fluxrun.model.values import encode
 
 __all__ = ["Answers"]
@@ -90,7 +91,7 @@ class Answers:
 
     # -- what the replay session asks ---------------------------------------------------------------
 
-    def answer(self, kind: str, call: str, name: str | None, match: Any, task: str) -> dict[str, Any] | None:
+    def answer(self, kind: str, call: str, name: str | None, match: Any, task: str) -> AnyEvent | None:
         """A synthetic event for a call nothing recorded answers, or None."""
         found: dict[str, Any] | None = None
         if kind == "http":
@@ -99,14 +100,15 @@ class Answers:
             found = self._host.get(name or call)
         return self._use(found, task)
 
-    def env_event(self, key: str, task: str) -> dict[str, Any] | None:
+    def env_event(self, key: str, task: str) -> AnyEvent | None:
         return self._use(self._env.get(key), task)
 
-    def _use(self, answer: dict[str, Any] | None, task: str) -> dict[str, Any] | None:
+    def _use(self, answer: dict[str, Any] | None, task: str) -> AnyEvent | None:
         if answer is None:
             return None
         self.used[f"{answer['kind']} {answer['call']}"] += 1
-        return {**answer, "seq": -1, "task": task, "site": "supplied by the test", "supplied": True}
+        # no start_ns or dur_ns: a supplied answer took no time, and replay reads neither
+        return cast(AnyEvent, {**answer, "seq": -1, "task": task, "site": "supplied by the test", "supplied": True})
 
     def report(self) -> list[str]:
         """What was answered from here, for the result: `http GET https://... (2 calls)`."""

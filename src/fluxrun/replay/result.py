@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fluxrun.model.schema import AnyEvent
+
 __all__ = ["Outcome", "ReplayResult", "classify", "outcome_of"]
 
 Verdict = Literal["reproduced", "fixed", "changed"]
@@ -68,7 +70,7 @@ class ReplayResult:
     new: Outcome
     served: dict[str, int]
     recorded_calls: int
-    unconsumed: list[dict[str, Any]]
+    unconsumed: list[AnyEvent]
     events: list[tuple[str, str, str, str]]  # (kind, call, task, site) in the order replay served them
     response: dict[str, Any] | None = None
     value: Any = None

@@ -35,10 +35,10 @@ import asyncio
 import contextlib
 import threading
 from asyncio.events import _get_running_loop
-from typing import Any
 
 from fluxrun._internal import perf_ns
 from fluxrun.errors import ReplayDivergence
+from fluxrun.model.schema import AnyEvent, EventError
 
 __all__ = [
     "DEADLOCK_GRACE",
@@ -71,11 +71,11 @@ class NeverAnswered(ReplayDivergence):
     recorded execution ended: the recording has no answer for it, so the wait would never end."""
 
 
-def _cancelled(error: dict[str, Any]) -> bool:
+def _cancelled(error: EventError) -> bool:
     return str(error.get("type", "")).endswith("CancelledError")
 
 
-def is_pending(event: dict[str, Any], outcome_key: str) -> bool:
+def is_pending(event: AnyEvent, outcome_key: str) -> bool:
     """True when the recording has no outcome for the call: it never completed during the execution."""
     error = event.get("error")
     if error is not None:
@@ -95,7 +95,7 @@ class _Held:
 class ReplayScheduler:
     """Holds answers until their recorded turn (see the module docstring for the rules)."""
 
-    def __init__(self, events: list[dict[str, Any]]) -> None:
+    def __init__(self, events: list[AnyEvent]) -> None:
         order = set()
         for event in events:
             done = (event.get("data") or {}).get("done") if isinstance(event.get("data"), dict) else None
@@ -138,7 +138,7 @@ class ReplayScheduler:
             self._cond.notify_all()
 
     @staticmethod
-    def completion(event: dict[str, Any]) -> int | None:
+    def completion(event: AnyEvent) -> int | None:
         data = event.get("data")
         done = data.get("done") if isinstance(data, dict) else None
         return done if isinstance(done, int) else None
@@ -220,7 +220,7 @@ class ReplayScheduler:
             self._kick(loop, _POLL)  # the next answer is someone else's (or not requested yet): look again
 
     # -- callers -------------------------------------------------------------------------------------
-    async def turn(self, event: dict[str, Any], pending: bool, describe: str = "a call") -> None:
+    async def turn(self, event: AnyEvent, pending: bool, describe: str = "a call") -> None:
         """Await this answer's turn (asyncio callers)."""
         loop = asyncio.get_running_loop()
         if pending:
@@ -291,7 +291,7 @@ class ReplayScheduler:
             return True  # not asyncio's own loop: assume something may still run
         return any(not h.cancelled() and id(h) not in ours and h._callback != self._pump for h in scheduled)
 
-    def wait_turn(self, event: dict[str, Any], pending: bool, describe: str) -> None:
+    def wait_turn(self, event: AnyEvent, pending: bool, describe: str) -> None:
         """Block until this answer's turn (thread callers)."""
         done = self.completion(event)
         on_loop = _get_running_loop() is not None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from fluxrun._internal import is_fluxrun_file, is_library_file
 from fluxrun.answering import BY_TASK, SERVED_KINDS, Matcher
 from fluxrun.errors import LiveIOBlocked, ReplayDivergence
+from fluxrun.model.schema import AnyEvent, EnvData, EventDict
 from fluxrun.replay.answers import Answers
 from fluxrun.replay.scheduler import NeverAnswered, ReplayScheduler, is_pending
 
@@ -41,7 +42,7 @@ def describe_frame(frame: FrameType | None) -> str:
     return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_qualname}"
 
 
-def stream_key(event: dict[str, Any]) -> tuple[str, ...]:
+def stream_key(event: AnyEvent) -> tuple[str | None, ...]:
     kind = event["kind"]
     if kind in BY_TASK:
         return (kind, event["task"])
@@ -58,10 +59,10 @@ class ReplaySession:
     def __init__(self, payload: dict[str, Any], answers: Answers | None = None) -> None:
         self.payload = payload
         self.answers = answers  # what the test supplies for calls the recording lacks
-        self.events: list[dict[str, Any]] = payload["events"]
+        self.events: list[AnyEvent] = payload["events"]
         self.total = sum(1 for e in self.events if e["kind"] in SERVED_KINDS)
-        self.streams: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        self.env: dict[str, dict[str, Any]] = {}
+        self.streams: dict[tuple[str | None, ...], list[AnyEvent]] = {}
+        self.env: dict[str, EventDict[EnvData]] = {}
         self.env_written: set[str] = set()  # variables the replayed code set or deleted: read live from then on
         for event in self.events:
             if event["kind"] == "env":
@@ -86,7 +87,7 @@ class ReplaySession:
         *,
         name: str | None = None,
         match: Matcher | None = None,
-    ) -> dict[str, Any]:
+    ) -> AnyEvent:
         """The recorded event that answers this call; raises `ReplayDivergence` when there is none.
 
         Fetches and boundaries then wait for the answer's turn: `turn` / `wait_turn` (replay/scheduler.py)."""
@@ -117,7 +118,7 @@ class ReplaySession:
             return supplied
         raise self.diverge(kind, call, task, frame, stream, match)
 
-    def take_if_recorded(self, kind: str, call: str, task: str, site: str) -> dict[str, Any] | None:
+    def take_if_recorded(self, kind: str, call: str, task: str, site: str) -> AnyEvent | None:
         """An installed package's clock, randomness or sleep: its next recorded event, or None when its stream
         has nothing left (a framework may read the clock more often at replay; that is no divergence)."""
         with self._lock:
@@ -129,11 +130,11 @@ class ReplaySession:
             self.served[kind] += 1
             return event
 
-    def upcoming(self, kind: str, task: str) -> Sequence[dict[str, Any]]:
+    def upcoming(self, kind: str, task: str) -> Sequence[AnyEvent]:
         """The calls of a per-task kind (db, http...) still to be served in `task`, in order (not consumed)."""
         return self.streams.get((kind, task), ())
 
-    async def turn(self, event: dict[str, Any], outcome_key: str) -> None:
+    async def turn(self, event: AnyEvent, outcome_key: str) -> None:
         """Await the recorded turn of a taken fetch or boundary answer (asyncio callers)."""
         try:
             await self.scheduler.turn(event, is_pending(event, outcome_key), str(event.get("call") or event["kind"]))
@@ -142,7 +143,7 @@ class ReplaySession:
                 self.divergences.append(exc)  # the replay fails even if the app swallows the exception
             raise
 
-    def wait_turn(self, event: dict[str, Any], outcome_key: str) -> None:
+    def wait_turn(self, event: AnyEvent, outcome_key: str) -> None:
         """Block until the recorded turn of a taken answer (thread callers)."""
         self.scheduler.wait_turn(event, is_pending(event, outcome_key), str(event.get("call") or event["kind"]))
 
@@ -150,7 +151,9 @@ class ReplaySession:
         """The replayed execution ended: a thread still waiting for a call that never completed gives up."""
         self.scheduler.close()
 
-    def env_read(self, key: str, task: str, frame: FrameType | None, *, lenient: bool = False) -> dict[str, Any] | None:
+    def env_read(
+        self, key: str, task: str, frame: FrameType | None, *, lenient: bool = False
+    ) -> EventDict[EnvData] | None:
         """Env is a snapshot: every read of a recorded variable is answered, however often it is read.
 
         A variable the recording lacks was not read at capture at all; `lenient` (a library's own read of a
@@ -186,7 +189,7 @@ class ReplaySession:
         call: str,
         task: str,
         frame: FrameType | None,
-        stream: list[dict[str, Any]],
+        stream: list[AnyEvent],
         match: Matcher | None,
         *,
         hint: str | None = None,
@@ -196,7 +199,7 @@ class ReplaySession:
             lines.append(hint)
         nearest = stream[0] if stream else self._nearest(kind, call)
         if nearest is None:
-            recorded = [k for k in (e["call"] for e in self.events if e["kind"] == kind)]
+            recorded = [str(e["call"]) for e in self.events if e["kind"] == kind]
             lines.append(
                 f"  the recording has no {kind} calls"
                 if not recorded
@@ -225,13 +228,13 @@ class ReplaySession:
             self.divergences.append(error)
         return error
 
-    def _nearest(self, kind: str, call: str) -> dict[str, Any] | None:
+    def _nearest(self, kind: str, call: str) -> AnyEvent | None:
         candidates = [e for e in self.events if e["kind"] == kind and e["seq"] not in self.consumed]
         if not candidates:
             return None
         import difflib
 
-        names = [e["call"] for e in candidates]
+        names = [str(e["call"]) for e in candidates]
         close = difflib.get_close_matches(call, names, n=1, cutoff=0.0)
         return candidates[names.index(close[0])] if close else candidates[0]
 
@@ -239,7 +242,7 @@ class ReplaySession:
         served = ", ".join(f"{n} {k}" for k, n in sorted(self.served.items())) or "nothing yet"
         return f"  replay got through {len(self.consumed)} of {self.total} recorded calls (served: {served})"
 
-    def unconsumed(self) -> list[dict[str, Any]]:
+    def unconsumed(self) -> list[AnyEvent]:
         """Recorded calls replay never made. An installed package's or the standard library's own clock,
         randomness, sleep or env read is not counted: a client or framework may read its clock less often
         in a test than in a server, and walks whatever environment the process has. Nor is a call that was
@@ -259,13 +262,13 @@ class ReplaySession:
 _OUTCOME_KEYS = {"http": "response", "host": "result"}
 
 
-def _pending_at_end(event: dict[str, Any]) -> bool:
+def _pending_at_end(event: AnyEvent) -> bool:
     """A fetch or boundary call recorded with no outcome (see `scheduler.is_pending`)."""
     outcome_key = _OUTCOME_KEYS.get(event["kind"])
     return outcome_key is not None and is_pending(event, outcome_key)
 
 
-def _package_read(event: dict[str, Any]) -> bool:
+def _package_read(event: AnyEvent) -> bool:
     if event["kind"] not in ("time", "random", "timer", "env"):
         return False
     module = sys.modules.get(str(event.get("site", "")).split(":", 1)[0])
