@@ -105,7 +105,8 @@ def test_a_5xx_answer_is_kept_with_bodies_and_the_summary_is_scrubbed(shop, keys
     assert summary["status"] == 502 and summary["outcome"] == "http_5xx"
     assert summary["trace_id"] == "a" * 32
     assert summary["route"] == "/checkout"
-    for secret in (b"s3cr3t-value", b"hunter2", b"4111", b"abc.def.ghi"):
+    # whole secrets only: a short one ("4111") turns up by chance in a timestamp or the ciphertext
+    for secret in (b"s3cr3t-value", b"hunter2", card.encode(), card.replace(" ", "").encode(), b"abc.def.ghi"):
         assert secret not in data  # not in the summary, and the payload is ciphertext
     payload = open_bundle(data, keys.replay_key).payload
     assert payload["request"]["method"] == "POST"
