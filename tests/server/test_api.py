@@ -248,6 +248,12 @@ def test_issue_status_changes_need_a_non_viewer(server, seal):
     assert viewer.status_code == 403
     ok = httpx.patch(url, json={"status": "resolved"}, headers={"authorization": f"Bearer {server.tokens['api']}"})
     assert ok.json()["status"] == "resolved"
+    # audited like the dashboard's resolve: who, what, from which status
+    history = api(server, f"/v1/issues/{issue_id}/triage").json()["history"]
+    assert [(e["action"], e["detail"]["old"], e["detail"]["new"]) for e in history] == [
+        ("issue.resolve", "open", "resolved")
+    ]
+    assert history[0]["actor"].startswith("api_key:fra_")
     # the same failure seen again in production: resolved -> regressed
     _, again = seal(fingerprint=ok.json()["fingerprint"])
     post(server, [again])

@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import Response
-from pydantic import BaseModel
 from sqlalchemy import Engine, and_, func, literal_column, or_, text
 from sqlmodel import Session, col, select
 
@@ -354,21 +353,3 @@ def get_issue(
                 for r in runs
             ],
         }
-
-
-class StatusChange(BaseModel):
-    status: IssueStatus
-
-
-@router.patch("/v1/issues/{issue_id}", summary="Change an issue's status")
-def change_issue(issue_id: RowId, change: StatusChange, state: State, reader: Workspace) -> dict[str, Any]:
-    if reader.role == "viewer":
-        raise HTTPException(403, "viewers cannot change issues")
-    with Session(state.engine) as session:
-        issue = _issue(session, reader, issue_id)
-        issue.status = change.status
-        issue.status_changed_at = utcnow()
-        session.add(issue)
-        session.commit()
-        session.refresh(issue)
-        return _issue_item(issue)

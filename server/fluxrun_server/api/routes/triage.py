@@ -1,7 +1,8 @@
 """Issue triage actions the dashboard offers: resolve, ignore (snoozed until N more events) and reopen.
 
 Each action changes the issue and writes its audit entry in the same transaction, as control/ops.py does
-for management changes, so the audit log says who resolved, ignored or reopened what, and when.
+for management changes, so the audit log says who resolved, ignored or reopened what, and when. The older
+`PATCH /v1/issues/{id}` (any status) is audited the same way.
 
 An ignored issue stays ignored until its count reaches the count it had when ignored plus N. That threshold
 lives in the ignore's audit entry (`until_count`), so no schema change is needed; the server reopens the
@@ -12,14 +13,15 @@ regressed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
-from fluxrun_server.api.deps import Reader, State, Workspace
-from fluxrun_server.api.routes.query import _issue, _issue_item
+from fluxrun_server.api.deps import Reader, RowId, State, Workspace
+from fluxrun_server.api.routes.query import IssueStatus, _issue, _issue_item
 from fluxrun_server.auth import token_prefix
 from fluxrun_server.control import ops
 from fluxrun_server.control.models import AuditEntry
@@ -30,7 +32,13 @@ __all__ = ["MAX_SNOOZE_EVENTS", "router"]
 router = APIRouter(tags=["triage"])
 MAX_SNOOZE_EVENTS = 1_000_000
 _HISTORY = 50
-_ACTIONS = ("issue.resolve", "issue.ignore", "issue.reopen", "issue.snooze_expired")
+_ACTIONS = ("issue.resolve", "issue.ignore", "issue.reopen", "issue.status", "issue.snooze_expired")
+# What `PATCH /v1/issues/{id}` is audited as, by the status it sets (the other statuses: "issue.status").
+_PATCH_ACTIONS = {"resolved": "issue.resolve", "open": "issue.reopen"}
+
+
+class StatusChange(BaseModel):
+    status: IssueStatus
 
 
 class IgnoreRequest(BaseModel):
@@ -106,8 +114,16 @@ def _triage(session: Session, issue: Issue, workspace_id: int) -> dict[str, Any]
 
 
 def _change(
-    request: Request, state: State, reader: Reader, issue_id: int, status: str, action: str, **detail: Any
+    request: Request,
+    state: State,
+    reader: Reader,
+    issue_id: int,
+    status: str,
+    action: str,
+    answer: Callable[[Session, Issue, int], dict[str, Any]] | None = None,
+    **detail: Any,
 ) -> dict[str, Any]:
+    """Set the issue's status and audit it in one transaction; the answer is its triage state (or `answer`'s)."""
     if reader.role == "viewer":
         raise HTTPException(403, "viewers cannot change issues")
     actor = _actor(request, reader)
@@ -121,7 +137,7 @@ def _change(
         ops._audit(session, actor, reader.workspace_id, action, _target(issue), old=old, **detail, **until)
         session.commit()
         session.refresh(issue)
-        return _triage(session, issue, reader.workspace_id)
+        return (answer or _triage)(session, issue, reader.workspace_id)
 
 
 @router.get("/v1/issues/{issue_id}/triage", summary="An issue's triage state: status, snooze and its history")
@@ -143,3 +159,20 @@ def ignore(issue_id: int, body: IgnoreRequest, request: Request, state: State, r
 @router.post("/v1/issues/{issue_id}/reopen", summary="Reopen a resolved, ignored or guarded issue")
 def reopen(issue_id: int, request: Request, state: State, reader: Workspace) -> dict[str, Any]:
     return _change(request, state, reader, issue_id, "open", "issue.reopen")
+
+
+@router.patch("/v1/issues/{issue_id}", summary="Change an issue's status (audited like resolve and reopen)")
+def change_issue(
+    issue_id: RowId, change: StatusChange, request: Request, state: State, reader: Workspace
+) -> dict[str, Any]:
+    action = _PATCH_ACTIONS.get(change.status, "issue.status")
+    return _change(
+        request,
+        state,
+        reader,
+        issue_id,
+        change.status,
+        action,
+        lambda _s, issue, _w: _issue_item(issue),
+        new=change.status,
+    )
