@@ -61,6 +61,29 @@ def _in_child(scope: Scope, function: Callable[..., Any], *args: Any, **kwargs: 
             scheduler.thread_finished()
 
 
+def _in_job(scope: Scope, ran: list[int], function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`_in_child` for a pool job: at replay the scheduler hears that it finished from its future's done
+    callback (`_job_done`), once the result is set, not when the function returns: a thread waiting on the
+    futures must see this job complete before the next answer lets another one complete."""
+    scope.owner = current_owner()
+    if scope.session is not None:
+        ran.append(threading.get_ident())
+        scope.session.scheduler.thread_started()
+    token = scope_var.set(scope)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        scope_var.reset(token)
+
+
+def _job_done(scope: Scope, ran: list[int]) -> Callable[[Any], None]:
+    def done(_future: Any) -> None:
+        if ran and scope.session is not None:
+            scope.session.scheduler.thread_finished(ran[0])
+
+    return done
+
+
 def _spawn(scope: Scope) -> Scope:
     child = scope.here().spawn()
     if child.session is not None:
@@ -93,11 +116,15 @@ def _start_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, 
 
 def _submit_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     scope = current()
-    if scope is not None and args:
-        child = _spawn(scope)
-        _enter_copied_context(args[0], child)
-        args = (functools.partial(_in_child, child, args[0]), *args[1:])
-    return wrapped(*args, **kwargs)
+    if scope is None or not args:
+        return wrapped(*args, **kwargs)
+    child = _spawn(scope)
+    _enter_copied_context(args[0], child)
+    ran: list[int] = []  # the worker thread that runs the job, once it does
+    future = wrapped(functools.partial(_in_job, child, ran, args[0]), *args[1:], **kwargs)
+    if child.session is not None:
+        future.add_done_callback(_job_done(child, ran))
+    return future
 
 
 class ThreadsInterceptor:

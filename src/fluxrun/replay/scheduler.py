@@ -8,8 +8,13 @@ released, across tasks and threads:
 - An asyncio caller awaits a future on its own loop. A loop releases the next answer only when it is
   quiescent (nothing else ready to run), as if that answer had just arrived from the network while
   everything else was waiting: the task that got the previous answer runs until it waits again first.
-- A thread caller waits on a condition and goes as soon as its answer is next in order. A blocking call
-  made on an event loop's own thread is answered at once (waiting would block the loop).
+- A thread caller waits on a condition and goes when its answer is next in order and every other running
+  thread FluxRun knows (the threads and pool jobs it numbered, a synchronous root) is parked: waiting here,
+  finished (a pool job once its future is done), or blocked in `threading` (a lock, condition, event,
+  queue or join), as every thread was while the recorded answer was on its way; so a root waiting in
+  `as_completed` sees the futures complete in the recorded order. After `STALL_GRACE` without activity it
+  goes anyway (a thread may be busy or blocked where FluxRun cannot see). A blocking call made on an event
+  loop's own thread is answered at once (waiting would block the loop).
 - A call recorded with no outcome (still in flight when the execution ended, or cancelled by the app)
   never completes: an asyncio caller awaits a future that never resolves, so `wait_for`,
   `asyncio.timeout`, `gather`/`TaskGroup` cancellation end it as they did; a thread caller blocks until
@@ -33,8 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from asyncio.events import _get_running_loop
+from types import FrameType
 
 from fluxrun._internal import perf_ns
 from fluxrun.errors import ReplayDivergence
@@ -125,9 +132,10 @@ class ReplayScheduler:
             self._running.add(threading.get_ident())
             self._last = perf_ns()
 
-    def thread_finished(self) -> None:
+    def thread_finished(self, ident: int | None = None) -> None:
+        """The current thread's (or thread `ident`'s) numbered thread or pool job has finished."""
         with self._cond:
-            self._running.discard(threading.get_ident())
+            self._running.discard(threading.get_ident() if ident is None else ident)
             self._last = perf_ns()
             self._cond.notify_all()
 
@@ -317,7 +325,7 @@ class ReplayScheduler:
             self._last = perf_ns()
             try:
                 while done not in self._released:
-                    if self._frontier() == done or self._closed:
+                    if self._closed or (self._frontier() == done and self._others_parked(ident)):
                         self._release(done)
                         break
                     if self._frontier() not in self._held and self._stalled() and min(self._held) == done:
@@ -328,6 +336,17 @@ class ReplayScheduler:
                 self._held.pop(done, None)
                 if was_running:
                     self._running.add(ident)
+
+    def _others_parked(self, ident: int) -> bool:
+        """Every other running thread FluxRun knows is parked (see the module docstring), or the replay has
+        been quiet for `STALL_GRACE`."""
+        others = self._running - {ident}
+        if not others:
+            return True
+        frames = sys._current_frames()
+        if all(_parked(frames.get(other)) for other in others):
+            return True
+        return (perf_ns() - self._last) / 1e9 >= STALL_GRACE
 
     def _wait_for_end(self) -> None:
         ident = threading.get_ident()
@@ -340,6 +359,14 @@ class ReplayScheduler:
             finally:
                 if was_running:
                     self._running.add(ident)
+
+
+# Where a thread blocked in `threading` sits: Condition.wait (Event.wait, queue.get, futures' waits) and join.
+_PARKED_IN = frozenset({"wait", "_wait_for_tstate_lock"})
+
+
+def _parked(frame: FrameType | None) -> bool:
+    return frame is None or (frame.f_code.co_filename == threading.__file__ and frame.f_code.co_name in _PARKED_IN)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
