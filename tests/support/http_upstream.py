@@ -52,6 +52,13 @@ def _handler(upstream_ref: list[Upstream]) -> type[BaseHTTPRequestHandler]:
             upstream_ref[0].hits += 1
             if self.path.startswith("/price"):
                 self.reply(200, {"price": 1200, "path": self.path}, {"set-cookie": "seen=1; Path=/"})
+            elif self.path.startswith("/cookies"):  # one header name on two lines
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.send_header("Set-Cookie", "a=1; Path=/")
+                self.send_header("Set-Cookie", "b=2; Path=/")
+                self.end_headers()
+                self.wfile.write(b"{}")
             elif self.path.startswith("/slow-price"):
                 body = json.dumps({"price": 1200, "path": self.path}).encode()
                 self.send_response(200)

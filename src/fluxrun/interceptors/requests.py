@@ -24,6 +24,7 @@ from fluxrun.interceptors.http_stream import request_body
 from fluxrun.interceptors.urllib3 import (
     answer_request,
     body_view,
+    copy_headers_directly,
     fail_fetch,
     record_response,
     start_fetch,
@@ -102,6 +103,9 @@ class RequestsInterceptor:
         self.urllib3 = loaded("urllib3") if adapter is not None else None
         self.module = module if self.urllib3 is not None else None
         self.modules = ("requests",) if self.module is not None else ()  # what the coverage report counts
+        headers = getattr(getattr(module, "structures", None), "CaseInsensitiveDict", None)
+        if self.module is not None and isinstance(headers, type):
+            copy_headers_directly(headers, lines=False)
 
     def patches(self) -> list[Patch]:
         if self.module is None or self.urllib3 is None:

@@ -33,6 +33,7 @@ __all__ = [
     "Urllib3Interceptor",
     "answer_request",
     "body_view",
+    "copy_headers_directly",
     "outcome_of",
     "record_response",
     "start_fetch",
@@ -46,32 +47,48 @@ _VERSIONS = {10: "HTTP/1.0", 11: "HTTP/1.1", 20: "HTTP/2", 30: "HTTP/3"}
 
 
 def _fetch_data(data: dict[str, Any]) -> dict[str, Any]:
-    """A fetch's `data` when its execution is sealed: headers snapshotted as a tuple of the pairs the client
-    held (`_raw_pairs`, on the request path) become text pairs here, off it (most executions are dropped)."""
+    """A fetch's `data` when its execution is sealed: headers snapshotted as header lines (`_raw_pairs`, on
+    the request path) become text pairs here, off it (most executions are dropped)."""
     for part in (data.get("request"), data.get("response")):
         if part and type(part.get("headers")) is tuple:
-            part["headers"] = _text_pairs(part["headers"])
+            part["headers"] = [(_text(line[0]), _text(value)) for line in part["headers"] for value in line[1:]]
     return data
 
 
 def _raw_pairs(headers: Any) -> tuple[Any, ...]:
-    """A snapshot of a header mapping or pair list as it is now; `_fetch_data` formats it if kept."""
+    """A snapshot of a header mapping or pair list as it is now, as lines `(name, value, ...)`; `_fetch_data`
+    formats it if kept. The two header classes of the clients here are copied from their own storage, in C:
+    urllib3's `HTTPHeaderDict` keeps `[name, value, ...]` per lower-case name (lists it appends to: copied),
+    requests' `CaseInsensitiveDict` keeps `(name, value)` per lower-case name."""
     if not headers:
         return ()
+    lines = _header_classes.get(type(headers))
+    if lines is not None:
+        return tuple(map(tuple, headers._container.values())) if lines else tuple(headers._store.values())
     return tuple(headers.items() if hasattr(headers, "items") else headers)
+
+
+# header classes whose storage `_raw_pairs` copies directly (their `items()` is a Python generator per header):
+# True for lines in `_container` (urllib3), False for pairs in `_store` (requests)
+_header_classes: dict[type, bool] = {}
+
+
+def copy_headers_directly(cls: type, *, lines: bool) -> None:
+    """Let `_raw_pairs` copy `cls`'s own storage (checked on an empty instance: a layout it does not know is
+    read through `items()` as before)."""
+    if isinstance(getattr(cls(), "_container" if lines else "_store", None), dict):
+        _header_classes[cls] = lines
+
+
+def _text(value: Any) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
 def _text_pairs(headers: Any) -> list[tuple[str, str]]:
     if not headers:
         return []
     items = headers.items() if hasattr(headers, "items") else headers
-    return [
-        (
-            k.decode("latin-1") if isinstance(k, bytes) else str(k),
-            v.decode("latin-1") if isinstance(v, bytes) else str(v),
-        )
-        for k, v in items
-    ]
+    return [(_text(k), _text(v)) for k, v in items]
 
 
 # -- capture ---------------------------------------------------------------------------------------
@@ -406,6 +423,8 @@ class Urllib3Interceptor:
         module = loaded("urllib3")
         pool = getattr(getattr(module, "connectionpool", None), "HTTPConnectionPool", None)
         self.module = module if pool is not None and hasattr(module, "HTTPHeaderDict") else None
+        if self.module is not None:
+            copy_headers_directly(module.HTTPHeaderDict, lines=True)
         self.modules = ("urllib3",) if self.module is not None else ()  # what the coverage report counts
 
     def patches(self) -> list[Patch]:

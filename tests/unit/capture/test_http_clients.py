@@ -70,6 +70,27 @@ def test_urllib3_pool_manager_is_recorded(captured, upstream):
     assert event["data"]["response"]["body"]["text"] == '{"price": 1200, "path": "/price?x=1"}'
 
 
+@pytest.mark.parametrize("client", ["requests", "urllib3"])
+def test_header_lines_are_recorded_in_order_with_repeated_names(captured, upstream, client):
+    sent = {"X-Trace": "t-1", "X-Tenant": "acme"}
+
+    @fluxrun.capture
+    def job(base):
+        if client == "requests":
+            requests.get(f"{base}/cookies", headers=sent, timeout=5)
+        else:
+            urllib3.PoolManager().request("GET", f"{base}/cookies", headers=urllib3.HTTPHeaderDict(sent))
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        job(upstream.url)
+    (event,) = captured.events("http")
+    request, response = event["data"]["request"], event["data"]["response"]
+    assert [list(pair) for pair in request["headers"] if pair[0] in sent] == [list(p) for p in sent.items()]
+    cookies = [value for name, value in response["headers"] if name.lower() == "set-cookie"]
+    assert cookies == ["a=1; Path=/", "b=2; Path=/"]
+
+
 def test_a_refused_connection_is_recorded_with_the_clients_type(captured):
     url = refused_url()
 
