@@ -37,6 +37,7 @@ import zoneinfo
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
+from itertools import chain
 from types import FrameType
 from typing import Any, cast
 
@@ -213,6 +214,9 @@ def fail(entry: CallEntry | None, exc: BaseException) -> None:
 def encode_params(params: Any) -> Any:
     if params is None:
         return None
+    kind = type(params)
+    if kind is dict or kind is list:  # `encode` copies them (or builds new ones) itself
+        return encode(params)
     if isinstance(params, (list, tuple)):
         return encode(list(params))
     if isinstance(params, dict):
@@ -234,13 +238,12 @@ def rows_result(
     **extra: Any,
 ) -> dict[str, Any]:
     """A statement's answer as recorded: rows (encoded, at most `limit`), and a mark when more came back."""
-    kept = list(rows[:limit])
-    zones = _zones(kept)
+    encoded, zones = encode_rows(rows if len(rows) <= limit else rows[:limit])
     result: dict[str, Any] = {
         "description": _encode_rows(description) if description is not None else None,
-        "rows": _encode_rows(kept),
+        "rows": encoded,
         "rowcount": rowcount,
-        "lastrowid": encode(lastrowid),
+        "lastrowid": None if lastrowid is None else encode(lastrowid),
         **extra,
     }
     if zones:
@@ -251,18 +254,39 @@ def rows_result(
     return result
 
 
+_ROW_TYPES = frozenset((tuple, list))
+
+
+def _plain_rows(items: Sequence[Any]) -> list[list[Any]] | None:
+    """Rows (or column descriptions) copied as lists when each is a tuple or list of plain JSON values (the
+    usual case: one pass over the values, the copies made in C), else None."""
+    if len(items) == 1:  # one row (or column): what the C calls below would cost more than they save
+        item = items[0]
+        return [list(item)] if type(item) in _ROW_TYPES and all_plain(item, MAX_BYTES) else None
+    if _ROW_TYPES.issuperset(map(type, items)) and all_plain(chain.from_iterable(items), MAX_BYTES):
+        return list(map(list, items))
+    return None
+
+
 def _encode_rows(items: Sequence[Any]) -> Any:
-    """Rows (or column descriptions) encoded as lists: copied as they are when every value is plain JSON (the
-    usual case, one pass), else through `encode`."""
-    out = []
-    for item in items:
-        if type(item) not in (tuple, list) or not all_plain(item, MAX_BYTES):
-            return encode([list(r) if isinstance(r, (tuple, list)) else r for r in items])
-        out.append(list(item))
-    return out
+    """Rows (or column descriptions) encoded as lists: copied as they are when every value is plain JSON, else
+    through `encode`."""
+    plain = _plain_rows(items)
+    if plain is not None:
+        return plain
+    return encode([list(r) if isinstance(r, (tuple, list)) else r for r in items])
 
 
-def _zones(rows: list[Any]) -> list[list[Any]]:
+def encode_rows(kept: Sequence[Any]) -> tuple[Any, list[list[Any]] | None]:
+    """The rows a result keeps, encoded (`_encode_rows`), and the named time zones of their datetimes
+    (`_zones`; None when every value is plain, which a datetime is not)."""
+    plain = _plain_rows(kept)
+    if plain is not None:
+        return plain, None
+    return encode([list(r) if isinstance(r, (tuple, list)) else r for r in kept]), _zones(kept)
+
+
+def _zones(rows: Sequence[Any]) -> list[list[Any]]:
     """Named time zones of datetime columns ([row, column, key]): the value encoder keeps only the offset."""
     out: list[list[Any]] = []
     for r, row in enumerate(rows):
@@ -326,6 +350,7 @@ def _setup_call(entry: CallEntry) -> dict[str, Any]:
 
 # every connection opened while FluxRun is installed -> its profile
 _profiles: weakref.WeakKeyDictionary[Any, Profile] = weakref.WeakKeyDictionary()
+_profile_refs: dict[Any, Profile] = _profiles.data  # type: ignore[attr-defined]
 # connections being set up right now -> their profile. Empty nearly always: a driver's idle path reads
 # `if setting_up` (one global) before anything else.
 setting_up: dict[Any, Profile] = {}
@@ -381,9 +406,14 @@ def begin(
     call: str,
     data: dict[str, Any],
     describe: Callable[[], dict[str, Any]] | None = None,
+    *,
+    describe_conn: Callable[[Any], dict[str, Any]] | None = None,
+    caller: FrameType | None = None,
 ) -> CallEntry | None:
     """Start recording a call made on `conn`: into its setup profile while it is being set up, else into the
-    execution, after the connection's connect event the first time the execution uses it. None: not recorded."""
+    execution, after the connection's connect event the first time the execution uses it. None: not recorded.
+    `describe_conn(conn)`: `describe()` for a driver that passes one function for every connection. `caller`:
+    the frame that called the driver (the walk to the app's frame starts there, past FluxRun's own frames)."""
     profile = setting_up.get(conn) if setting_up else None
     if profile is not None:
         if profile.setup is None or len(profile.setup) >= SETUP_MAX_CALLS:
@@ -395,26 +425,51 @@ def begin(
     if scope is None:
         return None
     here = scope.here()  # once: a thread's first call enters a child scope, which both records must share
-    attach(here, conn, describe)
-    return start(here, call, data)
+    if caller is None:
+        attach(here, conn, describe, describe_conn=describe_conn)
+        return start(here, call, data)
+    try:
+        frame = first_app_frame(caller, skip_generated=True)  # as `app_frame` finds it, from fewer frames
+        site: SiteRef | str = site_ref(frame) if frame is not None else "?:?:0"
+    except Exception as exc:
+        report_internal_error("db capture", exc)
+        return None
+    attach(here, conn, describe, describe_conn=describe_conn, site=site)
+    try:
+        return start_call(here, KIND, call, site, data)
+    except Exception as exc:
+        report_internal_error("db capture", exc)
+        return None
 
 
-def attach(scope: Scope, conn: Any, describe: Callable[[], dict[str, Any]] | None = None) -> None:
+def attach(
+    scope: Scope,
+    conn: Any,
+    describe: Callable[[], dict[str, Any]] | None = None,
+    *,
+    describe_conn: Callable[[Any], dict[str, Any]] | None = None,
+    site: SiteRef | str | None = None,
+) -> None:
     """Record the connection's connect event in this execution, once, before its first call here."""
     try:
-        profile = _profiles.get(conn)
+        try:  # `_profiles.get(conn)`, without its Python frame
+            profile = _profile_refs.get(weakref.ref(conn))
+        except TypeError:  # a connection that cannot be weakly referenced
+            profile = None
         if profile is None:
-            if describe is None:
+            if describe is None and describe_conn is None:
                 return
-            profile = Profile(describe(), None)  # opened before FluxRun was installed: its setup is unknown
+            # opened before FluxRun was installed: its setup is unknown
+            profile = Profile(describe() if describe is not None else describe_conn(conn), None)  # type: ignore[misc]
             _profiles[conn] = profile
-        key = _recording_key(scope)
+        recording = scope.recording
+        key = (id(recording), recording.started_ns)  # `_recording_key`
         if key in profile.seen:
             return
         profile.seen.append(key)
         data = profile.event_data("before")
         call = f"{data.get('driver')} connect {data.get('target', '')}".rstrip()
-        append_value(scope, KIND, call, app_site(), as_data, data)
+        append_value(scope, KIND, call, app_site() if site is None else site, as_data, data)
     except Exception as exc:
         report_internal_error("db capture", exc)
 

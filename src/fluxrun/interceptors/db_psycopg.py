@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable
+from sys import _getframe
 from typing import Any
 
 from fluxrun._context import Scope, current, scope_var
@@ -207,6 +208,8 @@ async def _asnapshot(cursor: Any, tuple_row: Any, limit: int) -> dict[str, Any]:
     )
 
 
+_STATEMENTS_CACHED = 1024  # statement texts whose normalised text and label each execute patch keeps
+
 _TUPLE_STATUSES = frozenset({2, 9, 12})  # ExecStatus TUPLES_OK, SINGLE_TUPLE, TUPLES_CHUNK: a result with rows
 
 
@@ -218,32 +221,39 @@ def _direct_snapshot(cursor: Any, limit: int) -> dict[str, Any] | None:
     load_rows = getattr(getattr(cursor, "_tx", None), "load_rows", None)
     if load_rows is None or not hasattr(type(cursor), "_encoding"):
         return None
-    description = None
-    rows: list[Any] = []
-    more = False
-    if result is not None and (result.nfields or result.status in _TUPLE_STATUSES):
-        encoding = cursor._encoding
-        description = [
-            [
-                name.decode(encoding) if (name := result.fname(i)) else f"column_{i + 1}",
-                result.ftype(i),
-                result.fmod(i),
-                result.fsize(i),
-            ]
-            for i in range(result.nfields)
-        ]
-        count = result.ntuples
-        rows = load_rows(0, min(count, limit), tuple) if limit and count else []
-        more = count > limit
-    return db.rows_result(
-        rows,
-        limit=limit,
-        more=more,
-        description=description,
-        rowcount=cursor.rowcount,
-        status=cursor.statusmessage,
-        transaction_status=int(cursor._conn.pgconn.transaction_status),
-    )
+    if result is None or not (result.nfields or result.status in _TUPLE_STATUSES):
+        return {
+            "description": None,
+            "rows": [],
+            "rowcount": cursor.rowcount,
+            "lastrowid": None,
+            "status": cursor.statusmessage,
+            "transaction_status": int(cursor._conn.pgconn.transaction_status),
+        }
+    encoding = cursor._encoding
+    # names (text, at most 63 bytes) and integers: plain values, recorded as they are (what `rows_result` copies)
+    description = []
+    for i in range(result.nfields):
+        name = result.fname(i)
+        description.append(
+            [name.decode(encoding) if name else f"column_{i + 1}", result.ftype(i), result.fmod(i), result.fsize(i)]
+        )
+    count = result.ntuples
+    rows, zones = db.encode_rows(load_rows(0, min(count, limit), tuple) if limit and count else ())
+    out = {
+        "description": description,
+        "rows": rows,
+        "rowcount": cursor.rowcount,
+        "lastrowid": None,
+        "status": cursor.statusmessage,
+        "transaction_status": int(cursor._conn.pgconn.transaction_status),
+    }
+    if zones:
+        out["zones"] = zones
+    if count > limit:
+        out["truncated"] = True
+        out["limit"] = limit
+    return out
 
 
 async def _asafe_snapshot(cursor: Any, tuple_row: Any) -> dict[str, Any] | None:
@@ -503,12 +513,31 @@ def _connect_patch(support: _Support, original: Callable[..., Any], asynchronous
     return classmethod(connect)
 
 
+def _described(conn: Any) -> dict[str, Any]:
+    """`_describe(conn)()`: what `db.begin` calls (`describe_conn`) for a connection it has no profile of."""
+    return _connect_data(conn, db.mask_dsn(conn.info.dsn))
+
+
 def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asynchronous: bool) -> Any:
-    def begin(scope: Scope | None, cursor: Any, query: Any, params: Any) -> CallEntry | None:
-        sql = db.normalise_sql(query)
-        data = {"driver": DRIVER, "op": op, "sql": sql, "params": _encoded_params(op, params)}
-        conn = cursor._conn
-        return db.begin(scope, conn, db.label(DRIVER, op, sql), data, _describe(conn))
+    # statement text -> (normalised, label): an app repeats its statements (`db.normalise_sql`, `db.label`)
+    statements: dict[str, tuple[str, str]] = {}
+
+    def begin(scope: Scope | None, cursor: Any, query: Any, params: Any, caller: Any) -> CallEntry | None:
+        known = statements.get(query) if type(query) is str else None
+        if known is None:
+            sql = db.normalise_sql(query)
+            known = (sql, db.label(DRIVER, op, sql))
+            if type(query) is str:
+                if len(statements) >= _STATEMENTS_CACHED:
+                    statements.clear()
+                statements[query] = known
+        data = {
+            "driver": DRIVER,
+            "op": op,
+            "sql": known[0],
+            "params": None if params is None else _encoded_params(op, params),
+        }
+        return db.begin(scope, cursor._conn, known[1], data, describe_conn=_described, caller=caller)
 
     def replay(scope: Scope, cursor: Any, query: Any, params: Any) -> Any:
         if cursor.connection not in support.fakes:
@@ -516,14 +545,11 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
         _serve_into(scope, cursor, op, query, _encoded_params(op, params), support.pq)
         return cursor if op == "execute" else None
 
+    prepare: Callable[[Any], Any] | None = None
     if op == "executemany":
 
         def prepare(params: Any) -> Any:
             return params if isinstance(params, (list, tuple)) else list(params)
-    else:
-
-        def prepare(params: Any) -> Any:
-            return params
 
     if asynchronous:
 
@@ -531,11 +557,13 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
             scope = current()
             if scope is None and not db.setting_up:
                 return await original(self, query, params, *args, **kwargs)
-            _replayed.pop(self, None)
-            params = prepare(params)
+            if _replayed_refs:
+                _replayed.pop(self, None)
+            if prepare is not None:
+                params = prepare(params)
             if scope is not None and scope.session is not None:
                 return replay(scope, self, query, params)
-            entry = begin(scope, self, query, params)
+            entry = begin(scope, self, query, params, _getframe(1))
             if entry is None:
                 return await original(self, query, params, *args, **kwargs)
             token = scope_var.set(None)
@@ -558,11 +586,13 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
             if _replayed_refs:
                 _replayed.pop(self, None)
             return original(self, query, params, *args, **kwargs)
-        _replayed.pop(self, None)
-        params = prepare(params)
+        if _replayed_refs:
+            _replayed.pop(self, None)
+        if prepare is not None:
+            params = prepare(params)
         if scope is not None and scope.session is not None:
             return replay(scope, self, query, params)
-        entry = begin(scope, self, query, params)
+        entry = begin(scope, self, query, params, _getframe(1))
         if entry is None:
             return original(self, query, params, *args, **kwargs)
         token = scope_var.set(None)
