@@ -221,7 +221,9 @@ def _record(cursor: Any, scope: Scope, op: str, sql: Any, sql_text: str, paramet
         finally:
             cursor.row_factory = saved
 
-    buffer = db.RowBuffer(rows, truncated=more, more=more_live)
+    # the rest is read live only past the limit; otherwise no closure over the cursor that the cursor holds
+    # (a reference cycle per statement, left to the cyclic collector)
+    buffer = db.RowBuffer(rows, truncated=more, more=more_live if more else None)
     _set_state(cursor, _Buffered, buffer, _row_maker(factory, cursor, description))
     db.finish(
         entry,

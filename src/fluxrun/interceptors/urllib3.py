@@ -141,18 +141,40 @@ def record_response(entry: CallEntry | None, response: Any, limit: int, scope: S
 
 def _tee(response: Any, consumed: ConsumedBody) -> None:
     """Hand every piece urllib3 returns to `consumed`: `stream`, `data`, `readinto` and iteration all go
-    through these three methods, so overriding them on the instance sees every read exactly once."""
-    read, read1, read_chunked = response.read, response.read1, response.read_chunked
+    through `read`, `read1` and `read_chunked`, so overriding them sees every read exactly once. The response
+    becomes a subclass of its own class (made once per class) rather than getting the readers as instance
+    attributes: closures holding the response's own bound methods would make each response a reference
+    cycle, left for the cyclic collector to find (a fifth of a recorded requests call's cost)."""
+    cls = type(response)
+    teed = _teed_classes.get(cls)
+    if teed is None:
+        teed = _teed_classes[cls] = type(cls.__name__, (_TeedReads, cls), {"__module__": cls.__module__})
+        teed.__qualname__ = cls.__qualname__
+    response._fluxrun_consumed = consumed
+    response.__class__ = teed
 
-    def encoding(decode_content: bool | None) -> None:
+
+_teed_classes: dict[type, type] = {}
+
+
+class _TeedReads:
+    """The readers `_tee` puts in front of a urllib3 `HTTPResponse`'s own."""
+
+    __slots__ = ()
+    _fluxrun_consumed: ConsumedBody
+    decode_content: bool
+
+    def _fluxrun_encoding(self, decode_content: bool | None) -> ConsumedBody:
+        consumed = self._fluxrun_consumed
         if "encoding" not in consumed.body:
-            decoded = response.decode_content if decode_content is None else decode_content
+            decoded = self.decode_content if decode_content is None else decode_content
             consumed.body["encoding"] = "decoded" if decoded else "raw"
+        return consumed
 
-    def tee_read(amt: int | None = None, decode_content: bool | None = None, cache_content: bool = False) -> bytes:
-        encoding(decode_content)
+    def read(self, amt: int | None = None, decode_content: bool | None = None, cache_content: bool = False) -> bytes:
+        consumed = self._fluxrun_encoding(decode_content)
         try:
-            data = read(amt, decode_content, cache_content)
+            data = super().read(amt, decode_content, cache_content)  # type: ignore[misc]
         except BaseException as exc:
             consumed.fail(exc)
             raise
@@ -161,10 +183,10 @@ def _tee(response: Any, consumed: ConsumedBody) -> None:
             consumed.end()
         return data  # type: ignore[no-any-return]
 
-    def tee_read1(amt: int | None = None, decode_content: bool | None = None) -> bytes:
-        encoding(decode_content)
+    def read1(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
+        consumed = self._fluxrun_encoding(decode_content)
         try:
-            data = read1(amt, decode_content)
+            data = super().read1(amt, decode_content)  # type: ignore[misc]
         except BaseException as exc:
             consumed.fail(exc)
             raise
@@ -173,10 +195,10 @@ def _tee(response: Any, consumed: ConsumedBody) -> None:
             consumed.end()
         return data  # type: ignore[no-any-return]
 
-    def tee_read_chunked(amt: int | None = None, decode_content: bool | None = None) -> Iterator[bytes]:
-        encoding(decode_content)
+    def read_chunked(self, amt: int | None = None, decode_content: bool | None = None) -> Iterator[bytes]:
+        consumed = self._fluxrun_encoding(decode_content)
         try:
-            for data in read_chunked(amt, decode_content):
+            for data in super().read_chunked(amt, decode_content):  # type: ignore[misc]
                 consumed.piece(data)
                 yield data
         except GeneratorExit:
@@ -185,8 +207,6 @@ def _tee(response: Any, consumed: ConsumedBody) -> None:
             consumed.fail(exc)
             raise
         consumed.end()
-
-    response.read, response.read1, response.read_chunked = tee_read, tee_read1, tee_read_chunked
 
 
 # -- replay ----------------------------------------------------------------------------------------

@@ -1,0 +1,80 @@
+"""A recorded call leaves nothing for the cyclic garbage collector: what capture attaches to a client's objects
+(a response's body tee, a cursor's row copy) must not point back at them, or every recorded call turns a
+response or cursor into a cycle that lives until the next full collection (memory, and collector time that
+was a fifth of a recorded requests call)."""
+
+from __future__ import annotations
+
+import gc
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+import requests
+import urllib3
+from http_upstream import http_upstream
+
+import fluxrun
+
+
+@contextmanager
+def cyclic_garbage() -> Iterator[list[object]]:
+    """The objects only the cyclic collector could free, of what ran inside."""
+    found: list[object] = []
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield found
+        gc.collect()
+        found.extend(gc.garbage)
+    finally:
+        gc.garbage.clear()
+        gc.set_debug(0)
+        gc.enable()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with http_upstream() as server:
+        yield server
+
+
+def _requests_get(base: str, db: str) -> None:
+    requests.get(f"{base}/price?x=1", timeout=5).json()
+
+
+def _requests_stream(base: str, db: str) -> None:
+    with requests.get(f"{base}/stream", stream=True, timeout=5) as response:
+        list(response.iter_lines())
+
+
+def _urllib3_unpreloaded(base: str, db: str) -> None:
+    with urllib3.PoolManager() as pool:
+        response = pool.request("GET", f"{base}/price?x=2", preload_content=False)
+        response.read()
+        response.release_conn()
+
+
+def _sqlite_select(base: str, db: str) -> None:
+    connection = sqlite3.connect(db)
+    try:
+        connection.execute("CREATE TABLE IF NOT EXISTS t (a)")
+        connection.execute("SELECT a FROM t").fetchall()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("call", [_requests_get, _requests_stream, _urllib3_unpreloaded, _sqlite_select])
+def test_a_recorded_call_leaves_no_reference_cycle(captured, upstream, tmp_path, call: Callable[[str, str], None]):
+    db = str(tmp_path / "app.db")
+    job = fluxrun.capture(name="cycles")(call)
+    job(upstream.url, db)  # warm: modules, pools and caches made once are not what is measured
+    with cyclic_garbage() as shut_down_garbage:
+        call(upstream.url, db)
+    with cyclic_garbage() as garbage:
+        for _ in range(5):
+            job(upstream.url, db)
+    made = [type(o).__qualname__ for o in garbage]
+    assert len(made) <= len(shut_down_garbage) * 5, f"capture left reference cycles behind: {sorted(set(made))}"
