@@ -196,11 +196,21 @@ def _same_signature(original: Any, wrapper: Wrapper) -> Callable[..., Any] | Non
         call.append(f"**{double_star}")
         kwargs.append(f"**{double_star}")
     self_name = names[0]
+    idle = f"            return _fluxrun_original({', '.join(call)})\n"
+    if double_star and not star:
+        # `f(**{})` takes CPython's generic call (a tuple of every argument, a copy of the dict); without the
+        # `**` it is an ordinary call: about 750 instructions less on urllib3's `urlopen`, which nearly
+        # always comes with no extra keywords
+        idle = (
+            f"            if not {double_star}:\n"
+            f"                return _fluxrun_original({', '.join(call[:-1])})\n"
+            f"{idle}"
+        )
     source = (
         "def _fluxrun_make(_fluxrun_original, _fluxrun_current, _fluxrun_wrapper, _fluxrun_bind):\n"
         f"    def patched({', '.join(params)}):\n"
         "        if _fluxrun_current() is None:\n"
-        f"            return _fluxrun_original({', '.join(call)})\n"
+        f"{idle}"
         f"        return _fluxrun_wrapper(_fluxrun_bind(_fluxrun_original, {self_name}), {self_name}, "
         f"({''.join(a + ', ' for a in args)}), {{{', '.join(kwargs)}}})\n"
         "    return patched\n"

@@ -1,0 +1,50 @@
+"""A client method's replacement passes every argument on exactly as the original would receive it, idle
+and inside an execution, whatever mix of positional, keyword, defaulted and extra keyword arguments comes."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+
+import fluxrun
+from fluxrun.interceptors.base import wrap_client_method
+
+
+class Pool:
+    def urlopen(self, method, url, body=None, headers=None, *, retries=3, **response_kw):
+        return (method, url, body, headers, retries, response_kw)
+
+    def execute(self, *args, **options):
+        return (args, options)
+
+
+def _passthrough(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return ("seen", wrapped(*args, **kwargs))
+
+
+CALLS = [
+    ("urlopen", ("GET", "/a"), {}),
+    ("urlopen", ("GET", "/a", b"x"), {"headers": {"h": "1"}}),
+    ("urlopen", ("GET", "/a"), {"retries": 0, "preload_content": False}),
+    ("urlopen", (), {"method": "POST", "url": "/b", "extra": 1}),
+    ("execute", ("GET", "k"), {}),
+    ("execute", ("GET", "k"), {"keys": ["k"]}),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "kwargs"), CALLS)
+def test_the_replacement_passes_arguments_on_as_they_came(captured, name, args, kwargs):
+    original = vars(Pool)[name]
+    patched = wrap_client_method(original, _passthrough)
+    assert inspect.signature(patched) == inspect.signature(original)
+    pool = Pool()
+    expected = original(pool, *args, **kwargs)
+    assert patched(pool, *args, **kwargs) == expected  # idle: straight through
+
+    @fluxrun.capture
+    def job():
+        return patched(pool, *args, **kwargs)
+
+    assert job() == ("seen", expected)  # inside an execution: through the wrapper, same arguments
