@@ -41,7 +41,7 @@ from itertools import chain
 from types import FrameType
 from typing import Any, cast
 
-from fluxrun._context import Scope
+from fluxrun._context import Scope, running_loop, task_of, thread_id
 from fluxrun._diff import short_diff
 from fluxrun._internal import SiteRef, first_app_frame, report_internal_error, site_of, site_ref
 from fluxrun.answering import Matcher
@@ -56,6 +56,7 @@ __all__ = [
     "KIND",
     "Profile",
     "begin",
+    "begin_from",
     "finish",
     "label",
     "mask_dsn",
@@ -151,17 +152,17 @@ def mask_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_current_installation: Callable[[], Any] | None = None
+_install: Any = None  # fluxrun.interceptors.install, bound on first use (it imports this module)
 
 
 def row_limit() -> int:
     """Rows kept of one result: `fluxrun.init(max_db_rows=...)`, else FLUXRUN_MAX_DB_ROWS, else 10,000."""
-    global _current_installation
-    if _current_installation is None:  # bound on first use: install imports this module
-        from fluxrun.interceptors.install import current_installation
+    global _install
+    if _install is None:
+        from fluxrun.interceptors import install
 
-        _current_installation = current_installation
-    installation = _current_installation()
+        _install = install
+    installation = _install._installation  # `install.current_installation()`, without its call
     limit = getattr(installation, "db_row_limit", None) if installation is not None else None
     if isinstance(limit, int):
         return limit
@@ -216,7 +217,7 @@ def encode_params(params: Any) -> Any:
         return None
     kind = type(params)
     if kind is dict or kind is list:  # `encode` copies them (or builds new ones) itself
-        return encode(params)
+        return encode(params) if params else kind()
     if isinstance(params, (list, tuple)):
         return encode(list(params))
     if isinstance(params, dict):
@@ -280,6 +281,13 @@ def _encode_rows(items: Sequence[Any]) -> Any:
 def encode_rows(kept: Sequence[Any]) -> tuple[Any, list[list[Any]] | None]:
     """The rows a result keeps, encoded (`_encode_rows`), and the named time zones of their datetimes
     (`_zones`; None when every value is plain, which a datetime is not)."""
+    count = len(kept)
+    if count < 2:  # no row, or one: `_plain_rows` inlined
+        if not count:
+            return [], None
+        row = kept[0]
+        if type(row) in _ROW_TYPES and all_plain(row, MAX_BYTES):
+            return [list(row)], None
     plain = _plain_rows(kept)
     if plain is not None:
         return plain, None
@@ -406,40 +414,64 @@ def begin(
     call: str,
     data: dict[str, Any],
     describe: Callable[[], dict[str, Any]] | None = None,
-    *,
-    describe_conn: Callable[[Any], dict[str, Any]] | None = None,
-    caller: FrameType | None = None,
 ) -> CallEntry | None:
     """Start recording a call made on `conn`: into its setup profile while it is being set up, else into the
-    execution, after the connection's connect event the first time the execution uses it. None: not recorded.
-    `describe_conn(conn)`: `describe()` for a driver that passes one function for every connection. `caller`:
-    the frame that called the driver (the walk to the app's frame starts there, past FluxRun's own frames)."""
+    execution, after the connection's connect event the first time the execution uses it. None: not recorded."""
     profile = setting_up.get(conn) if setting_up else None
     if profile is not None:
-        if profile.setup is None or len(profile.setup) >= SETUP_MAX_CALLS:
-            profile.truncated = True
-            return None
-        entry = detached_call(KIND, call, data)
-        profile.setup.append(entry)
-        return entry
+        return _setup_entry(profile, call, data)
     if scope is None:
         return None
     here = scope.here()  # once: a thread's first call enters a child scope, which both records must share
-    if caller is None:
-        attach(here, conn, describe, describe_conn=describe_conn)
-        return start(here, call, data)
-    try:
-        frame = first_app_frame(caller, skip_generated=True)  # as `app_frame` finds it, from fewer frames
-        site: SiteRef | str = site_ref(frame) if frame is not None else "?:?:0"
-    except Exception as exc:
-        report_internal_error("db capture", exc)
+    attach(here, conn, describe)
+    return start(here, call, data)
+
+
+def begin_from(
+    scope: Scope | None,
+    conn: Any,
+    call: str,
+    data: dict[str, Any],
+    describe_conn: Callable[[Any], dict[str, Any]],
+    caller: FrameType,
+) -> CallEntry | None:
+    """`begin` for a driver's patch that passes the frame that called the driver (`caller`: the walk to the
+    app's frame starts there, past FluxRun's own frames) and one `describe_conn(conn)` for every connection."""
+    profile = setting_up.get(conn) if setting_up else None
+    if profile is not None:
+        return _setup_entry(profile, call, data)
+    if scope is None:
         return None
-    attach(here, conn, describe, describe_conn=describe_conn, site=site)
     try:
+        loop = running_loop()  # `scope.here()`, its common case inlined (as `start_call` does)
+        owner = task_of(loop) if loop is not None else thread_id()
+        here = scope if owner is scope.owner or owner == scope.owner else scope.here()
+        frame = first_app_frame(caller, skip_generated=True)  # as `app_frame` finds it, from fewer frames
+        site: SiteRef | str = (
+            (frame.f_globals.get("__name__", "?"), frame.f_code, frame.f_lasti) if frame is not None else "?:?:0"
+        )  # `site_ref(frame)`
+        # `attach` when this execution has not recorded the connection's connect event yet
+        try:
+            profile = _profile_refs.get(weakref.ref(conn))
+        except TypeError:  # a connection that cannot be weakly referenced
+            profile = None
+        recording = here.recording
+        if profile is None or (id(recording), recording.started_ns) not in profile.seen:
+            attach(here, conn, None, describe_conn=describe_conn, site=site)
         return start_call(here, KIND, call, site, data)
     except Exception as exc:
         report_internal_error("db capture", exc)
         return None
+
+
+def _setup_entry(profile: Profile, call: str, data: dict[str, Any]) -> CallEntry | None:
+    """A call made on a connection being set up: kept in its profile (at most `SETUP_MAX_CALLS`)."""
+    if profile.setup is None or len(profile.setup) >= SETUP_MAX_CALLS:
+        profile.truncated = True
+        return None
+    entry = detached_call(KIND, call, data)
+    profile.setup.append(entry)
+    return entry
 
 
 def attach(

@@ -29,6 +29,7 @@ from fluxrun._internal import report_internal_error
 from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors import db_common as db
 from fluxrun.interceptors.base import Patch, loaded
+from fluxrun.interceptors.hot_path import end_call
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.schema import AnyEvent
 from fluxrun.model.values import decode
@@ -519,6 +520,7 @@ def _described(conn: Any) -> dict[str, Any]:
 
 
 def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asynchronous: bool) -> Any:
+    encode = db.encode_params if op == "execute" else lambda params: _encoded_params(op, params)
     # statement text -> (normalised, label): an app repeats its statements (`db.normalise_sql`, `db.label`)
     statements: dict[str, tuple[str, str]] = {}
 
@@ -535,9 +537,9 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
             "driver": DRIVER,
             "op": op,
             "sql": known[0],
-            "params": None if params is None else _encoded_params(op, params),
+            "params": None if params is None else encode(params),
         }
-        return db.begin(scope, cursor._conn, known[1], data, describe_conn=_described, caller=caller)
+        return db.begin_from(scope, cursor._conn, known[1], data, _described, caller)
 
     def replay(scope: Scope, cursor: Any, query: Any, params: Any) -> Any:
         if cursor.connection not in support.fakes:
@@ -604,7 +606,12 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
             db.fail(entry, exc)
             raise
         scope_var.reset(token)
-        db.finish(entry, result)
+        try:  # `db.finish(entry, result)`, inlined
+            end_call(entry)
+            if result is not None:
+                entry.value["result"] = result
+        except Exception as exc:
+            report_internal_error("db capture", exc)
         return out
 
     return execute
