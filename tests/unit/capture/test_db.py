@@ -272,3 +272,37 @@ def test_a_warm_pool_connection_brings_its_setup_profile(captured, postgres: Clu
     assert [e["data"].get("sql") for e in rest if e["data"]["op"] == "execute"] == ["SELECT 2"]
     [bundle] = captured.bundles()
     assert "s3cr3t-Pa55" not in json.dumps(bundle.payload)
+
+
+@pytest.mark.parametrize(
+    ("sql", "limit"),
+    [
+        ("SELECT 1", 10_000),
+        ("SELECT 1 AS a, 'x' AS b, NULL::int AS c, 2.5::float8 AS d", 10_000),
+        ("SELECT g, g::text FROM generate_series(1, 5) g", 10_000),
+        ("SELECT g FROM generate_series(1, 5) g", 3),
+        ("SELECT g FROM generate_series(1, 5) g", 0),
+        ("SELECT g FROM generate_series(1, 0) g", 10_000),
+        ("SELECT '2024-03-31 01:30:00+00'::timestamptz AS t, 1.5::numeric AS n, '\\x01'::bytea AS b", 10_000),
+        ("UPDATE orders SET note = note WHERE false", 10_000),
+    ],
+)
+def test_psycopg_direct_snapshot_records_what_the_fetching_snapshot_records(
+    postgres: Cluster, sql: str, limit: int
+) -> None:
+    """The answer read straight from the result (the capture's path) is, field for field and in the same order,
+    what reading it through the cursor and `rows_result` records (zones, truncation and status included)."""
+    import psycopg
+    from psycopg.rows import tuple_row
+
+    from fluxrun.interceptors import db_psycopg
+
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'Europe/Paris'")  # timestamptz values come back in a named zone
+        cur = conn.execute(sql)
+        direct = db_psycopg._direct_snapshot(cur, limit)
+        fetched = db_psycopg._snapshot(cur, tuple_row, limit)
+        assert direct is not None
+        assert json.dumps(direct) == json.dumps(fetched)
+        if cur.description is not None:  # the cursor was left where the app reads it
+            assert cur.fetchall() == conn.execute(sql).fetchall()
