@@ -118,6 +118,22 @@ class CapturedDatetime(_real_datetime, metaclass=_DatetimeMeta):
         return _datetime_call("datetime.today", _real_datetime.today, ())
 
 
+# Standard-library modules that read `time.*()` on every loop iteration, request or log record. Their reads are
+# never recorded and stay real at replay (a library's internals, not the app's IO), so they are handed a view of
+# `time` whose clock functions are the real ones: the same values, without a patched function's frame each time
+# (three per aiohttp request through asyncio's `loop.time()`, two per requests call through its cookie jar).
+STDLIB_CLOCK_READERS = ("asyncio.base_events", "http.cookiejar", "logging")
+
+
+def _real_clock_view(originals: dict[str, Callable[..., Any]]) -> types.ModuleType:
+    """`time` as a standard-library module above sees it while FluxRun is installed: the real clock functions,
+    and every other name looked up on `time` itself when asked (`time.sleep` stays whatever `time` holds)."""
+    view = types.ModuleType(time.__name__, time.__doc__)
+    view.__dict__.update(originals)
+    view.__getattr__ = lambda name: getattr(time, name)  # type: ignore[method-assign]
+    return view
+
+
 def _datetime_module_proxy() -> types.ModuleType:
     """What `import datetime` names in an app module: the real module but for the two captured classes."""
     proxy = types.ModuleType(_dt.__name__, _dt.__doc__)
@@ -162,9 +178,16 @@ class ClockInterceptor:
             name: value_patch(real, KIND, f"time.{name}", _recorded_value, keywords=False)
             for name, real in self._originals.items()
         }
+        self._view = _real_clock_view(self._originals)
 
     def patches(self) -> list[Patch]:
         return [Patch(time, name, wrapper) for name, wrapper in self._wrappers.items()]
+
+    def reader_patch(self, name: str, module: types.ModuleType) -> Patch | None:
+        """For a module of `STDLIB_CLOCK_READERS` bound to `time` (found when it is imported): its view."""
+        if name not in STDLIB_CLOCK_READERS or vars(module).get("time") is not time:
+            return None
+        return Patch(module, "time", self._view)
 
     def rebind(self) -> dict[int, Any]:
         mapping: dict[int, Any] = {id(self._originals[name]): w for name, w in self._wrappers.items()}

@@ -45,8 +45,9 @@ class Installation:
         self.body_limit = DEFAULT_BODY_LIMIT
         self.db_row_limit = DEFAULT_ROW_LIMIT  # rows kept of one database result (max_db_rows)
         self.patcher = Patcher()
+        self.clock = ClockInterceptor()
         self.interceptors: list[Interceptor] = [
-            ClockInterceptor(),
+            self.clock,
             TimersInterceptor(),
             RandomnessInterceptor(),
             EnvInterceptor(),
@@ -157,6 +158,9 @@ class Installation:
                     continue
                 self._scanned.add(name)
                 if not self.in_app.module(name, getattr(module, "__file__", None)):
+                    reader = self.clock.reader_patch(name, module)
+                    if reader is not None:
+                        self.patcher.apply(reader)
                     self._rebind_package_clock(name, module)
                     continue
                 try:

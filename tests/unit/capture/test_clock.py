@@ -110,3 +110,36 @@ def test_shutdown_restores_the_real_functions(keys, tmp_path):
     fluxrun.shutdown()
     assert time.time is original_time
     assert globals()["datetime"] is original_datetime
+
+
+def test_the_standard_librarys_own_clock_reads_stay_real_and_unrecorded(captured):
+    """asyncio's loop clock, the cookie jar's and logging's timestamps read the real clock functions (no
+    FluxRun frame per event-loop iteration), anything else they ask of `time` is what `time` holds, and
+    shutdown gives them `time` back."""
+    import asyncio.base_events
+    import http.cookiejar
+    import logging
+
+    readers = (asyncio.base_events, http.cookiejar, logging)
+    real_monotonic = vars(time.monotonic).get("__wrapped__", time.monotonic)
+    try:
+        assert time.monotonic is not real_monotonic  # the app's reads are patched
+
+        @fluxrun.capture
+        async def job():
+            loop = asyncio.get_running_loop()
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            logging.getLogger("clock-test").warning("slept")
+            assert loop.time() > before
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            asyncio.run(job())
+        assert captured.events("time") == []
+        for module in readers:  # found at the latest when an execution starts after their import
+            assert module.time.monotonic is real_monotonic and module.time.time_ns is not time.time_ns
+            assert module.time.sleep is time.sleep and module.time.strftime is time.strftime
+    finally:
+        fluxrun.shutdown()
+    assert all(module.time is time for module in readers)
