@@ -118,15 +118,26 @@ class CapturedDatetime(_real_datetime, metaclass=_DatetimeMeta):
         return _datetime_call("datetime.today", _real_datetime.today, ())
 
 
-# Standard-library modules that read `time.*()` on every loop iteration, request or log record. Their reads are
-# never recorded and stay real at replay (a library's internals, not the app's IO), so they are handed a view of
-# `time` whose clock functions are the real ones: the same values, without a patched function's frame each time
-# (three per aiohttp request through asyncio's `loop.time()`, two per requests call through its cookie jar).
-STDLIB_CLOCK_READERS = ("asyncio.base_events", "http.cookiejar", "logging")
+# Modules that read `time.*()` on every loop iteration, request, log record or command, where the read is never
+# recorded and never needed at replay: a library's internals, not the app's IO. They are handed a view of `time`
+# whose clock functions are the real ones: the same values, without a patched function's frame each time.
+# The standard library's: three reads per aiohttp request through asyncio's `loop.time()`, two per requests call
+# through its cookie jar, one per log record. redis-py's: two `time.monotonic()` reads per command (its timing
+# for observability, health checks, pool waits), all inside the command FluxRun intercepts, where nothing is
+# recorded and which replay answers without running (pub/sub, not intercepted, is blocked at replay anyway).
+CLOCK_READERS = (
+    "asyncio.base_events",
+    "http.cookiejar",
+    "logging",
+    "redis.client",
+    "redis.connection",
+    "redis.asyncio.client",
+    "redis.asyncio.connection",
+)
 
 
 def _real_clock_view(originals: dict[str, Callable[..., Any]]) -> types.ModuleType:
-    """`time` as a standard-library module above sees it while FluxRun is installed: the real clock functions,
+    """`time` as a module of `CLOCK_READERS` sees it while FluxRun is installed: the real clock functions,
     and every other name looked up on `time` itself when asked (`time.sleep` stays whatever `time` holds)."""
     view = types.ModuleType(time.__name__, time.__doc__)
     view.__dict__.update(originals)
@@ -184,8 +195,8 @@ class ClockInterceptor:
         return [Patch(time, name, wrapper) for name, wrapper in self._wrappers.items()]
 
     def reader_patch(self, name: str, module: types.ModuleType) -> Patch | None:
-        """For a module of `STDLIB_CLOCK_READERS` bound to `time` (found when it is imported): its view."""
-        if name not in STDLIB_CLOCK_READERS or vars(module).get("time") is not time:
+        """For a module of `CLOCK_READERS` bound to `time` (found when it is imported): its view."""
+        if name not in CLOCK_READERS or vars(module).get("time") is not time:
             return None
         return Patch(module, "time", self._view)
 

@@ -74,6 +74,38 @@ def test_asyncio_redis_commands_and_pipelines_are_recorded(captured, cache):
     assert decode(events[1]["data"]["result"]) == [{"name": "Ann"}, -1]
 
 
+def test_redis_pys_own_clock_reads_stay_real_and_unrecorded(captured, cache):
+    """redis-py times every command with `time.monotonic()` inside the command FluxRun intercepts: its modules
+    read the real clock (no FluxRun frame per read), nothing of it is recorded, and shutdown restores `time`."""
+    import time
+
+    import redis.asyncio.client
+    import redis.asyncio.connection
+    import redis.client
+    import redis.connection
+
+    readers = (redis.client, redis.connection, redis.asyncio.client, redis.asyncio.connection)
+    real_monotonic = vars(time.monotonic).get("__wrapped__", time.monotonic)
+    client = redis.Redis(host=cache.host, port=cache.port)
+
+    @fluxrun.capture
+    def lookup() -> None:
+        client.set("clock:1", "a")
+        client.get("clock:1")
+        raise LookupError("stale")
+
+    try:
+        assert time.monotonic is not real_monotonic  # the app's own reads are patched
+        with pytest.raises(LookupError):
+            lookup()
+        assert [e["call"] for e in captured.events() if e["kind"] in ("redis", "time")] == ["redis SET", "redis GET"]
+        for module in readers:
+            assert module.time.monotonic is real_monotonic and module.time.sleep is time.sleep
+    finally:
+        fluxrun.shutdown()
+    assert all(module.time is time for module in readers)
+
+
 def test_the_summary_names_redis_commands_never_keys_or_values(captured, cache):
     client = redis.Redis(host=cache.host, port=cache.port)
 
