@@ -33,10 +33,10 @@ from typing import Any
 
 from fluxrun._context import Scope, current, scope_var
 from fluxrun._diff import short_diff
-from fluxrun._internal import first_app_frame, report_internal_error, site_of, site_ref
+from fluxrun._internal import first_app_frame, perf_ns, report_internal_error, site_of
 from fluxrun.answering import Matcher, serve_kind
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
-from fluxrun.interceptors.hot_path import end_call, fail_call, start_call
+from fluxrun.interceptors.hot_path import fail_call, start_call
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.schema import AnyEvent
 from fluxrun.model.values import decode, encode
@@ -58,9 +58,9 @@ __all__ = [
 ]
 
 
-def active() -> Scope | None:
-    """The capture or replay this call belongs to, or None (then call the original straight through)."""
-    return current()
+# `active()`: the capture or replay this call belongs to, or None (then call the original straight through).
+# The context variable's own `get`, so the check costs no Python frame of FluxRun's.
+active: Callable[[], Scope | None] = current
 
 
 def replaying(scope: Scope) -> bool:
@@ -73,21 +73,37 @@ def app_frame() -> FrameType | None:
     return first_app_frame(sys._getframe(2))
 
 
-def _start(scope: Scope, kind: str, call: str, data: dict[str, Any]) -> CallEntry | None:
+def _start(scope: Scope, kind: str, call: str, data: dict[str, Any], caller: FrameType) -> CallEntry | None:
+    """The entry of a call `record` runs; `caller` is the frame that called `record` (the interceptor's)."""
     try:
-        frame = app_frame()  # its site formatted only if the execution is kept (site_ref)
-        return start_call(scope, kind, call, site_ref(frame) if frame is not None else "?:?:0", data)
+        frame = first_app_frame(caller)  # its site formatted only if the execution is kept (a site_ref)
+        site = (frame.f_globals.get("__name__", "?"), frame.f_code, frame.f_lasti) if frame is not None else "?:?:0"
+        return start_call(scope, kind, call, site, data)
     except Exception as exc:
         report_internal_error(f"{kind} capture", exc)
         return None
+
+
+# Results that cannot change once returned: with the default `encode` they are kept as they are and encoded
+# only if the execution is kept and sealed (most are dropped), e.g. a Redis GET's bytes not base64'd per call.
+_KEPT_AS_IS = frozenset({str, bytes, int, float, bool, type(None)})
+
+
+def _encoded_result(data: dict[str, Any]) -> dict[str, Any]:
+    """The `build` of an entry whose result was kept as it is: its data with the result encoded."""
+    return {**data, "result": encode(data["result"])}
 
 
 def _finish(entry: CallEntry | None, kind: str, value: Any, result: Callable[[Any], Any]) -> None:
     if entry is None:
         return
     try:
-        end_call(entry)
-        entry.value["result"] = result(value)
+        entry.dur_ns = perf_ns() - entry.start_ns
+        if result is encode and type(value) in _KEPT_AS_IS:
+            entry.value["result"] = value
+            entry.build = _encoded_result
+        else:
+            entry.value["result"] = result(value)
     except Exception as exc:
         report_internal_error(f"{kind} capture", exc)
 
@@ -115,7 +131,7 @@ def record(
 
     `call` is what summaries and divergence messages show: name the operation, never values (it leaves
     the app in plaintext). Failures of the bookkeeping are reported once and never reach the app."""
-    entry = _start(scope, kind, call, data)
+    entry = _start(scope, kind, call, data, sys._getframe(1))
     token = scope_var.set(None)
     try:
         value = run()
@@ -138,7 +154,7 @@ async def record_async(
     result: Callable[[Any], Any] = encode,
 ) -> Any:
     """`record` for a coroutine: `run()` returns the awaitable of the real call."""
-    entry = _start(scope, kind, call, data)
+    entry = _start(scope, kind, call, data, sys._getframe(1))
     token = scope_var.set(None)
     try:
         value = await run()

@@ -42,18 +42,21 @@ def test_redis_commands_pipelines_and_errors_are_recorded_bytes_safe(captured, c
         pipe = client.pipeline()
         pipe.incr("visits").get("session:1")
         pipe.execute()
+        client.get("session:1")
         client.incr("session:1")  # not a number: redis answers with an error
 
     with pytest.raises(redis.ResponseError):
         remember(b"\x00\xff\xfe")
     events = captured.events("redis")
-    assert [e["call"] for e in events] == ["redis SET", "redis MULTI/EXEC [INCRBY GET]", "redis INCRBY"]
-    set_, pipeline, _incr = (e["data"] for e in events)
+    calls = ["redis SET", "redis MULTI/EXEC [INCRBY GET]", "redis GET", "redis INCRBY"]
+    assert [e["call"] for e in events] == calls
+    set_, pipeline, get, _incr = (e["data"] for e in events)
     assert decode(set_["command"]) == ["SET", "session:1", b"\x00\xff\xfe"] and set_["result"] is True
     assert decode(pipeline["pipeline"]) == [["INCRBY", "visits", 1], ["GET", "session:1"]]
     assert decode(pipeline["result"]) == [1, b"\x00\xff\xfe"] and pipeline["transaction"] is True
-    assert events[2]["error"]["type"] == "redis.exceptions:ResponseError"
-    assert "not an integer" in events[2]["error"]["message"]
+    assert get["result"] != b"\x00\xff\xfe" and decode(get["result"]) == b"\x00\xff\xfe"  # encoded when sealed
+    assert events[3]["error"]["type"] == "redis.exceptions:ResponseError"
+    assert "not an integer" in events[3]["error"]["message"]
     assert "test_redis_smtp" in events[0]["site"]  # the app's line, not redis-py's
 
 
