@@ -200,6 +200,7 @@ def set_app_modules(include: tuple[str, ...]) -> None:
         _library_code_cache.clear()
         verdicts.clear()
         _frame_traits.clear()
+        _file_verdicts.clear()
 
 
 # Per code object: (code, is FluxRun's own, is a library's internals) for the frame walks of recorded calls
@@ -220,20 +221,38 @@ def frame_traits(frame: FrameType) -> tuple[CodeType, bool, bool]:
 def first_app_frame(frame: FrameType | None, *, skip_generated: bool = False) -> FrameType | None:
     """From `frame` up, the nearest frame of the app's own code (past FluxRun and the internals of the standard
     library and installed packages), else the nearest frame that is not FluxRun's. `skip_generated`: code
-    compiled from a string (`<sqlalchemy generated ...>`) does not count as the app's either."""
-    first = None
+    compiled from a string (`<sqlalchemy generated ...>`) does not count as the app's either.
+
+    One dict lookup per frame, by file (a file's frames share a verdict; its name's hash is cached): this
+    walk runs for every recorded call, and a lookup by code object would cost an `id()` and a check more."""
+    start = frame
+    verdicts = _file_verdicts
     while frame is not None:
-        code = frame.f_code
-        entry = _frame_traits.get(id(code))
-        if entry is None or entry[0] is not code:
-            entry = frame_traits(frame)
-        if not entry[1]:  # not FluxRun's
-            if first is None:
-                first = frame
-            if not entry[2] and not (skip_generated and code.co_filename.startswith("<")):
-                return frame
+        verdict = verdicts.get(frame.f_code.co_filename)
+        if verdict is None:
+            verdict = _file_verdict(frame, skip_generated)
+        if verdict == _APP_FILE:
+            return frame
         frame = frame.f_back
-    return first
+    frame = start  # no app frame (a library's own thread): the nearest frame that is not FluxRun's
+    while frame is not None and frame_traits(frame)[1]:
+        frame = frame.f_back
+    return frame
+
+
+# Per file, for `first_app_frame`: FluxRun's own, a library's internals, or the app's
+_FLUXRUN_FILE, _LIBRARY_FILE, _APP_FILE = 0, 1, 2
+_file_verdicts: dict[str, int] = {}
+
+
+def _file_verdict(frame: FrameType, skip_generated: bool) -> int:
+    _code, fluxrun, library = frame_traits(frame)
+    verdict = _FLUXRUN_FILE if fluxrun else _LIBRARY_FILE if library else _APP_FILE
+    filename = frame.f_code.co_filename
+    if filename.startswith("<"):  # code compiled from a string: one name for many modules, never cached
+        return _LIBRARY_FILE if skip_generated and verdict == _APP_FILE else verdict
+    _file_verdicts[filename] = verdict
+    return verdict
 
 
 def _declared_app(frame: FrameType) -> bool:

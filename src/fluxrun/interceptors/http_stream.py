@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from types import CodeType, FrameType
+from types import FrameType
 from typing import Any
 
 from fluxrun._internal import is_plumbing, report_internal_error
@@ -28,42 +28,43 @@ CLIENT_PACKAGES = frozenset({"requests", "urllib3", "botocore", "boto3", "s3tran
 
 
 def client_frame(depth: int = 2) -> FrameType | None:
-    """The frame that made the HTTP call: past FluxRun, wrapt and the HTTP client packages themselves."""
+    """The frame that made the HTTP call: past FluxRun, wrapt and the HTTP client packages themselves (else
+    the nearest client package's frame). One dict lookup per frame, by file: a file's frames share a verdict."""
     try:
         frame: FrameType | None = sys._getframe(depth)
     except ValueError:
         return None
-    first = None
+    start = frame
     verdicts = _client_verdicts
     while frame is not None:
-        code = frame.f_code
-        entry = verdicts.get(id(code))
-        if entry is None or entry[0] is not code:
-            entry = _client_verdict(frame)
-        verdict = entry[1]
+        verdict = verdicts.get(frame.f_code.co_filename)
+        if verdict is None:
+            verdict = _client_verdict(frame)
         if verdict == _APP_FRAME:
             return frame
-        if verdict == _CLIENT_FRAME and first is None:
-            first = frame
         frame = frame.f_back
-    return first
+    frame = start  # no app frame (a library's own thread): the nearest client package's
+    while frame is not None and _client_verdict(frame) != _CLIENT_FRAME:
+        frame = frame.f_back
+    return frame
 
 
-# Per code object, for `client_frame`: (code, FluxRun or wrapt's plumbing / an HTTP client package / other)
+# Per file, for `client_frame`: FluxRun or wrapt's plumbing / an HTTP client package / other
 _PLUMBING_FRAME, _CLIENT_FRAME, _APP_FRAME = 0, 1, 2
-_client_verdicts: dict[int, tuple[CodeType, int]] = {}
+_client_verdicts: dict[str, int] = {}
 
 
-def _client_verdict(frame: FrameType) -> tuple[CodeType, int]:
+def _client_verdict(frame: FrameType) -> int:
     if is_plumbing(frame):
         verdict = _PLUMBING_FRAME
     elif frame.f_globals.get("__name__", "").partition(".")[0] in CLIENT_PACKAGES:
         verdict = _CLIENT_FRAME
     else:
         verdict = _APP_FRAME
-    entry = (frame.f_code, verdict)
-    _client_verdicts[id(frame.f_code)] = entry
-    return entry
+    filename = frame.f_code.co_filename
+    if not filename.startswith("<"):  # code compiled from a string: one name for many modules, never cached
+        _client_verdicts[filename] = verdict
+    return verdict
 
 
 def snapshot(content: bytes, limit: int) -> dict[str, Any]:
