@@ -106,6 +106,7 @@ class Seeded:
     runs: dict[str, str] = field(default_factory=dict)
     markers: dict[str, str] = field(default_factory=dict)
     issues: dict[str, int] = field(default_factory=dict)
+    started: dict[str, datetime] = field(default_factory=dict)  # when each web run began, by name
 
 
 SITE = "/srv/venv/lib/python3.12/site-packages"
@@ -298,6 +299,7 @@ def seeded(server: FluxRunServer, keys: Any, tmp_path_factory: pytest.TempPathFa
             ingest(server, sealer.seal(summary=summary, payload=payload, bundle_id=bundle_id))
             seeded.runs[f"{name}{i}"] = bundle_id
             seeded.markers[f"{name}{i}"] = marker
+            seeded.started[f"{name}{i}"] = datetime.fromisoformat(payload["started_at"])
     for name, bundle in capture_jobs(keys, tmp_path_factory.mktemp("captured")).items():
         seeded.runs[name] = ingest(server, bundle)
     for run in server.runs():
