@@ -519,6 +519,9 @@ def _described(conn: Any) -> dict[str, Any]:
     return _connect_data(conn, db.mask_dsn(conn.info.dsn))
 
 
+_UNSET: Any = object()  # `execute`'s `prepare` when the caller did not pass it
+
+
 def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asynchronous: bool) -> Any:
     encode = db.encode_params if op == "execute" else lambda params: _encoded_params(op, params)
     # statement text -> (normalised, label): an app repeats its statements (`db.normalise_sql`, `db.label`)
@@ -547,10 +550,10 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
         _serve_into(scope, cursor, op, query, _encoded_params(op, params), support.pq)
         return cursor if op == "execute" else None
 
-    prepare: Callable[[Any], Any] | None = None
+    as_sequence: Callable[[Any], Any] | None = None
     if op == "executemany":
 
-        def prepare(params: Any) -> Any:
+        def as_sequence(params: Any) -> Any:
             return params if isinstance(params, (list, tuple)) else list(params)
 
     if asynchronous:
@@ -561,8 +564,8 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
                 return await original(self, query, params, *args, **kwargs)
             if _replayed_refs:
                 _replayed.pop(self, None)
-            if prepare is not None:
-                params = prepare(params)
+            if as_sequence is not None:
+                params = as_sequence(params)
             if scope is not None and scope.session is not None:
                 return replay(scope, self, query, params)
             entry = begin(scope, self, query, params, _getframe(1))
@@ -582,16 +585,26 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
 
         return aexecute
 
-    def execute(self: Any, query: Any, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+    def execute(self: Any, query: Any, params: Any = None, *args: Any, prepare: Any = _UNSET, **kwargs: Any) -> Any:
+        # `prepare=` (which `Connection.execute` always passes) is a parameter of its own so that the idle path
+        # passes it on in an ordinary call: in `**kwargs` it would cost CPython's generic call, twice
         scope = current()
         if scope is None and not db.setting_up:
             if _replayed_refs:
                 _replayed.pop(self, None)
-            return original(self, query, params, *args, **kwargs)
+            if args or kwargs:
+                if prepare is not _UNSET:
+                    kwargs["prepare"] = prepare
+                return original(self, query, params, *args, **kwargs)
+            if prepare is _UNSET:
+                return original(self, query, params)
+            return original(self, query, params, prepare=prepare)
+        if prepare is not _UNSET:
+            kwargs["prepare"] = prepare
         if _replayed_refs:
             _replayed.pop(self, None)
-        if prepare is not None:
-            params = prepare(params)
+        if as_sequence is not None:
+            params = as_sequence(params)
         if scope is not None and scope.session is not None:
             return replay(scope, self, query, params)
         entry = begin(scope, self, query, params, _getframe(1))

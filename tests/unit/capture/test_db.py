@@ -119,6 +119,33 @@ def test_psycopg_statements_are_recorded_and_the_app_reads_its_rows(captured, po
     assert rollback["data"]["op"] == "rollback"
 
 
+def test_psycopg_execute_keywords_reach_psycopg_inside_and_outside_a_capture(captured, postgres: Cluster) -> None:
+    """`prepare=True` makes psycopg prepare the statement on the server at once (pg_prepared_statements shows it),
+    whether FluxRun only forwards the call or records it; `binary=` and a bad keyword behave as without FluxRun."""
+    import psycopg
+
+    def prepared(conn: psycopg.Connection) -> list[str]:
+        rows = conn.execute("SELECT statement FROM pg_prepared_statements", prepare=False).fetchall()
+        return sorted(row[0] for row in rows)
+
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT 1 + %s", (1,), prepare=True).fetchone() == (2,)
+        assert conn.cursor().execute("SELECT 2 + %s", (1,), prepare=True, binary=True).fetchone() == (3,)
+        with pytest.raises(TypeError, match="colour"):
+            conn.cursor().execute("SELECT 1", colour="red")
+        outside = prepared(conn)
+
+    @fluxrun.capture
+    def job() -> list[str]:
+        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT 3 + %s", (1,), prepare=True).fetchone() == (4,)
+            return prepared(conn)
+
+    inside = job()
+    assert outside == ["SELECT 1 + $1", "SELECT 2 + $1"]
+    assert inside == ["SELECT 3 + $1"]
+
+
 @pytest.mark.anyio
 async def test_psycopg_async_statements_are_recorded(captured, postgres: Cluster) -> None:
     import psycopg
