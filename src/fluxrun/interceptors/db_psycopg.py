@@ -558,10 +558,20 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
 
     if asynchronous:
 
-        async def aexecute(self: Any, query: Any, params: Any = None, *args: Any, **kwargs: Any) -> Any:
-            scope = current()
+        async def aexecute(
+            self: Any, query: Any, params: Any = None, *args: Any, prepare: Any = _UNSET, **kwargs: Any
+        ) -> Any:
+            scope = current()  # `prepare=` as in `execute` below
             if scope is None and not db.setting_up:
-                return await original(self, query, params, *args, **kwargs)
+                if args or kwargs:
+                    if prepare is not _UNSET:
+                        kwargs["prepare"] = prepare
+                    return await original(self, query, params, *args, **kwargs)
+                if prepare is _UNSET:
+                    return await original(self, query, params)
+                return await original(self, query, params, prepare=prepare)
+            if prepare is not _UNSET:
+                kwargs["prepare"] = prepare
             if _replayed_refs:
                 _replayed.pop(self, None)
             if as_sequence is not None:

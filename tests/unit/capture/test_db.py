@@ -147,6 +147,32 @@ def test_psycopg_execute_keywords_reach_psycopg_inside_and_outside_a_capture(cap
 
 
 @pytest.mark.anyio
+async def test_async_psycopg_execute_keywords_reach_psycopg_inside_and_outside_a_capture(
+    captured, postgres: Cluster
+) -> None:
+    import psycopg
+
+    async def prepared(conn: psycopg.AsyncConnection) -> list[str]:
+        cursor = await conn.execute("SELECT statement FROM pg_prepared_statements", prepare=False)
+        return sorted(row[0] for row in await cursor.fetchall())
+
+    async with await psycopg.AsyncConnection.connect(postgres.dsn, autocommit=True) as conn:
+        assert await (await conn.execute("SELECT 1 + %s", (1,), prepare=True)).fetchone() == (2,)
+        with pytest.raises(TypeError, match="colour"):
+            await conn.cursor().execute("SELECT 1", colour="red")
+        outside = await prepared(conn)
+
+    @fluxrun.capture
+    async def job() -> list[str]:
+        async with await psycopg.AsyncConnection.connect(postgres.dsn, autocommit=True) as conn:
+            assert await (await conn.execute("SELECT 3 + %s", (1,), prepare=True)).fetchone() == (4,)
+            return await prepared(conn)
+
+    inside = await job()
+    assert outside == ["SELECT 1 + $1"] and inside == ["SELECT 3 + $1"]
+
+
+@pytest.mark.anyio
 async def test_psycopg_async_statements_are_recorded(captured, postgres: Cluster) -> None:
     import psycopg
 
