@@ -33,10 +33,10 @@ from typing import Any
 
 from fluxrun._context import Scope, current, scope_var
 from fluxrun._diff import short_diff
-from fluxrun._internal import first_app_frame, perf_ns, report_internal_error, site_of
+from fluxrun._internal import first_app_frame, report_internal_error, site_of, site_ref
 from fluxrun.answering import Matcher, serve_kind
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
-from fluxrun.interceptors.hot_path import fail_call, start_call
+from fluxrun.interceptors.hot_path import IMMUTABLE, end_call, fail_call, start_call
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.schema import AnyEvent
 from fluxrun.model.values import decode, encode
@@ -76,17 +76,11 @@ def app_frame() -> FrameType | None:
 def _start(scope: Scope, kind: str, call: str, data: dict[str, Any], caller: FrameType) -> CallEntry | None:
     """The entry of a call `record` runs; `caller` is the frame that called `record` (the interceptor's)."""
     try:
-        frame = first_app_frame(caller)  # its site formatted only if the execution is kept (a site_ref)
-        site = (frame.f_globals.get("__name__", "?"), frame.f_code, frame.f_lasti) if frame is not None else "?:?:0"
-        return start_call(scope, kind, call, site, data)
+        frame = first_app_frame(caller)  # its site formatted only if the execution is kept (site_ref)
+        return start_call(scope, kind, call, site_ref(frame) if frame is not None else "?:?:0", data)
     except Exception as exc:
         report_internal_error(f"{kind} capture", exc)
         return None
-
-
-# Results that cannot change once returned: with the default `encode` they are kept as they are and encoded
-# only if the execution is kept and sealed (most are dropped), e.g. a Redis GET's bytes not base64'd per call.
-_KEPT_AS_IS = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 def _encoded_result(data: dict[str, Any]) -> dict[str, Any]:
@@ -98,8 +92,10 @@ def _finish(entry: CallEntry | None, kind: str, value: Any, result: Callable[[An
     if entry is None:
         return
     try:
-        entry.dur_ns = perf_ns() - entry.start_ns
-        if result is encode and type(value) in _KEPT_AS_IS:
+        end_call(entry)
+        # a result that cannot change is kept as it is under the default `encode`, and encoded only if the
+        # execution is kept and sealed (most are dropped): a Redis GET's bytes are not base64'd per call
+        if result is encode and type(value) in IMMUTABLE:
             entry.value["result"] = value
             entry.build = _encoded_result
         else:
