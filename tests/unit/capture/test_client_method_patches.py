@@ -48,3 +48,36 @@ def test_the_replacement_passes_arguments_on_as_they_came(captured, name, args, 
         return patched(pool, *args, **kwargs)
 
     assert job() == ("seen", expected)  # inside an execution: through the wrapper, same arguments
+
+
+def test_a_varargs_method_is_the_original_itself_outside_an_execution(captured):
+    """`*args` methods (redis-py's `execute_command`) are chosen when looked up, so an idle call runs the
+    original with no replacement in between, and one inside an execution goes through the wrapper."""
+    original = vars(Pool)["execute"]
+
+    class Patched(Pool):
+        execute = wrap_client_method(original, _passthrough)
+
+    pool = Patched()
+    assert pool.execute.__func__ is original
+    assert Patched.execute is original
+    assert pool.execute("GET", "k", keys=["k"]) == (("GET", "k"), {"keys": ["k"]})
+
+    @fluxrun.capture
+    def job():
+        assert pool.execute.__func__ is not original
+        return pool.execute("GET", "k", keys=["k"]), Patched.execute(pool, "SET", "k", "v")
+
+    assert job() == (("seen", (("GET", "k"), {"keys": ["k"]})), ("seen", (("SET", "k", "v"), {})))
+
+
+async def _coroutine_method(self, *args, **options):
+    return args
+
+
+def test_a_varargs_coroutine_method_still_looks_like_one_on_its_class(captured):
+    class Client:
+        execute = wrap_client_method(_coroutine_method, _passthrough)
+
+    assert inspect.iscoroutinefunction(Client.execute)
+    assert inspect.iscoroutinefunction(Client().execute)
