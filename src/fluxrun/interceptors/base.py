@@ -150,8 +150,15 @@ def wrap_client_method(original: Callable[..., Any], wrapper: Wrapper) -> Callab
         functools.update_wrapper(patched, original)
     if inspect.iscoroutinefunction(original):
         _mark_coroutine_function(patched)
-    if isinstance(original, types.FunctionType) and original.__code__.co_flags & inspect.CO_VARARGS:
-        return BoundWhenActive(original, patched)
+    code = getattr(original, "__code__", None)
+    if (
+        isinstance(original, types.FunctionType)
+        and isinstance(code, types.CodeType)
+        and code.co_flags & inspect.CO_VARARGS
+        and code.co_argcount == 1
+        and not code.co_kwonlyargcount
+    ):
+        return BoundWhenActive(original, patched, wrapper)
     return patched
 
 
@@ -159,21 +166,32 @@ class BoundWhenActive:
     """A `*args` client method's replacement (`Redis.execute_command(self, *args, **options)`): looked up
     outside an execution it is the original method itself, inside one the replacement.
 
-    A function in between would gather `*args` and `**options` into a new tuple and dict and spread them
-    again for the original, a generic call on every idle command (redis GET: +3,900 instructions); the
-    choice at lookup costs one small Python call and no repacking. Looked up on the class it is a plain
-    function too (the original or the replacement), so `inspect` says what it said of the original."""
+    A function in between would gather `*args` and `**options` into a new tuple and dict and spread them again
+    for the original, a generic call on every idle command (redis GET: +3,900 instructions); the choice at
+    lookup costs one small Python call and no repacking, and inside an execution the wrapper gets the `args`
+    and `kwargs` the call came with (so only for methods taking `(self, *args, **kwargs)` and nothing else).
+    Looked up on the class it is a plain function (the original or the replacement), so `inspect` says what
+    it said of the original."""
 
-    __slots__ = ("__dict__", "_original", "_patched")
+    __slots__ = ("__dict__", "_original", "_patched", "_recording")
 
-    def __init__(self, original: types.FunctionType, patched: Callable[..., Any]) -> None:
+    def __init__(self, original: types.FunctionType, patched: Callable[..., Any], wrapper: Wrapper) -> None:
         functools.update_wrapper(self, original)
         self._original = original
         self._patched = patched
 
+        def recording(instance: Any, *args: Any, **kwargs: Any) -> Any:
+            """Looked up inside an execution: straight to the wrapper, with `args` and `kwargs` as they came."""
+            return wrapper(MethodType(original, instance), instance, args, kwargs)
+
+        if inspect.iscoroutinefunction(original):
+            _mark_coroutine_function(recording)
+        self._recording = recording
+
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        function = self._original if current() is None else self._patched
-        return function if instance is None else MethodType(function, instance)
+        if instance is None:
+            return self._original if current() is None else self._patched
+        return MethodType(self._original if current() is None else self._recording, instance)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._patched(*args, **kwargs)
