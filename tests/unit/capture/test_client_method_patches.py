@@ -81,3 +81,29 @@ def test_a_varargs_coroutine_method_still_looks_like_one_on_its_class(captured):
 
     assert inspect.iscoroutinefunction(Client.execute)
     assert inspect.iscoroutinefunction(Client().execute)
+
+
+def test_a_varargs_method_wrapped_again_by_wrapt_still_reaches_both_wrappers(captured):
+    """Another tool wrapping the method after FluxRun (OpenTelemetry's redis instrumentation uses wrapt's
+    `wrap_function_wrapper` on `Redis.execute_command`) sees FluxRun's replacement and calls through it."""
+    import wrapt
+
+    class Client(Pool):
+        execute = wrap_client_method(vars(Pool)["execute"], _passthrough)
+
+    seen = []
+
+    def tracer(wrapped, instance, args, kwargs):
+        seen.append(args)
+        return wrapped(*args, **kwargs)
+
+    wrapt.wrap_function_wrapper(Client, "execute", tracer)
+    client = Client()
+    assert client.execute("GET", "k") == (("GET", "k"), {})
+
+    @fluxrun.capture
+    def job():
+        return client.execute("SET", "k", "v")
+
+    assert job() == ("seen", (("SET", "k", "v"), {}))
+    assert seen == [("GET", "k"), ("SET", "k", "v")]
