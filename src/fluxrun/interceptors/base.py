@@ -140,8 +140,8 @@ def wrap_client_method(original: Callable[..., Any], wrapper: Wrapper) -> Callab
     `wrapper(bound original, instance, args, kwargs)` runs, wrapt-style, with every positional parameter in
     `args` and the keyword-only ones the caller passed (all of them, when spelled out) in `kwargs`. A
     coroutine function's replacement returns the original's coroutine (or the wrapper's awaitable) and is
-    marked so `asyncio.iscoroutinefunction` still says so. A method taking `*args` gets `BoundWhenActive`
-    around its replacement, which picks the original or the replacement when the method is looked up.
+    marked so `asyncio.iscoroutinefunction` still says so. A method taking `(self, *args, **kwargs)` gets
+    `BoundWhenActive` around its replacement, which picks the original or the replacement when looked up.
     """
     patched = _same_signature(original, wrapper)
     if patched is None:  # not a plain Python function (a builtin, a C method): the generic form
@@ -150,15 +150,10 @@ def wrap_client_method(original: Callable[..., Any], wrapper: Wrapper) -> Callab
         functools.update_wrapper(patched, original)
     if inspect.iscoroutinefunction(original):
         _mark_coroutine_function(patched)
-    code = getattr(original, "__code__", None)
-    if (
-        isinstance(original, types.FunctionType)
-        and isinstance(code, types.CodeType)
-        and code.co_flags & inspect.CO_VARARGS
-        and code.co_argcount == 1
-        and not code.co_kwonlyargcount
-    ):
-        return BoundWhenActive(original, patched, wrapper)
+    if isinstance(original, types.FunctionType):
+        code = original.__code__  # `(self, *args, **kwargs)` and nothing else
+        if code.co_flags & inspect.CO_VARARGS and code.co_argcount == 1 and not code.co_kwonlyargcount:
+            return BoundWhenActive(original, patched, wrapper)
     return patched
 
 
