@@ -141,8 +141,12 @@ def wrap_client_method(original: Callable[..., Any], wrapper: Wrapper) -> Callab
     `args` and the keyword-only ones the caller passed (all of them, when spelled out) in `kwargs`. A
     coroutine function's replacement returns the original's coroutine (or the wrapper's awaitable) and is
     marked so `asyncio.iscoroutinefunction` still says so. A method taking `(self, *args, **kwargs)` gets
-    `BoundWhenActive` around its replacement, which picks the original or the replacement when looked up.
+    `BoundWhenActive` instead, which picks the original or the wrapper's way in when looked up.
     """
+    if isinstance(original, types.FunctionType):
+        code = original.__code__  # `(self, *args, **kwargs)` and nothing else
+        if code.co_flags & inspect.CO_VARARGS and code.co_argcount == 1 and not code.co_kwonlyargcount:
+            return BoundWhenActive(original, wrapper)
     patched = _same_signature(original, wrapper)
     if patched is None:  # not a plain Python function (a builtin, a C method): the generic form
         patched = wrap_method(original, wrapper)
@@ -150,46 +154,40 @@ def wrap_client_method(original: Callable[..., Any], wrapper: Wrapper) -> Callab
         functools.update_wrapper(patched, original)
     if inspect.iscoroutinefunction(original):
         _mark_coroutine_function(patched)
-    if isinstance(original, types.FunctionType):
-        code = original.__code__  # `(self, *args, **kwargs)` and nothing else
-        if code.co_flags & inspect.CO_VARARGS and code.co_argcount == 1 and not code.co_kwonlyargcount:
-            return BoundWhenActive(original, patched, wrapper)
     return patched
 
 
 class BoundWhenActive:
     """A `*args` client method's replacement (`Redis.execute_command(self, *args, **options)`): looked up
-    outside an execution it is the original method itself, inside one the replacement.
+    outside an execution it is the original method itself, inside one a function that hands the wrapper the
+    `args` and `kwargs` the call came with (so only for methods taking `(self, *args, **kwargs)`).
 
     A function in between would gather `*args` and `**options` into a new tuple and dict and spread them again
     for the original, a generic call on every idle command (redis GET: +3,900 instructions); the choice at
-    lookup costs one small Python call and no repacking, and inside an execution the wrapper gets the `args`
-    and `kwargs` the call came with (so only for methods taking `(self, *args, **kwargs)` and nothing else).
-    Looked up on the class it is a plain function (the original or the replacement), so `inspect` says what
-    it said of the original."""
+    lookup costs one small Python call and no repacking. Looked up on the class it is a plain function too
+    (the original, or the way in, which carries the original's name and signature)."""
 
-    __slots__ = ("__dict__", "_original", "_patched", "_recording")
+    __slots__ = ("__dict__", "_original", "_recording")
 
-    def __init__(self, original: types.FunctionType, patched: Callable[..., Any], wrapper: Wrapper) -> None:
+    def __init__(self, original: types.FunctionType, wrapper: Wrapper) -> None:
         functools.update_wrapper(self, original)
         self._original = original
-        self._patched = patched
 
         def recording(instance: Any, *args: Any, **kwargs: Any) -> Any:
-            """Looked up inside an execution: straight to the wrapper, with `args` and `kwargs` as they came."""
             return wrapper(MethodType(original, instance), instance, args, kwargs)
 
+        functools.update_wrapper(recording, original)
         if inspect.iscoroutinefunction(original):
             _mark_coroutine_function(recording)
         self._recording = recording
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None:
-            return self._original if current() is None else self._patched
+            return self._original if current() is None else self._recording
         return MethodType(self._original if current() is None else self._recording, instance)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._patched(*args, **kwargs)
+    def __call__(self, instance: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.__get__(instance)(*args, **kwargs)
 
 
 KEYWORD_ONLY_SPELLED_OUT = 4  # past this many keyword-only parameters, `_same_signature` forwards a dict
