@@ -157,15 +157,21 @@ _install: Any = None  # fluxrun.interceptors.install, bound on first use (it imp
 
 def row_limit() -> int:
     """Rows kept of one result: `fluxrun.init(max_db_rows=...)`, else FLUXRUN_MAX_DB_ROWS, else 10,000."""
+    try:
+        return _install._installation.db_row_limit  # type: ignore[no-any-return]  # installed
+    except AttributeError:  # `install` not imported here yet, or nothing installed
+        return _row_limit_uninstalled()
+
+
+def _row_limit_uninstalled() -> int:
     global _install
     if _install is None:
         from fluxrun.interceptors import install
 
         _install = install
     installation = _install._installation  # `install.current_installation()`, without its call
-    limit = getattr(installation, "db_row_limit", None) if installation is not None else None
-    if isinstance(limit, int):
-        return limit
+    if installation is not None:
+        return installation.db_row_limit  # type: ignore[no-any-return]
     raw = os.environ.get("FLUXRUN_MAX_DB_ROWS", "")
     return int(raw) if raw.isdigit() else DEFAULT_ROW_LIMIT
 
@@ -192,7 +198,8 @@ def start(scope: Scope, call: str, data: dict[str, Any]) -> CallEntry | None:
         return None
 
 
-def finish(entry: CallEntry | None, result: dict[str, Any] | None = None) -> None:
+def finish(entry: CallEntry | None, result: dict[str, Any] | tuple[Any, ...] | None = None) -> None:
+    """The call returned: its duration and its `result` (a dict, or what the entry's `build` formats)."""
     if entry is None:
         return
     try:
@@ -350,7 +357,7 @@ class Profile:
 
 
 def _setup_call(entry: CallEntry) -> dict[str, Any]:
-    call = dict(entry.value)
+    call = dict(entry.build(entry.value))
     if entry.error is not None:
         call["error"] = entry.error
     return call

@@ -214,24 +214,50 @@ _STATEMENTS_CACHED = 1024  # statement texts whose normalised text and label eac
 _TUPLE_STATUSES = frozenset({2, 9, 12})  # ExecStatus TUPLES_OK, SINGLE_TUPLE, TUPLES_CHUNK: a result with rows
 
 
-def _direct_snapshot(cursor: Any, limit: int) -> dict[str, Any] | None:
-    """`_snapshot` read straight from the result (libpq's columns and the cursor's row loader), without building
-    psycopg's Column objects, swapping the row factory, fetching and scrolling back: the cursor is not touched.
-    None when this psycopg lacks the internals it reads (`_tx.load_rows`, `_encoding`): use `_snapshot`."""
-    result = cursor.pgresult
-    load_rows = getattr(getattr(cursor, "_tx", None), "load_rows", None)
-    if load_rows is None or not hasattr(type(cursor), "_encoding"):
+def _direct_answer(cursor: Any, limit: int) -> tuple[Any, ...] | dict[str, Any] | None:
+    """What the statement returned, taken straight from the result without touching the cursor (no Column
+    objects, no row factory swapped, no fetch and scroll back): the rows loaded by the cursor's own loader
+    and the cursor's counts and status now, everything else read from libpq's result (immutable, held until
+    then) and formatted by `_answer_data` only if the execution is kept. A result with more rows than
+    `limit` is formatted at once, so that no large result is held. None when this psycopg lacks the
+    internals read here (`_tx.load_rows`, `_rowcount`, `_statusmessage`, `_pgconn._encoding`):
+    use `_snapshot`."""
+    if not (_internals_by_class.get(type(cursor)) or _has_internals(type(cursor))):
         return None
+    result = cursor.pgresult
+    pgconn = cursor._pgconn
+    taken = (cursor._rowcount, cursor._statusmessage, int(pgconn.transaction_status))
     if result is None or not (result.nfields or result.status in _TUPLE_STATUSES):
-        return {
-            "description": None,
-            "rows": [],
-            "rowcount": cursor.rowcount,
-            "lastrowid": None,
-            "status": cursor.statusmessage,
-            "transaction_status": int(cursor._conn.pgconn.transaction_status),
-        }
-    encoding = cursor._encoding
+        return (limit, None, None, None, *taken)
+    count = result.ntuples
+    rows = cursor._tx.load_rows(0, min(count, limit), tuple) if limit and count else ()
+    if count > limit:
+        return _answer((result, pgconn._encoding, rows, *taken), limit)
+    return (limit, result, pgconn._encoding, rows, *taken)
+
+
+def _has_internals(cls: type) -> bool:
+    names = ("_pgconn", "_tx", "_rowcount", "_statusmessage", "_encoding")
+    found = _internals_by_class[cls] = all(hasattr(cls, name) for name in names)
+    return found
+
+
+_internals_by_class: dict[type, bool] = {}  # cursor class -> has what `_direct_answer` reads
+
+
+def _answer(taken: tuple[Any, ...], limit: int) -> dict[str, Any]:
+    """`_direct_answer`'s tuple as the event's `result`, field for field what `_snapshot` records."""
+    result, encoding, kept, rowcount, status, transaction_status = taken
+    out: dict[str, Any] = {
+        "description": None,
+        "rows": [],
+        "rowcount": rowcount,
+        "lastrowid": None,
+        "status": status.decode() if status else None,
+        "transaction_status": transaction_status,
+    }
+    if result is None:
+        return out
     # names (text, at most 63 bytes) and integers: plain values, recorded as they are (what `rows_result` copies)
     description = []
     for i in range(result.nfields):
@@ -239,38 +265,42 @@ def _direct_snapshot(cursor: Any, limit: int) -> dict[str, Any] | None:
         description.append(
             [name.decode(encoding) if name else f"column_{i + 1}", result.ftype(i), result.fmod(i), result.fsize(i)]
         )
-    count = result.ntuples
-    rows, zones = db.encode_rows(load_rows(0, min(count, limit), tuple) if limit and count else ())
-    out = {
-        "description": description,
-        "rows": rows,
-        "rowcount": cursor.rowcount,
-        "lastrowid": None,
-        "status": cursor.statusmessage,
-        "transaction_status": int(cursor._conn.pgconn.transaction_status),
-    }
+    out["description"] = description
+    out["rows"], zones = db.encode_rows(kept)  # the loader's own tuples, which nothing else holds
     if zones:
         out["zones"] = zones
-    if count > limit:
+    if result.ntuples > limit:
         out["truncated"] = True
         out["limit"] = limit
     return out
 
 
-async def _asafe_snapshot(cursor: Any, tuple_row: Any) -> dict[str, Any] | None:
+def _answer_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A statement's `build` when it is sealed: its answer, if taken by `_direct_answer`, formatted."""
+    taken = data.get("result")
+    if type(taken) is tuple:
+        try:
+            data["result"] = _answer(taken[1:], taken[0])
+        except Exception as exc:  # recorded without its answer (replay refuses it) rather than not sealed
+            report_internal_error("psycopg capture", exc)
+            data["result"] = None
+    return data
+
+
+async def _asafe_snapshot(cursor: Any, tuple_row: Any) -> tuple[Any, ...] | dict[str, Any] | None:
     try:
         limit = db.row_limit()
-        direct = _direct_snapshot(cursor, limit)
+        direct = _direct_answer(cursor, limit)
         return direct if direct is not None else await _asnapshot(cursor, tuple_row, limit)
     except Exception as exc:
         report_internal_error("psycopg capture", exc)
         return None
 
 
-def _safe_snapshot(cursor: Any, tuple_row: Any) -> dict[str, Any] | None:
+def _safe_snapshot(cursor: Any, tuple_row: Any) -> tuple[Any, ...] | dict[str, Any] | None:
     try:
         limit = db.row_limit()
-        direct = _direct_snapshot(cursor, limit)
+        direct = _direct_answer(cursor, limit)
         return direct if direct is not None else _snapshot(cursor, tuple_row, limit)
     except Exception as exc:  # never break the app's statement: record it without its answer
         report_internal_error("psycopg capture", exc)
@@ -542,7 +572,10 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
             "sql": known[0],
             "params": None if params is None else encode(params),
         }
-        return db.begin_from(scope, cursor._conn, known[1], data, _described, caller)
+        entry = db.begin_from(scope, cursor._conn, known[1], data, _described, caller)
+        if entry is not None:
+            entry.build = _answer_data
+        return entry
 
     def replay(scope: Scope, cursor: Any, query: Any, params: Any) -> Any:
         if cursor.connection not in support.fakes:

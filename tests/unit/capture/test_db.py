@@ -340,11 +340,12 @@ def test_a_warm_pool_connection_brings_its_setup_profile(captured, postgres: Clu
         ("UPDATE orders SET note = note WHERE false", 10_000),
     ],
 )
-def test_psycopg_direct_snapshot_records_what_the_fetching_snapshot_records(
+def test_psycopg_direct_answer_records_what_the_fetching_snapshot_records(
     postgres: Cluster, sql: str, limit: int
 ) -> None:
-    """The answer read straight from the result (the capture's path) is, field for field and in the same order,
-    what reading it through the cursor and `rows_result` records (zones, truncation and status included)."""
+    """The answer read straight from the result (the capture's path, formatted when the execution is sealed,
+    after the cursor moved on and the connection closed) is, field for field and in the same order, what
+    reading it through the cursor and `rows_result` records at once (zones, truncation and status included)."""
     import psycopg
     from psycopg.rows import tuple_row
 
@@ -353,9 +354,22 @@ def test_psycopg_direct_snapshot_records_what_the_fetching_snapshot_records(
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         conn.execute("SET TimeZone = 'Europe/Paris'")  # timestamptz values come back in a named zone
         cur = conn.execute(sql)
-        direct = db_psycopg._direct_snapshot(cur, limit)
+        taken = db_psycopg._direct_answer(cur, limit)
         fetched = db_psycopg._snapshot(cur, tuple_row, limit)
-        assert direct is not None
-        assert json.dumps(direct) == json.dumps(fetched)
+        assert taken is not None
         if cur.description is not None:  # the cursor was left where the app reads it
             assert cur.fetchall() == conn.execute(sql).fetchall()
+        cur.execute("SELECT 'another statement', 2")  # the cursor moves on; the connection then closes
+    assert json.dumps(db_psycopg._answer_data({"result": taken})["result"]) == json.dumps(fetched)
+
+
+def test_psycopg_answer_that_cannot_be_formatted_when_sealed_is_recorded_without_it() -> None:
+    """A deferred answer whose formatting fails at seal leaves the statement without its answer (replay refuses
+    it) and counts an internal error; the rest of the execution is still sealed."""
+    from fluxrun._internal import internal_errors
+    from fluxrun.interceptors import db_psycopg
+
+    before = internal_errors["psycopg capture"]
+    data = {"sql": "SELECT 1", "result": (10, object(), "utf-8", [(1,)], 1, b"SELECT 1", 0)}
+    assert db_psycopg._answer_data(data) == {"sql": "SELECT 1", "result": None}
+    assert internal_errors["psycopg capture"] == before + 1
