@@ -34,6 +34,8 @@ KIND = "http"
 
 def _upload(body: Any, limit: int) -> dict[str, Any]:
     """aiohttp's request body: bytes, or a bytes payload (json=, data=bytes/str/form); others are streamed."""
+    if body == b"":  # no body (a GET): what `snapshot(b"", limit)` gives
+        return {"bytes": b"", "size": 0}
     if isinstance(body, (bytes, bytearray)):
         return snapshot(bytes(body), limit)
     value = getattr(body, "_value", None)
@@ -242,8 +244,8 @@ def _middleware(module: Any, limit: Callable[[], int]) -> Callable[..., Any]:
             return await replay(scope, request)
         entry = None
         try:
-            entry = start_fetch(
-                scope, "aiohttp", request.method, str(request.url), request.headers, _upload(request.body, limit())
+            entry = start_fetch(  # the URL as yarl's immutable `URL`, made text only if the execution is kept
+                scope, "aiohttp", request.method, request.url, request.headers, _upload(request.body, limit())
             )
         except Exception as exc:
             report_internal_error("aiohttp capture", exc)

@@ -35,12 +35,10 @@ def client_frame(depth: int = 2) -> FrameType | None:
     except ValueError:
         return None
     start = frame
-    verdicts = _client_verdicts
+    verdict_of = _client_verdicts.get
     while frame is not None:
-        verdict = verdicts.get(frame.f_code.co_filename)
-        if verdict is None:
-            verdict = _client_verdict(frame)
-        if verdict == _APP_FRAME:
+        verdict = verdict_of(frame.f_code.co_filename)
+        if verdict == _APP_FRAME or (verdict is None and _client_verdict(frame) == _APP_FRAME):
             return frame
         frame = frame.f_back
     frame = start  # no app frame (a library's own thread): the nearest client package's

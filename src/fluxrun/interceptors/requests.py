@@ -49,6 +49,8 @@ def _rebuild_error(module: Any, error: dict[str, Any], request: Any) -> BaseExce
 
 
 def _send_wrapper(module: Any, urllib3: Any, limit: Callable[[], int]) -> Callable[..., Any]:
+    urllib3_response = urllib3.response.HTTPResponse
+
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         scope = current()
         if scope is None:
@@ -64,10 +66,11 @@ def _send_wrapper(module: Any, urllib3: Any, limit: Callable[[], int]) -> Callab
             raw = tape_response(urllib3, recorded, request.method, request.url, refuse)
             return instance.build_response(request, raw)
         entry = None
-        try:
-            body = request_body(request.body, limit())
-            entry = start_fetch(scope, "requests", request.method, request.url, request.headers, body)
-            entry.value["stream"] = bool(kwargs.get("stream", args[1] if len(args) > 1 else False))
+        size = limit()
+        try:  # `send(request, stream=False, ...)`: every positional parameter is in `args`
+            stream = bool(args[1] if len(args) > 1 else kwargs.get("stream", False))
+            body = request_body(request.body, size)
+            entry = start_fetch(scope, "requests", request.method, request.url, request.headers, body, stream)
         except Exception as exc:
             report_internal_error("requests capture", exc)
         token = scope_var.set(None)
@@ -79,8 +82,8 @@ def _send_wrapper(module: Any, urllib3: Any, limit: Callable[[], int]) -> Callab
             raise
         scope_var.reset(token)
         raw = getattr(response, "raw", None)
-        if isinstance(raw, urllib3.response.HTTPResponse):
-            record_response(entry, raw, limit(), scope)
+        if isinstance(raw, urllib3_response):
+            record_response(entry, raw, size, scope)
         elif entry is not None and end_call(entry, scope):  # an adapter not on urllib3 underneath: the head only
             entry.value["response"] = {
                 "status": response.status_code,

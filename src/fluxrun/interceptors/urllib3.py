@@ -48,8 +48,12 @@ _VERSIONS = {10: "HTTP/1.0", 11: "HTTP/1.1", 20: "HTTP/2", 30: "HTTP/3"}
 
 def _fetch_data(data: dict[str, Any]) -> dict[str, Any]:
     """A fetch's `data` when its execution is sealed: headers snapshotted as header lines (`_raw_pairs`, on
-    the request path) become text pairs here, off it (most executions are dropped)."""
-    for part in (data.get("request"), data.get("response")):
+    the request path) become text pairs here, off it (most executions are dropped), and a URL kept as the
+    client's immutable URL object (aiohttp's yarl `URL`) becomes its text."""
+    request = data.get("request")
+    if request and type(request.get("url")) is not str:
+        request["url"] = str(request["url"])
+    for part in (request, data.get("response")):
         if part and type(part.get("headers")) is tuple:
             part["headers"] = [(_text(line[0]), _text(value)) for line in part["headers"] for value in line[1:]]
     return data
@@ -60,11 +64,11 @@ def _raw_pairs(headers: Any) -> tuple[Any, ...]:
     formats it if kept. The two header classes of the clients here are copied from their own storage, in C:
     urllib3's `HTTPHeaderDict` keeps `[name, value, ...]` per lower-case name (lists it appends to: copied),
     requests' `CaseInsensitiveDict` keeps `(name, value)` per lower-case name."""
+    lines = _header_classes.get(type(headers))
+    if lines is not None:  # empty or not: their own `__len__` is a Python call, the copy of nothing is ()
+        return tuple(map(tuple, headers._container.values())) if lines else tuple(headers._store.values())
     if not headers:
         return ()
-    lines = _header_classes.get(type(headers))
-    if lines is not None:
-        return tuple(map(tuple, headers._container.values())) if lines else tuple(headers._store.values())
     return tuple(headers.items() if hasattr(headers, "items") else headers)
 
 
@@ -92,13 +96,16 @@ def _text_pairs(headers: Any) -> list[tuple[str, str]]:
 
 
 # -- capture ---------------------------------------------------------------------------------------
-def start_fetch(scope: Scope, client: str, method: str, url: str, headers: Any, body: dict[str, Any]) -> CallEntry:
-    """Append a fetch to the log as an entry that the response or error completes."""
+def start_fetch(
+    scope: Scope, client: str, method: str, url: Any, headers: Any, body: dict[str, Any], stream: bool = True
+) -> CallEntry:
+    """Append a fetch to the log as an entry that the response or error completes. `url` is text, or an
+    immutable URL object that `_fetch_data` turns into text if the execution is kept."""
     frame = client_frame(3)
     data = {
         "client": client,
         "request": {"method": method.upper(), "url": url, "headers": _raw_pairs(headers), "body": body},
-        "stream": True,
+        "stream": stream,
     }
     entry = start_call(scope, KIND, None, site_ref(frame) if frame is not None else "?:?:0", data)
     entry.build = _fetch_data
@@ -172,7 +179,10 @@ class _TeedReads:
         return consumed
 
     def read(self, amt: int | None = None, decode_content: bool | None = None, cache_content: bool = False) -> bytes:
-        consumed = self._fluxrun_encoding(decode_content)
+        consumed = self._fluxrun_consumed  # `_fluxrun_encoding`, inlined: behind every body requests reads
+        if "encoding" not in consumed.body:
+            decoded = self.decode_content if decode_content is None else decode_content
+            consumed.body["encoding"] = "decoded" if decoded else "raw"
         try:
             data = super().read(amt, decode_content, cache_content)  # type: ignore[misc]
         except BaseException as exc:
