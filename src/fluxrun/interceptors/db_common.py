@@ -41,7 +41,7 @@ from itertools import chain
 from types import FrameType
 from typing import Any, cast
 
-from fluxrun._context import Scope, running_loop, task_of, thread_id
+from fluxrun._context import Scope
 from fluxrun._diff import short_diff
 from fluxrun._internal import SiteRef, first_app_frame, report_internal_error, site_of, site_ref
 from fluxrun.answering import Matcher
@@ -450,22 +450,21 @@ def begin_from(
     if scope is None:
         return None
     try:
-        loop = running_loop()  # `scope.here()`, its common case inlined (as `start_call` does)
-        owner = task_of(loop) if loop is not None else thread_id()
-        here = scope if owner is scope.owner or owner == scope.owner else scope.here()
         frame = first_app_frame(caller, skip_generated=True)  # as `app_frame` finds it, from fewer frames
         site: SiteRef | str = (
             (frame.f_globals.get("__name__", "?"), frame.f_code, frame.f_lasti) if frame is not None else "?:?:0"
         )  # `site_ref(frame)`
-        # `attach` when this execution has not recorded the connection's connect event yet
+        # `attach` when this execution has not recorded the connection's connect event yet (its scopes share
+        # one recording)
         try:
             profile = _profile_refs.get(weakref.ref(conn))
         except TypeError:  # a connection that cannot be weakly referenced
             profile = None
-        recording = here.recording
+        recording = scope.recording
         if profile is None or (id(recording), recording.started_ns) not in profile.seen:
-            attach(here, conn, None, describe_conn=describe_conn, site=site)
-        return start_call(here, KIND, call, site, data)
+            scope = scope.here()  # once: a thread's first call enters a child scope, which both records share
+            attach(scope, conn, None, describe_conn=describe_conn, site=site)
+        return start_call(scope, KIND, call, site, data)
     except Exception as exc:
         report_internal_error("db capture", exc)
         return None

@@ -226,14 +226,12 @@ def _direct_answer(cursor: Any, limit: int) -> tuple[Any, ...] | dict[str, Any] 
         return None
     result = cursor.pgresult
     pgconn = cursor._pgconn
-    taken = (cursor._rowcount, cursor._statusmessage, int(pgconn.transaction_status))
     if result is None or not (result.nfields or result.status in _TUPLE_STATUSES):
-        return (limit, None, None, None, *taken)
+        return (None, None, None, cursor._rowcount, cursor._statusmessage, pgconn.transaction_status, limit)
     count = result.ntuples
     rows = cursor._tx.load_rows(0, min(count, limit), tuple) if limit and count else ()
-    if count > limit:
-        return _answer((result, pgconn._encoding, rows, *taken), limit)
-    return (limit, result, pgconn._encoding, rows, *taken)
+    taken = (result, pgconn._encoding, rows, cursor._rowcount, cursor._statusmessage, pgconn.transaction_status, limit)
+    return _answer(taken) if count > limit else taken
 
 
 def _has_internals(cls: type) -> bool:
@@ -245,16 +243,16 @@ def _has_internals(cls: type) -> bool:
 _internals_by_class: dict[type, bool] = {}  # cursor class -> has what `_direct_answer` reads
 
 
-def _answer(taken: tuple[Any, ...], limit: int) -> dict[str, Any]:
+def _answer(taken: tuple[Any, ...]) -> dict[str, Any]:
     """`_direct_answer`'s tuple as the event's `result`, field for field what `_snapshot` records."""
-    result, encoding, kept, rowcount, status, transaction_status = taken
+    result, encoding, kept, rowcount, status, transaction_status, limit = taken
     out: dict[str, Any] = {
         "description": None,
         "rows": [],
         "rowcount": rowcount,
         "lastrowid": None,
         "status": status.decode() if status else None,
-        "transaction_status": transaction_status,
+        "transaction_status": int(transaction_status),
     }
     if result is None:
         return out
@@ -280,7 +278,7 @@ def _answer_data(data: dict[str, Any]) -> dict[str, Any]:
     taken = data.get("result")
     if type(taken) is tuple:
         try:
-            data["result"] = _answer(taken[1:], taken[0])
+            data["result"] = _answer(taken)
         except Exception as exc:  # recorded without its answer (replay refuses it) rather than not sealed
             report_internal_error("psycopg capture", exc)
             data["result"] = None
@@ -293,16 +291,6 @@ async def _asafe_snapshot(cursor: Any, tuple_row: Any) -> tuple[Any, ...] | dict
         direct = _direct_answer(cursor, limit)
         return direct if direct is not None else await _asnapshot(cursor, tuple_row, limit)
     except Exception as exc:
-        report_internal_error("psycopg capture", exc)
-        return None
-
-
-def _safe_snapshot(cursor: Any, tuple_row: Any) -> tuple[Any, ...] | dict[str, Any] | None:
-    try:
-        limit = db.row_limit()
-        direct = _direct_answer(cursor, limit)
-        return direct if direct is not None else _snapshot(cursor, tuple_row, limit)
-    except Exception as exc:  # never break the app's statement: record it without its answer
         report_internal_error("psycopg capture", exc)
         return None
 
@@ -656,18 +644,18 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
         token = scope_var.set(None)
         try:
             out = original(self, query, params, *args, **kwargs)
-            result = _safe_snapshot(self, support.tuple_row)
         except BaseException as exc:
             scope_var.reset(token)
             db.fail(entry, exc)
             raise
-        scope_var.reset(token)
-        try:  # `db.finish(entry, result)`, inlined
+        try:  # `db.finish(entry, result)` with `_asafe_snapshot`'s answer, inlined
             end_call(entry)
-            if result is not None:
-                entry.value["result"] = result
-        except Exception as exc:
-            report_internal_error("db capture", exc)
+            limit = db.row_limit()
+            result = _direct_answer(self, limit)
+            entry.value["result"] = _snapshot(self, support.tuple_row, limit) if result is None else result
+        except Exception as exc:  # never break the app's statement: record it without its answer
+            report_internal_error("psycopg capture", exc)
+        scope_var.reset(token)
         return out
 
     return execute

@@ -370,6 +370,6 @@ def test_psycopg_answer_that_cannot_be_formatted_when_sealed_is_recorded_without
     from fluxrun.interceptors import db_psycopg
 
     before = internal_errors["psycopg capture"]
-    data = {"sql": "SELECT 1", "result": (10, object(), "utf-8", [(1,)], 1, b"SELECT 1", 0)}
+    data = {"sql": "SELECT 1", "result": (object(), "utf-8", [(1,)], 1, b"SELECT 1", 0, 10)}
     assert db_psycopg._answer_data(data) == {"sql": "SELECT 1", "result": None}
     assert internal_errors["psycopg capture"] == before + 1
