@@ -200,7 +200,8 @@ def set_app_modules(include: tuple[str, ...]) -> None:
         _library_code_cache.clear()
         verdicts.clear()
         _frame_traits.clear()
-        _file_verdicts.clear()
+        _skipped_files.clear()
+        _app_files.clear()
 
 
 # Per code object: (code, is FluxRun's own, is a library's internals) for the frame walks of recorded calls
@@ -223,15 +224,14 @@ def first_app_frame(frame: FrameType | None, *, skip_generated: bool = False) ->
     library and installed packages), else the nearest frame that is not FluxRun's. `skip_generated`: code
     compiled from a string (`<sqlalchemy generated ...>`) does not count as the app's either.
 
-    One dict lookup per frame, by file (a file's frames share a verdict; its name's hash is cached): this
-    walk runs for every recorded call, and a lookup by code object would cost an `id()` and a check more."""
+    One set lookup per frame, by file (a file's frames share a verdict; its name's hash is cached): this walk
+    runs for every recorded call (SQLAlchemy's six frames for each statement), and `in` on a set costs no
+    call, where a lookup by code object would cost an `id()` and a check more."""
     start = frame
-    verdicts = _file_verdicts
+    skipped, app = _skipped_files, _app_files
     while frame is not None:
-        verdict = verdicts.get(frame.f_code.co_filename)
-        if verdict is None:
-            verdict = _file_verdict(frame, skip_generated)
-        if verdict == _APP_FILE:
+        name = frame.f_code.co_filename
+        if name not in skipped and (name in app or _file_verdict(frame, skip_generated) == _APP_FILE):
             return frame
         frame = frame.f_back
     frame = start  # no app frame (a library's own thread): the nearest frame that is not FluxRun's
@@ -240,9 +240,11 @@ def first_app_frame(frame: FrameType | None, *, skip_generated: bool = False) ->
     return frame
 
 
-# Per file, for `first_app_frame`: FluxRun's own, a library's internals, or the app's
+# Per file, for `first_app_frame`: FluxRun's own, a library's internals, or the app's; the files found so far
+# of the first two kinds (walked past), and of the app
 _FLUXRUN_FILE, _LIBRARY_FILE, _APP_FILE = 0, 1, 2
-_file_verdicts: dict[str, int] = {}
+_skipped_files: set[str] = set()
+_app_files: set[str] = set()
 
 
 def _file_verdict(frame: FrameType, skip_generated: bool) -> int:
@@ -251,7 +253,7 @@ def _file_verdict(frame: FrameType, skip_generated: bool) -> int:
     filename = frame.f_code.co_filename
     if filename.startswith("<"):  # code compiled from a string: one name for many modules, never cached
         return _LIBRARY_FILE if skip_generated and verdict == _APP_FILE else verdict
-    _file_verdicts[filename] = verdict
+    (_app_files if verdict == _APP_FILE else _skipped_files).add(filename)
     return verdict
 
 

@@ -29,16 +29,16 @@ CLIENT_PACKAGES = frozenset({"requests", "urllib3", "botocore", "boto3", "s3tran
 
 def client_frame(depth: int = 2) -> FrameType | None:
     """The frame that made the HTTP call: past FluxRun, wrapt and the HTTP client packages themselves (else
-    the nearest client package's frame). One dict lookup per frame, by file: a file's frames share a verdict."""
+    the nearest client package's frame). One set lookup per frame, by file: a file's frames share a verdict."""
     try:
         frame: FrameType | None = sys._getframe(depth)
     except ValueError:
         return None
     start = frame
-    verdict_of = _client_verdicts.get
+    skipped, app = _client_skipped_files, _client_app_files
     while frame is not None:
-        verdict = verdict_of(frame.f_code.co_filename)
-        if verdict == _APP_FRAME or (verdict is None and _client_verdict(frame) == _APP_FRAME):
+        name = frame.f_code.co_filename
+        if name not in skipped and (name in app or _client_verdict(frame) == _APP_FRAME):
             return frame
         frame = frame.f_back
     frame = start  # no app frame (a library's own thread): the nearest client package's
@@ -47,9 +47,11 @@ def client_frame(depth: int = 2) -> FrameType | None:
     return frame
 
 
-# Per file, for `client_frame`: FluxRun or wrapt's plumbing / an HTTP client package / other
+# Per file, for `client_frame`: FluxRun or wrapt's plumbing / an HTTP client package / other; the files found
+# so far of the first two kinds (walked past), and of the other
 _PLUMBING_FRAME, _CLIENT_FRAME, _APP_FRAME = 0, 1, 2
-_client_verdicts: dict[str, int] = {}
+_client_skipped_files: set[str] = set()
+_client_app_files: set[str] = set()
 
 
 def _client_verdict(frame: FrameType) -> int:
@@ -61,7 +63,7 @@ def _client_verdict(frame: FrameType) -> int:
         verdict = _APP_FRAME
     filename = frame.f_code.co_filename
     if not filename.startswith("<"):  # code compiled from a string: one name for many modules, never cached
-        _client_verdicts[filename] = verdict
+        (_client_app_files if verdict == _APP_FRAME else _client_skipped_files).add(filename)
     return verdict
 
 
