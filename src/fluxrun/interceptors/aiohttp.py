@@ -21,7 +21,7 @@ from typing import Any
 
 from fluxrun._context import current, scope_var
 from fluxrun._internal import report_internal_error
-from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error, wrap_client_method
+from fluxrun.interceptors.base import BoundWhenActive, Patch, loaded, raise_recorded_error
 from fluxrun.interceptors.hot_path import end_call
 from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody, request_body, snapshot
 from fluxrun.interceptors.urllib3 import fail_fetch, outcome_of, start_fetch, take_request
@@ -46,6 +46,8 @@ def _upload(body: Any, limit: int) -> dict[str, Any]:
 
 class _TeeReader:
     """`response.content` at capture: the real `StreamReader`, with every piece it returns recorded."""
+
+    __slots__ = ("_consumed", "_inner", "_module")
 
     def __init__(self, inner: Any, consumed: ConsumedBody, module: Any) -> None:
         self._inner = inner
@@ -81,12 +83,16 @@ class _TeeReader:
     async def read(self, n: int = -1) -> bytes:
         """`_tee` written out: behind `response.read()`, `.json()`, `.text()` and `iter_chunked`, the read
         nearly every recorded response goes through, without a coroutine more per read."""
+        inner = self._inner
         try:
-            data: bytes = await self._inner.read(n)
+            data: bytes = await inner.read(n)
         except BaseException as exc:
             self._failed(exc)
             raise
-        self._got(data)
+        consumed = self._consumed
+        consumed.piece(data)
+        if not data or inner.at_eof():
+            consumed.end()
         return data
 
     async def readany(self) -> bytes:
@@ -267,17 +273,17 @@ def _middleware(module: Any, limit: Callable[[], int]) -> Callable[..., Any]:
         try:
             if not end_call(entry, scope):
                 return
-            version = response.version
-            recorded: dict[str, Any] = {
+            body = {"encoding": "decoded"}
+            entry.value["response"] = {
                 "status": response.status,
                 "reason": response.reason or "",
-                "http_version": f"HTTP/{version.major}.{version.minor}" if version else "HTTP/1.1",
-                # bytes pairs as received, decoded (latin-1) when the execution is sealed (urllib3._fetch_data)
+                # aiohttp's `HttpVersion` (an immutable named tuple) and bytes pairs as received: made text when
+                # the execution is sealed (urllib3._fetch_data)
+                "http_version": response.version,
                 "headers": tuple(response.raw_headers),
-                "body": {"encoding": "decoded"},
+                "body": body,
             }
-            entry.value["response"] = recorded
-            response.content = _TeeReader(response.content, ConsumedBody(recorded["body"], limit()), module)
+            response.content = _TeeReader(response.content, ConsumedBody(body, limit()), module)
         except Exception as exc:
             report_internal_error("aiohttp capture", exc)
 
@@ -343,7 +349,8 @@ def _request_wrapper(middleware: Callable[..., Any]) -> Callable[..., Any]:
         chosen: Any = kwargs.get("middlewares")
         if chosen is None:
             chosen = getattr(instance, "_middlewares", ())
-        return wrapped(*args, **{**kwargs, "middlewares": (*chosen, middleware)})
+        kwargs["middlewares"] = (*chosen, middleware)  # this call's own dict (`**kwargs` is made per call)
+        return wrapped(*args, **kwargs)
 
     return wrapper
 
@@ -364,7 +371,9 @@ class AiohttpInterceptor:
             return []
         session = self.module.ClientSession
         wrapper = _request_wrapper(_middleware(self.module, self._limit))
-        return [Patch(session, "_request", wrap_client_method(vars(session)["_request"], wrapper))]
+        # chosen when looked up (`get` calls `self._request(...)`): idle, the original itself, with no
+        # function in between to take `_request`'s 31 keyword-only parameters and pass them on again
+        return [Patch(session, "_request", BoundWhenActive(vars(session)["_request"], wrapper))]
 
     def rebind(self) -> dict[int, Any]:
         return {}

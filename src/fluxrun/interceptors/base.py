@@ -160,7 +160,8 @@ def wrap_client_method(original: Callable[..., Any], wrapper: Wrapper) -> Callab
 class BoundWhenActive:
     """A `*args` client method's replacement (`Redis.execute_command(self, *args, **options)`): looked up
     outside an execution it is the original method itself, inside one a function that hands the wrapper the
-    `args` and `kwargs` the call came with (so only for methods taking `(self, *args, **kwargs)`).
+    `args` and `kwargs` the call came with (so only for methods taking `(self, *args, **kwargs)`, or for a
+    wrapper that takes them as they came: aiohttp's `ClientSession._request`).
 
     A function in between would gather `*args` and `**options` into a new tuple and dict and spread them again
     for the original, a generic call on every idle command (redis GET: +3,900 instructions); the choice at

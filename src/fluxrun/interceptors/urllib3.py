@@ -48,12 +48,16 @@ _VERSIONS = {10: "HTTP/1.0", 11: "HTTP/1.1", 20: "HTTP/2", 30: "HTTP/3"}
 
 def _fetch_data(data: dict[str, Any]) -> dict[str, Any]:
     """A fetch's `data` when its execution is sealed: headers snapshotted as header lines (`_raw_pairs`, on
-    the request path) become text pairs here, off it (most executions are dropped), and a URL kept as the
-    client's immutable URL object (aiohttp's yarl `URL`) becomes its text."""
+    the request path) become text pairs here, off it (most executions are dropped), and a URL or HTTP version
+    kept as the client's immutable object (aiohttp's yarl `URL` and `HttpVersion`) becomes its text."""
     request = data.get("request")
     if request and type(request.get("url")) is not str:
         request["url"] = str(request["url"])
-    for part in (request, data.get("response")):
+    response = data.get("response")
+    if response and type(response.get("http_version")) is not str:  # aiohttp's `HttpVersion`, or None
+        version = response["http_version"]
+        response["http_version"] = f"HTTP/{version[0]}.{version[1]}" if version else "HTTP/1.1"
+    for part in (request, response):
         if part and type(part.get("headers")) is tuple:
             part["headers"] = [(_text(line[0]), _text(value)) for line in part["headers"] for value in line[1:]]
     return data
