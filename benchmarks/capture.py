@@ -79,6 +79,7 @@ Run (with the project installed: `pip install -e '.[test,bench]'`):
     python benchmarks/capture.py --quick         # smoke run, a few seconds, noisy numbers
     python benchmarks/capture.py --json out.json # also write the results as JSON
     python benchmarks/capture.py --only-db --only-clients   # sections 5 and 6 (any --only-* combine)
+    python benchmarks/capture.py --only-db --only-clients --processes 5  # their medians over 5 processes
     python benchmarks/capture.py --only-asgi --baseline d65e306  # section 3 with an A/B against d65e306
     python benchmarks/capture.py --only-asgi --baseline d65e306 --ab-only --rounds 30  # a steadier A/B
     python benchmarks/capture.py --only-asgi --only-clients --instructions  # timings and callgrind counts
@@ -2332,6 +2333,77 @@ def run_only(
     return results
 
 
+def run_processes(settings: Settings, workdir: Path, console: Console, args: argparse.Namespace) -> dict[str, Any]:
+    """`--processes N`: sections 5 and 6 in N child processes, one after another, each with its own hash seed,
+    and the median of their figures. A process's hash seed and memory layout move a client's captured cost by
+    more than the repeats inside one process do (aiohttp GET: 18.5 to 23 µs over PYTHONHASHSEED 0 to 7, each
+    steady within 1 µs; requests: 9.9 and 25.9 µs in two runs), so one process's figure is one draw."""
+    if args.processes < 2 or args.only_asgi or args.instructions or not (args.only_db or args.only_clients):
+        raise SystemExit("--processes N (N >= 2) goes with --only-db and/or --only-clients alone")
+    flags = [flag for flag, on in (("--only-db", args.only_db), ("--only-clients", args.only_clients)) if on]
+    flags += ["--quick"] if args.quick else []
+    flags += ["--repeats", str(settings.repeats)]
+    runs: list[dict[str, Any]] = []
+    console.print(f"sections 5 and 6 in {args.processes} processes, PYTHONHASHSEED 0..{args.processes - 1} ...")
+    for seed in range(args.processes):
+        out = workdir / f"process-{seed}.json"
+        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+        done = subprocess.run(
+            [sys.executable, __file__, *flags, "--json", str(out)], env=env, capture_output=True, text=True
+        )
+        if done.returncode or not out.exists():
+            raise SystemExit(f"process {seed} ({' '.join(flags)}) failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        runs.append(json.loads(out.read_text()))
+        console.print(f"  process {seed + 1}/{args.processes}: {runs[-1]['elapsed_s']:.0f} s")
+    results: dict[str, Any] = {
+        "mode": runs[0]["mode"],
+        "python": platform.python_version(),
+        "fluxrun": fluxrun.__version__,
+        "loadavg_start": runs[0]["loadavg_start"],
+        "processes": args.processes,
+    }
+    targets: list[dict[str, Any]] = []
+    for section, table, targets_of in (("db", db_table, db_targets), ("clients", clients_table, client_targets)):
+        parts = [run[section] for run in runs if section in run]
+        if not parts:
+            continue
+        results[section] = median_of(parts)
+        results[section]["note"] = f"median of {len(parts)} processes; {parts[0]['note']}"
+        results[f"{section}_by_process"] = parts
+        console.print(table(results[section]))
+        console.print(spread_table(section, parts))
+        targets.extend(targets_of(results[section]))
+    results["targets"] = targets
+    console.print(targets_table(targets, is_quick(settings)))
+    report_load(results, console)
+    return results
+
+
+def median_of(parts: list[Any]) -> Any:
+    """The element-wise median of several processes' results of one section (numbers; the rest from the first)."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {key: median_of([part[key] for part in parts if key in part]) for key in first}
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return statistics.median(parts)
+    return first
+
+
+def spread_table(section: str, parts: list[dict[str, Any]]) -> Table:
+    """Each process's idle and captured figure per call, so the spread behind each median is in view."""
+    table = Table(title=f"{'5' if section == 'db' else '6'}. per process (PYTHONHASHSEED 0..{len(parts) - 1})")
+    table.add_column("client")
+    table.add_column("FluxRun idle added ns, by process", justify="right")
+    table.add_column("FluxRun captured added µs, by process", justify="right")
+    for kind in parts[0]["kinds"]:
+        table.add_row(
+            kind,
+            " ".join(f"{part['idle_added_ns'][kind]:+.0f}" for part in parts),
+            " ".join(f"{part['capturing_added_us'][kind]:.1f}" for part in parts),
+        )
+    return table
+
+
 def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fast smoke run (few samples, noisy numbers)")
@@ -2373,6 +2445,13 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
         action="store_true",
         help="with --instructions: only the callgrind counts, no timings",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="sections 5 and 6 (with --only-db/--only-clients): run them in N processes one after another, "
+        "PYTHONHASHSEED 0..N-1, and report the median of the processes' figures",
+    )
     internal = parser.add_argument_group("internal (one ASGI configuration in a subprocess)")
     internal.add_argument("--config", choices=sorted(CONFIG_BY_NAME), help=argparse.SUPPRESS)
     internal.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -2410,7 +2489,9 @@ def main(argv: Iterable[str] | None = None) -> int:
             raise SystemExit("--instructions-only goes with --instructions")
         if args.instructions_only and not (args.only_db or args.only_clients or args.only_asgi):
             args.only_db = args.only_clients = args.only_asgi = True
-        if args.only_db or args.only_clients or args.only_asgi:
+        if args.processes:
+            results = run_processes(settings, workdir, console, args)
+        elif args.only_db or args.only_clients or args.only_asgi:
             results = run_only(settings, workdir, keys, console, args)
         else:
             results = run_all(
