@@ -17,6 +17,7 @@ from os import urandom as real_urandom
 from time import perf_counter_ns as perf_ns
 from time import time as wall_time
 from types import CodeType, FrameType
+from typing import Any
 
 # The unpatched clock and entropy, bound before any patch: FluxRun's own bookkeeping must never
 # call a patched function while a capture is active, or it would record itself.
@@ -226,15 +227,19 @@ def first_app_frame(frame: FrameType | None, *, skip_generated: bool = False) ->
 
     One set lookup per frame, by file (a file's frames share a verdict; its name's hash is cached): this walk
     runs for every recorded call (SQLAlchemy's six frames for each statement), and `in` on a set costs no
-    call, where a lookup by code object would cost an `id()` and a check more."""
-    start = frame
+    call, where a lookup by code object would cost an `id()` and a check more. The inner loop walks past the
+    files known to be walked past, twelve bytecodes a frame; walking off the top (`None.f_code`) ends it."""
     skipped, app = _skipped_files, _app_files
-    while frame is not None:
-        name = frame.f_code.co_filename
-        if name not in skipped and (name in app or _file_verdict(frame, skip_generated) == _APP_FILE):
-            return frame
-        frame = frame.f_back
-    frame = start  # no app frame (a library's own thread): the nearest frame that is not FluxRun's
+    walk: Any = frame
+    try:
+        while True:
+            while (name := walk.f_code.co_filename) in skipped:
+                walk = walk.f_back
+            if name in app or _file_verdict(walk, skip_generated) == _APP_FILE:
+                return walk  # type: ignore[no-any-return]
+            walk = walk.f_back
+    except AttributeError:
+        pass  # no app frame (a library's own thread): the nearest frame that is not FluxRun's
     while frame is not None and frame_traits(frame)[1]:
         frame = frame.f_back
     return frame

@@ -29,19 +29,23 @@ CLIENT_PACKAGES = frozenset({"requests", "urllib3", "botocore", "boto3", "s3tran
 
 def client_frame(depth: int = 2) -> FrameType | None:
     """The frame that made the HTTP call: past FluxRun, wrapt and the HTTP client packages themselves (else
-    the nearest client package's frame). One set lookup per frame, by file: a file's frames share a verdict."""
+    the nearest client package's frame). One set lookup per frame, by file: a file's frames share a verdict
+    (the walk is `first_app_frame`'s)."""
     try:
         frame: FrameType | None = sys._getframe(depth)
     except ValueError:
         return None
-    start = frame
     skipped, app = _client_skipped_files, _client_app_files
-    while frame is not None:
-        name = frame.f_code.co_filename
-        if name not in skipped and (name in app or _client_verdict(frame) == _APP_FRAME):
-            return frame
-        frame = frame.f_back
-    frame = start  # no app frame (a library's own thread): the nearest client package's
+    walk: Any = frame
+    try:
+        while True:
+            while (name := walk.f_code.co_filename) in skipped:
+                walk = walk.f_back
+            if name in app or _client_verdict(walk) == _APP_FRAME:
+                return walk  # type: ignore[no-any-return]
+            walk = walk.f_back
+    except AttributeError:  # walked off the top
+        pass  # no app frame (a library's own thread): the nearest client package's
     while frame is not None and _client_verdict(frame) != _CLIENT_FRAME:
         frame = frame.f_back
     return frame
