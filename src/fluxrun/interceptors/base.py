@@ -146,7 +146,7 @@ def wrap_client_method(original: Callable[..., Any], wrapper: Wrapper) -> Callab
     if isinstance(original, types.FunctionType):
         code = original.__code__  # `(self, *args, **kwargs)` and nothing else
         if code.co_flags & inspect.CO_VARARGS and code.co_argcount == 1 and not code.co_kwonlyargcount:
-            return BoundWhenActive(original, wrapper)
+            return _same_hand_over(original, wrapper) or BoundWhenActive(original, wrapper)
     patched = _same_signature(original, wrapper)
     if patched is None:  # not a plain Python function (a builtin, a C method): the generic form
         patched = wrap_method(original, wrapper)
@@ -189,6 +189,41 @@ class BoundWhenActive:
 
     def __call__(self, instance: Any, *args: Any, **kwargs: Any) -> Any:
         return self.__get__(instance)(*args, **kwargs)
+
+
+def _same_hand_over(original: types.FunctionType, wrapper: Wrapper) -> Callable[..., Any] | None:
+    """The replacement of a `(self, *args, **kwargs)` method whose whole body hands its arguments on to
+    another method (`return self._execute_command(*args, **options)`: redis-py's `Redis.execute_command`
+    since 5.1), or None for any other body. It does the same hand-over after one look at the context
+    variable, so an idle call runs exactly the frames it ran before (`BoundWhenActive` costs one Python
+    call at every lookup). The body is recognised by compiling that one line with the original's names
+    and comparing the bytecode."""
+    code = original.__code__
+    if not code.co_flags & inspect.CO_VARKEYWORDS or len(code.co_names) != 1 or code.co_freevars:
+        return None
+    self_name, star, double_star = code.co_varnames[:3]
+    target = code.co_names[0]
+    if not all(name.isidentifier() and not name.startswith("_fluxrun_") for name in (self_name, star, double_star)):
+        return None
+    hand_over = f"return {self_name}.{target}(*{star}, **{double_star})"
+    shape: dict[str, Any] = {}
+    exec(compile(f"def shape({self_name}, *{star}, **{double_star}):\n    {hand_over}\n", __file__, "exec"), shape)
+    if shape["shape"].__code__.co_code != code.co_code or shape["shape"].__code__.co_varnames != code.co_varnames:
+        return None
+    source = (
+        "def _fluxrun_make(_fluxrun_original, _fluxrun_current, _fluxrun_wrapper, _fluxrun_bind):\n"
+        f"    def patched({self_name}, *{star}, **{double_star}):\n"
+        "        if _fluxrun_current() is None:\n"
+        f"            {hand_over}\n"
+        f"        return _fluxrun_wrapper(_fluxrun_bind(_fluxrun_original, {self_name}), {self_name}, {star}, "
+        f"{double_star})\n"
+        "    return patched\n"
+    )
+    namespace: dict[str, Any] = {"__name__": __name__}
+    exec(compile(source, __file__, "exec"), namespace)  # this file's name: frame walks skip it as FluxRun's
+    patched: Any = namespace["_fluxrun_make"](original, current, wrapper, types.MethodType)
+    functools.update_wrapper(patched, original)
+    return patched  # type: ignore[no-any-return]
 
 
 KEYWORD_ONLY_SPELLED_OUT = 4  # past this many keyword-only parameters, `_same_signature` forwards a dict

@@ -19,6 +19,13 @@ class Pool:
     def execute(self, *args, **options):
         return (args, options)
 
+    def execute_command(self, *args, **options):
+        """Only hands its arguments on (redis-py's `Redis.execute_command` since 5.1)."""
+        return self._execute_command(*args, **options)
+
+    def _execute_command(self, *args, **options):
+        return ("delegate", args, options)
+
 
 def _passthrough(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return ("seen", wrapped(*args, **kwargs))
@@ -69,6 +76,43 @@ def test_a_varargs_method_is_the_original_itself_outside_an_execution(captured):
         return pool.execute("GET", "k", keys=["k"]), Patched.execute(pool, "SET", "k", "v")
 
     assert job() == (("seen", (("GET", "k"), {"keys": ["k"]})), ("seen", (("SET", "k", "v"), {})))
+
+
+def test_a_varargs_method_that_only_hands_its_arguments_on_is_replaced_by_the_same_hand_over(captured):
+    """`Redis.execute_command` only calls `self._execute_command(*args, **options)`: its replacement does the
+    same after one look at the context variable, so an idle command runs no frame more than it did (no
+    choice at lookup, no repacking), and one inside an execution goes through the wrapper."""
+    original = vars(Pool)["execute_command"]
+    calls = []
+
+    def delegate(self, *args, **options):
+        calls.append(args)
+        return ("delegate", args, options)
+
+    class Patched(Pool):
+        execute_command = wrap_client_method(original, _passthrough)
+        _execute_command = delegate
+
+    assert inspect.isfunction(vars(Patched)["execute_command"])
+    assert inspect.signature(Patched.execute_command) == inspect.signature(original)
+    assert Patched.execute_command.__doc__ == original.__doc__
+    pool = Patched()
+    assert pool.execute_command("GET", "k", keys=["k"]) == ("delegate", ("GET", "k"), {"keys": ["k"]})
+
+    @fluxrun.capture
+    def job():
+        return pool.execute_command("SET", "k", "v")
+
+    assert job() == ("seen", ("delegate", ("SET", "k", "v"), {}))
+    assert calls == [("GET", "k"), ("SET", "k", "v")]
+
+
+def test_a_varargs_method_that_does_more_than_hand_over_is_chosen_at_lookup(captured):
+    def execute_command(self, *args, **options):
+        options.setdefault("retries", 1)
+        return self._execute_command(*args, **options)
+
+    assert not inspect.isfunction(wrap_client_method(execute_command, _passthrough))
 
 
 async def _coroutine_method(self, *args, **options):
