@@ -19,6 +19,7 @@ Server-side (named) cursors, `stream()` and `COPY` are not intercepted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from collections.abc import Callable
 from sys import _getframe
@@ -295,7 +296,7 @@ async def _asafe_snapshot(cursor: Any, tuple_row: Any) -> tuple[Any, ...] | dict
         return None
 
 
-def _serve_into(scope: Scope, cursor: Any, op: str, query: Any, params: Any, pq: Any) -> None:
+def _serve_into(scope: Scope, cursor: Any, op: str, query: Any, params: Any, pq: Any, asynchronous: bool) -> None:
     """Answer a statement from the recording into a real psycopg cursor; nothing is sent anywhere."""
     event = db.serve(scope, DRIVER, op, db.normalise_sql(query), params, conn=cursor._conn)
     result = event["data"].get("result") or {}
@@ -307,6 +308,9 @@ def _serve_into(scope: Scope, cursor: Any, op: str, query: Any, params: Any, pq:
     cursor._statusmessage = fake.command_status
     cursor._make_row = cursor._make_row_maker() if result.get("description") is not None else None
     _set_transaction_status(cursor.connection, result, pq)
+    if not isinstance(cursor, (_ReplayedRows, _AsyncReplayedRows)):
+        home: type = cursor.__class__
+        cursor.__class__ = _replayed_class(home, asynchronous)
     _replayed[cursor] = db.RowBuffer(
         db.recorded_rows(result),
         truncated=bool(result.get("truncated")),
@@ -568,7 +572,7 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
     def replay(scope: Scope, cursor: Any, query: Any, params: Any) -> Any:
         if cursor.connection not in support.fakes:
             raise _not_replayable(cursor)
-        _serve_into(scope, cursor, op, query, _encoded_params(op, params), support.pq)
+        _serve_into(scope, cursor, op, query, _encoded_params(op, params), support.pq, asynchronous)
         return cursor if op == "execute" else None
 
     as_sequence: Callable[[Any], Any] | None = None
@@ -661,79 +665,83 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
     return execute
 
 
-def _fetch_patches(cls: Any, asynchronous: bool) -> list[Patch]:
-    """fetch* read the recorded rows of a replayed cursor; any other cursor reads its live result."""
-    fetchone, fetchmany, fetchall = (vars(cls)[n] for n in ("fetchone", "fetchmany", "fetchall"))
-    anext_name = "__anext__" if asynchronous else "__next__"
-    next_original = vars(cls)[anext_name]
+def _shape(cursor: Any, rows: list[Any]) -> list[Any]:
+    make = cursor._make_row
+    return rows if make is None else [make(r) for r in rows]
 
-    def shape(cursor: Any, rows: list[Any]) -> list[Any]:
-        make = cursor._make_row
-        return rows if make is None else [make(r) for r in rows]
 
-    def one(cursor: Any, buffer: db.RowBuffer) -> Any:
-        row = buffer.one()
-        return None if row is None or cursor._make_row is None else cursor._make_row(row)
+def _one(cursor: Any, buffer: db.RowBuffer) -> Any:
+    row = buffer.one()
+    return None if row is None or cursor._make_row is None else cursor._make_row(row)
 
-    if asynchronous:
 
-        async def afetchone(self: Any) -> Any:
-            buffer = _replayed.get(self) if _replayed_refs else None
-            return await fetchone(self) if buffer is None else one(self, buffer)
+class _ReplayedRows:
+    """Mixed in front of a replayed cursor's class (`_serve_into`): its fetches read the recorded rows. Only
+    cursors answered at replay get it, so psycopg's own fetches run unpatched everywhere else (an idle
+    `fetchone` costs nothing); a cursor executed again live (never, on a replayed connection) reads its own."""
 
-        async def afetchmany(self: Any, size: int = 0) -> Any:
-            buffer = _replayed.get(self) if _replayed_refs else None
-            if buffer is None:
-                return await fetchmany(self, size)
-            return shape(self, buffer.take(size or self.arraysize))
+    __slots__ = ()
 
-        async def afetchall(self: Any) -> Any:
-            buffer = _replayed.get(self) if _replayed_refs else None
-            return await fetchall(self) if buffer is None else shape(self, buffer.take(None))
+    def fetchone(self) -> Any:
+        buffer = _replayed.get(self)
+        return super().fetchone() if buffer is None else _one(self, buffer)  # type: ignore[misc]
 
-        async def anext_(self: Any) -> Any:
-            buffer = _replayed.get(self) if _replayed_refs else None
-            if buffer is None:
-                return await next_original(self)
-            row = one(self, buffer)
-            if row is None:
-                raise StopAsyncIteration
-            return row
-
-        return [
-            Patch(cls, "fetchone", afetchone),
-            Patch(cls, "fetchmany", afetchmany),
-            Patch(cls, "fetchall", afetchall),
-            Patch(cls, anext_name, anext_),
-        ]
-
-    def sfetchone(self: Any) -> Any:
-        buffer = _replayed.get(self) if _replayed_refs else None
-        return fetchone(self) if buffer is None else one(self, buffer)
-
-    def sfetchmany(self: Any, size: int = 0) -> Any:
-        buffer = _replayed.get(self) if _replayed_refs else None
-        return fetchmany(self, size) if buffer is None else shape(self, buffer.take(size or self.arraysize))
-
-    def sfetchall(self: Any) -> Any:
-        buffer = _replayed.get(self) if _replayed_refs else None
-        return fetchall(self) if buffer is None else shape(self, buffer.take(None))
-
-    def snext(self: Any) -> Any:
-        buffer = _replayed.get(self) if _replayed_refs else None
+    def fetchmany(self, size: int = 0) -> Any:
+        buffer = _replayed.get(self)
         if buffer is None:
-            return next_original(self)
-        row = one(self, buffer)
+            return super().fetchmany(size)  # type: ignore[misc]
+        return _shape(self, buffer.take(size or self.arraysize))  # type: ignore[attr-defined]
+
+    def fetchall(self) -> Any:
+        buffer = _replayed.get(self)
+        return super().fetchall() if buffer is None else _shape(self, buffer.take(None))  # type: ignore[misc]
+
+    def __next__(self) -> Any:
+        buffer = _replayed.get(self)
+        if buffer is None:
+            return super().__next__()  # type: ignore[misc]
+        row = _one(self, buffer)
         if row is None:
             raise StopIteration
         return row
 
-    return [
-        Patch(cls, "fetchone", sfetchone),
-        Patch(cls, "fetchmany", sfetchmany),
-        Patch(cls, "fetchall", sfetchall),
-        Patch(cls, anext_name, snext),
-    ]
+
+class _AsyncReplayedRows:
+    """`_ReplayedRows` for an `AsyncCursor`."""
+
+    __slots__ = ()
+
+    async def fetchone(self) -> Any:
+        buffer = _replayed.get(self)
+        return await super().fetchone() if buffer is None else _one(self, buffer)  # type: ignore[misc]
+
+    async def fetchmany(self, size: int = 0) -> Any:
+        buffer = _replayed.get(self)
+        if buffer is None:
+            return await super().fetchmany(size)  # type: ignore[misc]
+        return _shape(self, buffer.take(size or self.arraysize))  # type: ignore[attr-defined]
+
+    async def fetchall(self) -> Any:
+        buffer = _replayed.get(self)
+        return await super().fetchall() if buffer is None else _shape(self, buffer.take(None))  # type: ignore[misc]
+
+    async def __anext__(self) -> Any:
+        buffer = _replayed.get(self)
+        if buffer is None:
+            return await super().__anext__()  # type: ignore[misc]
+        row = _one(self, buffer)
+        if row is None:
+            raise StopAsyncIteration
+        return row
+
+
+@functools.cache
+def _replayed_class(home: type, asynchronous: bool) -> type:
+    """`home` (a cursor class) with the replayed fetches in front: same instance layout (`__slots__` only),
+    so a cursor's `__class__` can switch to it."""
+    mixin = _AsyncReplayedRows if asynchronous else _ReplayedRows
+    namespace = {"__module__": home.__module__, "__qualname__": home.__qualname__, "__slots__": ()}
+    return type(home.__name__, (mixin, home), namespace)
 
 
 def _status_after(conn: Any) -> dict[str, Any] | None:
@@ -980,7 +988,6 @@ class PsycopgInterceptor:
                 patches.append(Patch(conn_cls, op, _transaction_patch(vars(conn_cls)[op], op, asynchronous)))
             for op in ("execute", "executemany"):
                 patches.append(Patch(cur_cls, op, _execute_patch(support, vars(cur_cls)[op], op, asynchronous)))
-            patches.extend(_fetch_patches(cur_cls, asynchronous))
         patches.extend(_block_patches(support, psycopg.Transaction, False))
         patches.extend(_block_patches(support, psycopg.AsyncTransaction, True))
         return patches
