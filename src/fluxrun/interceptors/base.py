@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import keyword
 import sys
 import types
 from collections.abc import Callable, Mapping
@@ -194,7 +195,7 @@ class BoundWhenActive:
 def _same_hand_over(original: types.FunctionType, wrapper: Wrapper) -> Callable[..., Any] | None:
     """The replacement of a `(self, *args, **kwargs)` method whose whole body hands its arguments on to
     another method (`return self._execute_command(*args, **options)`: redis-py's `Redis.execute_command`
-    since 5.1), or None for any other body. It does the same hand-over after one look at the context
+    in 8.2), or None for any other body. It does the same hand-over after one look at the context
     variable, so an idle call runs exactly the frames it ran before (`BoundWhenActive` costs one Python
     call at every lookup). The body is recognised by compiling that one line with the original's names
     and comparing the bytecode."""
@@ -203,7 +204,7 @@ def _same_hand_over(original: types.FunctionType, wrapper: Wrapper) -> Callable[
         return None
     self_name, star, double_star = code.co_varnames[:3]
     target = code.co_names[0]
-    if not all(name.isidentifier() and not name.startswith("_fluxrun_") for name in (self_name, star, double_star)):
+    if not all(_plain_name(name) for name in (self_name, star, double_star, target)):
         return None
     hand_over = f"return {self_name}.{target}(*{star}, **{double_star})"
     shape: dict[str, Any] = {}
@@ -226,6 +227,11 @@ def _same_hand_over(original: types.FunctionType, wrapper: Wrapper) -> Callable[
     return patched  # type: ignore[no-any-return]
 
 
+def _plain_name(name: str) -> bool:
+    """A name that can be written into generated source as it is (and is not one of FluxRun's own)."""
+    return name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_fluxrun_")
+
+
 KEYWORD_ONLY_SPELLED_OUT = 4  # past this many keyword-only parameters, `_same_signature` forwards a dict
 
 
@@ -240,7 +246,7 @@ def _same_signature(original: Any, wrapper: Wrapper) -> Callable[..., Any] | Non
     rest = code.co_varnames[positional + keyword_only :]
     star = rest[0] if flags & inspect.CO_VARARGS else None
     double_star = rest[1 if star else 0] if flags & inspect.CO_VARKEYWORDS else None
-    if any(not name.isidentifier() or name.startswith("_fluxrun_") for name in (*names, star, double_star) if name):
+    if not all(_plain_name(name) for name in (*names, star, double_star) if name):
         return None
     params, call, args, kwargs = [], [], [], []
     for i, name in enumerate(names[:positional]):
