@@ -50,9 +50,34 @@ def _name(args: tuple[Any, ...]) -> str:
     return str(first).upper()[:40]
 
 
+def _call(args: tuple[Any, ...]) -> str:
+    """The call's label, `redis GET`: made once per command name (an app sends a few names over and over)."""
+    first = args[0] if args else None
+    label = _labels.get(first) if type(first) is str else None
+    if label is None:
+        label = f"redis {_name(args)}"
+        if type(first) is str:
+            if len(_labels) >= _LABELS_KEPT:
+                _labels.clear()
+            _labels[first] = label
+    return label
+
+
+_labels: dict[str, str] = {}
+_LABELS_KEPT = 512
+
+
 def _command(args: tuple[Any, ...]) -> Any:
-    """A command's arguments as recorded: bytes stay bytes, memoryviews become bytes."""
+    """A command's arguments as recorded: bytes stay bytes, memoryviews become bytes. Arguments that are all
+    text short enough to be kept whole (GET, HGET, DEL, ...: most commands) are what `encode` would return
+    unchanged: checked in C and copied, without a Python loop over them."""
+    if _TEXT.issuperset(map(type, args)) and sum(map(len, args)) <= _SHORT:
+        return list(args)
     return encode([bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args])
+
+
+_TEXT = frozenset({str})
+_SHORT = 1 << 16  # characters in all: well under the length past which `encode` truncates one string (1 MiB)
 
 
 def _command_data(args: tuple[Any, ...]) -> dict[str, Any]:
@@ -86,7 +111,7 @@ def _command_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
     scope = active()
     if scope is None:
         return wrapped(*args, **kwargs)
-    call, data = f"redis {_name(args)}", _command_data(args)
+    call, data = _call(args), _command_data(args)
     if replaying(scope):
         return _served_command(scope, instance, call, data, args)
     return record(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
@@ -98,7 +123,7 @@ def _async_command_wrapper(
     scope = active()
     if scope is None:
         return wrapped(*args, **kwargs)
-    call, data = f"redis {_name(args)}", _command_data(args)
+    call, data = _call(args), _command_data(args)
     if replaying(scope):
 
         async def replay() -> Any:
