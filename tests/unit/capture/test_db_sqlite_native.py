@@ -68,3 +68,31 @@ def test_rows_iteration_context_manager_and_an_earlier_cursor_replay(
     with sqlite3.connect(shop) as check:
         assert check.execute("SELECT count(*) FROM orders").fetchone() == (4,)  # nothing written again
     conn.close()
+
+
+def test_a_converted_value_the_app_changes_after_reading_is_recorded_as_it_was_read(
+    captured, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sqlite3's own values cannot change and are formatted only if the execution is kept; a converter's
+    (here a list) can, so a row holding one is recorded when it is read, before the app changes it."""
+    monkeypatch.setenv("FLUXRUN_REPLAY_ISOLATE", "0")
+    monkeypatch.setitem(sqlite3.converters, "TAGS", lambda raw: raw.decode().split(","))
+    path = str(tmp_path / "tags.db")
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, tags TAGS); INSERT INTO items (tags) VALUES ('a,b');"
+        )
+
+    @fluxrun.capture
+    def job() -> None:
+        conn = sqlite3.connect(path, detect_types=sqlite3.PARSE_DECLTYPES)
+        (tags,) = conn.execute("SELECT tags FROM items").fetchone()
+        tags.append("changed")
+        (count,) = conn.execute("SELECT count(*) FROM items").fetchone()
+        raise RuntimeError(f"{tags} {count}")
+
+    with pytest.raises(RuntimeError, match=r"\['a', 'b', 'changed'\] 1") as raised:
+        job()
+    result = replay(captured, job)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(raised.value)
