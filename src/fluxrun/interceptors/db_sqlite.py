@@ -51,7 +51,7 @@ class Cursor(sqlite3.Cursor):
     """sqlite's cursor; its statements look at the context, everything else is sqlite's own."""
 
     # slots, not a __dict__: an instance with a dict costs more to make and free, on every statement
-    __slots__ = ("_fluxrun_buffer", "_fluxrun_home", "_fluxrun_make", "_fluxrun_result")
+    __slots__ = ("_fluxrun_buffer", "_fluxrun_make", "_fluxrun_result")
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
         scope = current()
@@ -103,7 +103,6 @@ class _Buffered:
 
     _fluxrun_buffer: db.RowBuffer
     _fluxrun_make: Callable[[Any], Any] | None
-    _fluxrun_home: type
 
     def fetchone(self) -> Any:
         row = self._fluxrun_buffer.one()
@@ -154,16 +153,19 @@ class _Served(_Buffered):
 def _variant(mixin: type, home: type) -> type:
     """`home` (a cursor class) with `mixin` in front: same instance layout, so `__class__` can switch to it."""
     namespace = {"__module__": home.__module__, "__qualname__": home.__qualname__, "__slots__": ()}
-    return type(home.__name__, (mixin, home), namespace)
+    variant = type(home.__name__, (mixin, home), namespace)
+    _homes[variant] = home
+    return variant
 
 
-def _home(cursor: Any) -> type:
-    return getattr(cursor, "_fluxrun_home", None) or type(cursor)
+# a class `_variant` made -> the cursor class it was made from. Looked up by the cursor's type, not kept in a
+# slot: reading a slot never set (every new cursor's) raises and catches an AttributeError, twice a statement
+_homes: dict[type, type] = {}
 
 
 def _set_state(cursor: Any, mixin: type, buffer: db.RowBuffer, make: Callable[[Any], Any] | None) -> None:
-    home = _home(cursor)
-    cursor._fluxrun_home = home
+    home: type = cursor.__class__
+    home = _homes.get(home, home)
     cursor._fluxrun_buffer = buffer
     cursor._fluxrun_make = make
     cursor.__class__ = _variant(mixin, home)
@@ -171,8 +173,8 @@ def _set_state(cursor: Any, mixin: type, buffer: db.RowBuffer, make: Callable[[A
 
 def _run(cursor: Any, scope: Scope, op: str, sql: Any, parameters: Any) -> Any:
     """A statement inside a capture (recorded) or a replay (served), on any of this module's cursors."""
-    home = getattr(cursor, "_fluxrun_home", None)
-    if home is not None and type(cursor) is not home:
+    home = _homes.get(type(cursor))
+    if home is not None:
         cursor.__class__ = home  # the previous statement's copy is gone: sqlite's own fetches again
     if op == "executemany" and parameters is not None and not isinstance(parameters, (list, tuple)):
         parameters = list(parameters)  # a generator is read once: recorded and executed from this list
