@@ -211,20 +211,36 @@ def _same_hand_over(original: types.FunctionType, wrapper: Wrapper) -> Callable[
     exec(compile(f"def shape({self_name}, *{star}, **{double_star}):\n    {hand_over}\n", __file__, "exec"), shape)
     if shape["shape"].__code__.co_code != code.co_code or shape["shape"].__code__.co_varnames != code.co_varnames:
         return None
+    patched = _compiled(
+        original,
+        wrapper,
+        f"{self_name}, *{star}, **{double_star}",
+        f"            {hand_over}\n",
+        self_name,
+        f"{star}, {double_star}",
+    )
+    functools.update_wrapper(patched, original)
+    return patched
+
+
+def _compiled(
+    original: Any, wrapper: Wrapper, params: str, idle: str, self_name: str, passed: str
+) -> Callable[..., Any]:
+    """A replacement compiled from source, `def patched(<params>)`: outside an execution its `idle` lines (which
+    return), inside one `wrapper(bound original, <self_name>, <passed>)`. Every name in the source was checked
+    by the caller (`_plain_name`)."""
     source = (
         "def _fluxrun_make(_fluxrun_original, _fluxrun_current, _fluxrun_wrapper, _fluxrun_bind):\n"
-        f"    def patched({self_name}, *{star}, **{double_star}):\n"
+        f"    def patched({params}):\n"
         "        if _fluxrun_current() is None:\n"
-        f"            {hand_over}\n"
-        f"        return _fluxrun_wrapper(_fluxrun_bind(_fluxrun_original, {self_name}), {self_name}, {star}, "
-        f"{double_star})\n"
+        f"{idle}"
+        f"        return _fluxrun_wrapper(_fluxrun_bind(_fluxrun_original, {self_name}), {self_name}, {passed})\n"
         "    return patched\n"
     )
     namespace: dict[str, Any] = {"__name__": __name__}
     exec(compile(source, __file__, "exec"), namespace)  # this file's name: frame walks skip it as FluxRun's
-    patched: Any = namespace["_fluxrun_make"](original, current, wrapper, types.MethodType)
-    functools.update_wrapper(patched, original)
-    return patched  # type: ignore[no-any-return]
+    made: Callable[..., Any] = namespace["_fluxrun_make"](original, current, wrapper, types.MethodType)
+    return made
 
 
 def _plain_name(name: str) -> bool:
@@ -287,22 +303,12 @@ def _same_signature(original: Any, wrapper: Wrapper) -> Callable[..., Any] | Non
             f"                return _fluxrun_original({', '.join(call[:-1])})\n"
             f"{idle}"
         )
-    source = (
-        "def _fluxrun_make(_fluxrun_original, _fluxrun_current, _fluxrun_wrapper, _fluxrun_bind):\n"
-        f"    def patched({', '.join(params)}):\n"
-        "        if _fluxrun_current() is None:\n"
-        f"{idle}"
-        f"        return _fluxrun_wrapper(_fluxrun_bind(_fluxrun_original, {self_name}), {self_name}, "
-        f"({''.join(a + ', ' for a in args)}), {{{', '.join(kwargs)}}})\n"
-        "    return patched\n"
-    )
-    namespace: dict[str, Any] = {"__name__": __name__}
-    exec(compile(source, __file__, "exec"), namespace)  # this file's name: frame walks skip it as FluxRun's
-    patched: Any = namespace["_fluxrun_make"](original, current, wrapper, types.MethodType)
+    passed = f"({''.join(a + ', ' for a in args)}), {{{', '.join(kwargs)}}}"
+    patched = _compiled(original, wrapper, ", ".join(params), idle, self_name, passed)
     patched.__defaults__ = original.__defaults__
     if keyword_only <= KEYWORD_ONLY_SPELLED_OUT:
         patched.__kwdefaults__ = original.__kwdefaults__
-    return patched  # type: ignore[no-any-return]
+    return patched
 
 
 def _mark_coroutine_function(function: Callable[..., Any]) -> None:
