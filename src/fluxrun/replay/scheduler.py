@@ -12,7 +12,7 @@ released, across tasks and threads:
   thread FluxRun knows (the threads and pool jobs it numbered, a synchronous root) is parked: waiting here,
   finished (a pool job once its future is done), or blocked in `threading` (a lock, condition, event,
   queue or join), as every thread was while the recorded answer was on its way; so a root waiting in
-  `as_completed` sees the futures complete in the recorded order. After `STALL_GRACE` without activity it
+  `as_completed` sees the futures complete in the recorded order. After `BUSY_GRACE` without activity it
   goes anyway (a thread may be busy or blocked where FluxRun cannot see). A blocking call made on an event
   loop's own thread is answered at once (waiting would block the loop).
 - A call recorded with no outcome (still in flight when the execution ended, or cancelled by the app)
@@ -48,6 +48,7 @@ from fluxrun.errors import ReplayDivergence
 from fluxrun.model.schema import AnyEvent, EventError
 
 __all__ = [
+    "BUSY_GRACE",
     "DEADLOCK_GRACE",
     "PENDING_LIMIT",
     "STALL_GRACE",
@@ -60,6 +61,10 @@ __all__ = [
 
 DEADLOCK_GRACE = 0.5
 STALL_GRACE = 0.05
+# how long a thread whose answer is next waits for a known thread that is running (not parked) before it goes
+# anyway: longer than STALL_GRACE, since that thread may be the one just given the previous answer, paused (a
+# full collection, a starved CPU) before it completes its future
+BUSY_GRACE = 0.25
 STALL_LIMIT = 2.0
 PENDING_LIMIT = 10.0
 _POLL = 0.002
@@ -339,14 +344,14 @@ class ReplayScheduler:
 
     def _others_parked(self, ident: int) -> bool:
         """Every other running thread FluxRun knows is parked (see the module docstring), or the replay has
-        been quiet for `STALL_GRACE`."""
+        been quiet for `BUSY_GRACE`."""
         others = self._running - {ident}
         if not others:
             return True
         frames = sys._current_frames()
         if all(_parked(frames.get(other)) for other in others):
             return True
-        return (perf_ns() - self._last) / 1e9 >= STALL_GRACE
+        return (perf_ns() - self._last) / 1e9 >= BUSY_GRACE
 
     def _wait_for_end(self) -> None:
         ident = threading.get_ident()
