@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 import re
 import sys
@@ -55,11 +56,13 @@ __all__ = [
     "DEFAULT_ROW_LIMIT",
     "KIND",
     "Profile",
+    "answer_build",
     "begin",
     "begin_from",
     "finish",
     "label",
     "mask_dsn",
+    "mixed_in",
     "normalise_sql",
     "row_limit",
     "serve",
@@ -208,6 +211,34 @@ def finish(entry: CallEntry | None, result: dict[str, Any] | tuple[Any, ...] | N
             entry.value["result"] = result
     except Exception as exc:
         report_internal_error("db capture", exc)
+
+
+def answer_build(
+    answer: Callable[[tuple[Any, ...]], dict[str, Any]], where: str
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The `build` of a statement whose answer `finish` kept as a tuple of parts that cannot change: `answer`
+    formats it when the execution is sealed (most are dropped first). A part it cannot format leaves the
+    statement recorded without its answer (replay refuses it), reported under `where`, rather than unsealed."""
+
+    def build(data: dict[str, Any]) -> dict[str, Any]:
+        taken = data.get("result")
+        if type(taken) is tuple:
+            try:
+                data["result"] = answer(taken)
+            except Exception as exc:
+                report_internal_error(where, exc)
+                data["result"] = None
+        return data
+
+    return build
+
+
+@functools.cache
+def mixed_in(mixin: type, home: type) -> type:
+    """`home` (a driver's cursor class) with `mixin` in front, made once: it adds no instance layout
+    (`mixin` has empty `__slots__`), so a cursor's `__class__` can switch to it and back."""
+    namespace = {"__module__": home.__module__, "__qualname__": home.__qualname__, "__slots__": ()}
+    return type(home.__name__, (mixin, home), namespace)
 
 
 def fail(entry: CallEntry | None, exc: BaseException) -> None:

@@ -19,7 +19,6 @@ Server-side (named) cursors, `stream()` and `COPY` are not intercepted.
 from __future__ import annotations
 
 import contextlib
-import functools
 import weakref
 from collections.abc import Callable
 from sys import _getframe
@@ -274,16 +273,8 @@ def _answer(taken: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
-def _answer_data(data: dict[str, Any]) -> dict[str, Any]:
-    """A statement's `build` when it is sealed: its answer, if taken by `_direct_answer`, formatted."""
-    taken = data.get("result")
-    if type(taken) is tuple:
-        try:
-            data["result"] = _answer(taken)
-        except Exception as exc:  # recorded without its answer (replay refuses it) rather than not sealed
-            report_internal_error("psycopg capture", exc)
-            data["result"] = None
-    return data
+# a statement's `build`: its answer, if taken by `_direct_answer`, formatted when sealed
+_answer_data = db.answer_build(_answer, "psycopg capture")
 
 
 async def _asafe_snapshot(cursor: Any, tuple_row: Any) -> tuple[Any, ...] | dict[str, Any] | None:
@@ -735,13 +726,9 @@ class _AsyncReplayedRows:
         return row
 
 
-@functools.cache
 def _replayed_class(home: type, asynchronous: bool) -> type:
-    """`home` (a cursor class) with the replayed fetches in front: same instance layout (`__slots__` only),
-    so a cursor's `__class__` can switch to it."""
-    mixin = _AsyncReplayedRows if asynchronous else _ReplayedRows
-    namespace = {"__module__": home.__module__, "__qualname__": home.__qualname__, "__slots__": ()}
-    return type(home.__name__, (mixin, home), namespace)
+    """`home` (a cursor class) with the replayed fetches in front (`db.mixed_in`)."""
+    return db.mixed_in(_AsyncReplayedRows if asynchronous else _ReplayedRows, home)
 
 
 def _status_after(conn: Any) -> dict[str, Any] | None:

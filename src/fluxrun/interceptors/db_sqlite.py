@@ -24,7 +24,6 @@ from itertools import chain
 from typing import Any
 
 from fluxrun._context import Scope, current, scope_var
-from fluxrun._internal import report_internal_error
 from fluxrun.interceptors import db_common as db
 from fluxrun.interceptors.base import Patch
 from fluxrun.model.values import decode
@@ -151,9 +150,8 @@ class _Served(_Buffered):
 
 @cache
 def _variant(mixin: type, home: type) -> type:
-    """`home` (a cursor class) with `mixin` in front: same instance layout, so `__class__` can switch to it."""
-    namespace = {"__module__": home.__module__, "__qualname__": home.__qualname__, "__slots__": ()}
-    variant = type(home.__name__, (mixin, home), namespace)
+    """`home` (a cursor class) with `mixin` in front (`db.mixed_in`), remembered as made from `home`."""
+    variant = db.mixed_in(mixin, home)
     _homes[variant] = home
     return variant
 
@@ -229,37 +227,27 @@ def _record(cursor: Any, scope: Scope, op: str, sql: Any, sql_text: str, paramet
     # (a reference cycle per statement, left to the cyclic collector)
     buffer = db.RowBuffer(rows, truncated=more, more=more_live if more else None)
     _set_state(cursor, _Buffered, buffer, _row_maker(factory, cursor, description))
+    taken = (rows, limit, more, description, cursor.rowcount, cursor.lastrowid)
     if entry is not None and _ATOMS.issuperset(map(type, chain.from_iterable(rows))):
         # sqlite3's own values (no converter made anything else) cannot change: kept as they came, with the
         # description and counts, and formatted only if the execution is kept (most are dropped)
         entry.build = _answer_data
-        db.finish(entry, (rows, limit, more, description, cursor.rowcount, cursor.lastrowid))
+        db.finish(entry, taken)
         return
-    db.finish(
-        entry,
-        db.rows_result(
-            rows, limit=limit, more=more, description=description, rowcount=cursor.rowcount, lastrowid=cursor.lastrowid
-        ),
-    )
+    db.finish(entry, _answer(taken))
 
 
 # the types of the values sqlite3 itself returns (a converter or text factory can return others)
 _ATOMS = frozenset({int, float, str, bytes, type(None)})
 
 
-def _answer_data(data: dict[str, Any]) -> dict[str, Any]:
-    """A statement's `build` when it is sealed: the answer `_record` kept as it came, formatted."""
-    taken = data.get("result")
-    if type(taken) is tuple:
-        rows, limit, more, description, rowcount, lastrowid = taken
-        try:
-            data["result"] = db.rows_result(
-                rows, limit=limit, more=more, description=description, rowcount=rowcount, lastrowid=lastrowid
-            )
-        except Exception as exc:  # recorded without its answer (replay refuses it) rather than not sealed
-            report_internal_error("sqlite3 capture", exc)
-            data["result"] = None
-    return data
+def _answer(taken: tuple[Any, ...]) -> dict[str, Any]:
+    """`_record`'s answer of a statement (rows, limit, more, description, rowcount, lastrowid) as recorded."""
+    rows, limit, more, description, rowcount, lastrowid = taken
+    return db.rows_result(rows, limit=limit, more=more, description=description, rowcount=rowcount, lastrowid=lastrowid)
+
+
+_answer_data = db.answer_build(_answer, "sqlite3 capture")
 
 
 def _serve(cursor: Any, scope: Scope, op: str, sql_text: str, params: Any) -> None:

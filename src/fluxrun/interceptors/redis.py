@@ -53,13 +53,13 @@ def _name(args: tuple[Any, ...]) -> str:
 def _call(args: tuple[Any, ...]) -> str:
     """The call's label, `redis GET`: made once per command name (an app sends a few names over and over)."""
     first = args[0] if args else None
-    label = _labels.get(first) if type(first) is str else None
+    if type(first) is not str:
+        return f"redis {_name(args)}"
+    label = _labels.get(first)
     if label is None:
-        label = f"redis {_name(args)}"
-        if type(first) is str:
-            if len(_labels) >= _LABELS_KEPT:
-                _labels.clear()
-            _labels[first] = label
+        if len(_labels) >= _LABELS_KEPT:
+            _labels.clear()
+        label = _labels[first] = f"redis {_name(args)}"
     return label
 
 
