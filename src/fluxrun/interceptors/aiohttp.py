@@ -16,26 +16,28 @@ Needs aiohttp 3.12 or later (client middlewares); with an older aiohttp nothing 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fluxrun._context import current, scope_var
 from fluxrun._internal import report_internal_error
 from fluxrun.interceptors.base import BoundWhenActive, Patch, loaded, raise_recorded_error
 from fluxrun.interceptors.hot_path import end_call
-from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody, request_body, snapshot
+from fluxrun.interceptors.http_stream import NO_BODY, BodyTape, ConsumedBody, request_body, snapshot
 from fluxrun.interceptors.urllib3 import fail_fetch, outcome_of, start_fetch, take_request
 from fluxrun.model.recording import CallEntry
 
 __all__ = ["AiohttpInterceptor"]
 
 KIND = "http"
+_flat = itertools.chain.from_iterable
 
 
-def _upload(body: Any, limit: int) -> dict[str, Any]:
+def _upload(body: Any, limit: int) -> Mapping[str, Any]:
     """aiohttp's request body: bytes, or a bytes payload (json=, data=bytes/str/form); others are streamed."""
-    if body == b"":  # no body (a GET): what `snapshot(b"", limit)` gives
-        return {"bytes": b"", "size": 0}
+    if body == b"":  # no body (a GET)
+        return NO_BODY
     if isinstance(body, (bytes, bytearray)):
         return snapshot(bytes(body), limit)
     value = getattr(body, "_value", None)
@@ -90,9 +92,11 @@ class _TeeReader:
             self._failed(exc)
             raise
         consumed = self._consumed
-        consumed.piece(data)
-        if not data or inner.at_eof():
-            consumed.end()
+        if data:
+            consumed.piece(data)
+            if not inner.at_eof():
+                return data
+        consumed.end()
         return data
 
     async def readany(self) -> bytes:
@@ -280,7 +284,7 @@ def _middleware(module: Any, limit: Callable[[], int]) -> Callable[..., Any]:
                 # aiohttp's `HttpVersion` (an immutable named tuple) and bytes pairs as received: made text when
                 # the execution is sealed (urllib3._fetch_data)
                 "http_version": response.version,
-                "headers": tuple(response.raw_headers),
+                "headers": tuple(_flat(response.raw_headers)),
                 "body": body,
             }
             response.content = _TeeReader(response.content, ConsumedBody(body, limit()), module)

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
-from types import FrameType
+from collections.abc import Callable, Mapping
+from types import FrameType, MappingProxyType
 from typing import Any
 
 from fluxrun._internal import is_plumbing, report_internal_error
 from fluxrun.interceptors.hot_path import error_fields
 from fluxrun.model.export import body_bytes
 
-__all__ = ["BodyTape", "ConsumedBody", "client_frame", "request_body", "snapshot"]
+__all__ = ["NO_BODY", "BodyTape", "ConsumedBody", "client_frame", "request_body", "snapshot"]
 
 # Packages between the app and the wire: a call's site is the first frame outside them (the app's line).
 CLIENT_PACKAGES = frozenset({"requests", "urllib3", "botocore", "boto3", "s3transfer", "aiohttp", "stripe"})
@@ -79,11 +79,16 @@ def snapshot(content: bytes, limit: int) -> dict[str, Any]:
     return out
 
 
-def request_body(body: Any, limit: int) -> dict[str, Any]:
+# The upload of a request without a body, shared by every such request (read-only: one dict less held per
+# call until its execution ends; made a dict of its own when the execution is sealed)
+NO_BODY: Mapping[str, Any] = MappingProxyType({"bytes": b"", "size": 0})
+
+
+def request_body(body: Any, limit: int) -> Mapping[str, Any]:
     """An upload as recorded: bytes and str as they are; a seekable file read up to the limit and rewound;
     anything else (a generator, a socket) is marked streamed and not read, since reading it would consume it."""
     if body is None:
-        return {"bytes": b"", "size": 0}
+        return NO_BODY
     if isinstance(body, str):
         return snapshot(body.encode("utf-8"), limit)
     if isinstance(body, (bytes, bytearray, memoryview)):

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import datetime
 import http.client
-from collections.abc import Callable, Iterator
+import itertools
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from fluxrun._context import Scope, current, scope_var
@@ -46,34 +47,67 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _VERSIONS = {10: "HTTP/1.0", 11: "HTTP/1.1", 20: "HTTP/2", 30: "HTTP/3"}
 
 
-def _fetch_data(data: dict[str, Any]) -> dict[str, Any]:
-    """A fetch's `data` when its execution is sealed: headers snapshotted as header lines (`_raw_pairs`, on
-    the request path) become text pairs here, off it (most executions are dropped), and a URL or HTTP version
-    kept as the client's immutable object (aiohttp's yarl `URL` and `HttpVersion`) becomes its text."""
-    request = data.get("request")
-    if request and type(request.get("url")) is not str:
-        request["url"] = str(request["url"])
+def _fetch_data(value: dict[str, Any]) -> dict[str, Any]:
+    """A fetch's `data` when its execution is sealed, from what `start_fetch` kept flat (the request's parts
+    beside the client's name: one dict less per call held until the execution ends). Headers snapshotted on
+    the request path (`_raw_pairs`) become text pairs here, off it (most executions are dropped), and a URL or
+    HTTP version kept as the client's immutable object (aiohttp's yarl `URL` and `HttpVersion`) its text.
+    Builds a new dict each time: `Recording.events` may be read more than once."""
+    url, body = value["url"], value["body"]
+    request = {
+        "method": value["method"],
+        "url": url if type(url) is str else str(url),
+        "headers": _header_pairs(value["headers"]),
+        "body": body if type(body) is dict else dict(body),  # `NO_BODY`, shared and read-only
+    }
+    data = {"client": value["client"], "request": request}
+    for key, item in value.items():
+        if key not in _REQUEST_PARTS:
+            data[key] = item
     response = data.get("response")
-    if response and type(response.get("http_version")) is not str:  # aiohttp's `HttpVersion`, or None
-        version = response["http_version"]
-        response["http_version"] = f"HTTP/{version[0]}.{version[1]}" if version else "HTTP/1.1"
-    for part in (request, response):
-        if part and type(part.get("headers")) is tuple:
-            part["headers"] = [(_text(line[0]), _text(value)) for line in part["headers"] for value in line[1:]]
+    if response:
+        response = data["response"] = dict(response)
+        version = response.get("http_version")
+        if type(version) is not str:  # aiohttp's `HttpVersion`, or None
+            response["http_version"] = f"HTTP/{version[0]}.{version[1]}" if version else "HTTP/1.1"
+        response["headers"] = _header_pairs(response.get("headers"))
     return data
 
 
+_REQUEST_PARTS = frozenset({"client", "method", "url", "headers", "body"})
+
+
+def _header_pairs(headers: Any) -> Any:
+    """Text pairs of headers snapshotted by `_raw_pairs`: a flat tuple, or a tuple of lines."""
+    if type(headers) is not tuple:
+        return headers  # already pairs (a response recorded by another path)
+    if headers and type(headers[0]) is tuple:
+        return [(_text(line[0]), _text(item)) for line in headers for item in line[1:]]
+    return [(_text(headers[i]), _text(headers[i + 1])) for i in range(0, len(headers) - 1, 2)]
+
+
 def _raw_pairs(headers: Any) -> tuple[Any, ...]:
-    """A snapshot of a header mapping or pair list as it is now, as lines `(name, value, ...)`; `_fetch_data`
-    formats it if kept. The two header classes of the clients here are copied from their own storage, in C:
-    urllib3's `HTTPHeaderDict` keeps `[name, value, ...]` per lower-case name (lists it appends to: copied),
-    requests' `CaseInsensitiveDict` keeps `(name, value)` per lower-case name."""
+    """A snapshot of a header mapping or pair list as it is now, formatted by `_fetch_data` if kept: one flat
+    tuple `(name, value, name, value, ...)`, made in C (one object held per call, not one more per header),
+    or lines `((name, value, ...), ...)` for a urllib3 name with several values or a pair list. The two header
+    classes of the clients here are copied from their own storage: urllib3's `HTTPHeaderDict` keeps
+    `[name, value, ...]` per lower-case name, requests' `CaseInsensitiveDict` keeps `(name, value)`."""
     lines = _header_classes.get(type(headers))
     if lines is not None:  # empty or not: their own `__len__` is a Python call, the copy of nothing is ()
-        return tuple(map(tuple, headers._container.values())) if lines else tuple(headers._store.values())
+        if not lines:
+            return tuple(_flat(headers._store.values()))
+        container = headers._container
+        flat = tuple(_flat(container.values()))
+        # every line is `[name, value, ...]`, so twice the names means one value each
+        return flat if len(flat) == 2 * len(container) else tuple(map(tuple, container.values()))
     if not headers:
         return ()
-    return tuple(headers.items() if hasattr(headers, "items") else headers)
+    if hasattr(headers, "items"):
+        return tuple(_flat(headers.items()))
+    return tuple(map(tuple, headers))
+
+
+_flat = itertools.chain.from_iterable
 
 
 # header classes whose storage `_raw_pairs` copies directly (their `items()` is a Python generator per header):
@@ -101,14 +135,17 @@ def _text_pairs(headers: Any) -> list[tuple[str, str]]:
 
 # -- capture ---------------------------------------------------------------------------------------
 def start_fetch(
-    scope: Scope, client: str, method: str, url: Any, headers: Any, body: dict[str, Any], stream: bool = True
+    scope: Scope, client: str, method: str, url: Any, headers: Any, body: Mapping[str, Any], stream: bool = True
 ) -> CallEntry:
     """Append a fetch to the log as an entry that the response or error completes. `url` is text, or an
     immutable URL object that `_fetch_data` turns into text if the execution is kept."""
     frame = client_frame(3)
     data = {
         "client": client,
-        "request": {"method": method.upper(), "url": url, "headers": _raw_pairs(headers), "body": body},
+        "method": method.upper(),
+        "url": url,
+        "headers": _raw_pairs(headers),
+        "body": body,
         "stream": stream,
     }
     entry = start_call(scope, KIND, None, site_ref(frame) if frame is not None else "?:?:0", data)
@@ -192,9 +229,11 @@ class _TeedReads:
         except BaseException as exc:
             consumed.fail(exc)
             raise
-        consumed.piece(data)
-        if amt is None or not data or len(data) < amt:
-            consumed.end()
+        if data:  # the read that finds the end returns nothing: no piece to keep
+            consumed.piece(data)
+            if amt is not None and len(data) >= amt:
+                return data  # type: ignore[no-any-return]
+        consumed.end()
         return data  # type: ignore[no-any-return]
 
     def read1(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
