@@ -15,7 +15,9 @@ Lineage is given at creation: each thread the app's code starts and each pool jo
 `start` or `submit` is called, numbered in creation order within its parent, so a job that does CPU work
 before its first call has the same lineage at capture and at replay. Threads a library starts for itself
 (anyio's workers, pools' own threads) are not numbered: whether one is started depends on timing.
-At replay each numbered thread and job tells the scheduler while it runs (see replay/scheduler.py).
+At capture each one's end takes the next number of the execution's completion clock, as an answer does
+(`Recording.ends`); at replay each tells the scheduler while it runs, so an answer that came after a job had
+ended waits for that job to end (see replay/scheduler.py).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def _in_child(scope: Scope, function: Callable[..., Any], *args: Any, **kwargs: 
     scope.owner = current_owner()
     scheduler = scope.session.scheduler if scope.session is not None else None
     if scheduler is not None:
-        scheduler.thread_started()
+        scheduler.thread_started(scope.path)
     token = scope_var.set(scope)
     try:
         return function(*args, **kwargs)
@@ -59,6 +61,16 @@ def _in_child(scope: Scope, function: Callable[..., Any], *args: Any, **kwargs: 
         scope_var.reset(token)
         if scheduler is not None:
             scheduler.thread_finished()
+        else:
+            _record_end(scope)
+
+
+def _record_end(scope: Scope, _future: Any = None) -> None:
+    """At capture: a numbered thread's or job's end takes the next completion number, unless its execution had
+    ended first (then it never ends at replay either)."""
+    recording = scope.recording
+    if "kind" not in recording.outcome:
+        recording.ends[scope.path] = next(scope.clock)
 
 
 def _in_job(scope: Scope, ran: list[int], function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -68,7 +80,7 @@ def _in_job(scope: Scope, ran: list[int], function: Callable[..., Any], *args: A
     scope.owner = current_owner()
     if scope.session is not None:
         ran.append(threading.get_ident())
-        scope.session.scheduler.thread_started()
+        scope.session.scheduler.thread_started(scope.path)
     token = scope_var.set(scope)
     try:
         return function(*args, **kwargs)
@@ -124,6 +136,8 @@ def _submit_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any,
     future = wrapped(functools.partial(_in_job, child, ran, args[0]), *args[1:], **kwargs)
     if child.session is not None:
         future.add_done_callback(_job_done(child, ran))
+    else:  # its end is when its future is done (result set), not when the function returns
+        future.add_done_callback(functools.partial(_record_end, child))
     return future
 
 

@@ -111,6 +111,7 @@ def build_payload(
         "environment": environment,
         "runtime": {"python": platform.python_version(), "implementation": sys.implementation.name},
         **({"in_app_include": list(app_modules)} if app_modules else {}),
+        **({"task_ends": dict(recording.ends)} if recording.ends else {}),
     }
 
 

@@ -71,7 +71,17 @@ class Event:
 class Recording:
     """Everything one execution did. Appends are atomic under the GIL, so tasks and threads share it."""
 
-    __slots__ = ("entry", "env_seen", "execution", "log", "outcome", "request", "started_ns", "started_wall")
+    __slots__ = (
+        "ends",
+        "entry",
+        "env_seen",
+        "execution",
+        "log",
+        "outcome",
+        "request",
+        "started_ns",
+        "started_wall",
+    )
 
     def __init__(self, execution: str, entry: str | None, started_wall: float) -> None:
         self.execution = execution  # "asgi", "wsgi" or "function"
@@ -82,6 +92,8 @@ class Recording:
         self.started_ns = perf_ns()
         self.started_wall = started_wall
         self.env_seen: set[str] = set()  # env is a snapshot: the variables already recorded (interceptors/env.py)
+        # lineage -> completion number of each numbered thread's and pool job's end (interceptors/threads.py)
+        self.ends: dict[str, int] = {}
 
     def add(self, kind: str, call: str | None, task: str, site: Any, data: dict[str, Any]) -> Event:
         """Append an event; `site` is a `module:qualname:line` string or a `site_ref` tuple (formatted on export)."""

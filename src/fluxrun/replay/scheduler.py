@@ -12,9 +12,12 @@ released, across tasks and threads:
   thread FluxRun knows (the threads and pool jobs it numbered, a synchronous root) is parked: waiting here,
   finished (a pool job once its future is done), or blocked in `threading` (a lock, condition, event,
   queue or join), as every thread was while the recorded answer was on its way; so a root waiting in
-  `as_completed` sees the futures complete in the recorded order. After `BUSY_GRACE` without activity it
-  goes anyway (a thread may be busy or blocked where FluxRun cannot see). A blocking call made on an event
-  loop's own thread is answered at once (waiting would block the loop).
+  `as_completed` sees the futures complete in the recorded order. The ends of numbered threads and pool jobs
+  have completion numbers too (`task_ends`): a thread still running that had ended before this answer at
+  capture is waited for (it may only be paused: a starved CPU, a full collection), up to `STALL_LIMIT` without
+  activity; one that ended after it need not park (it was still running when the answer came). Otherwise,
+  after `BUSY_GRACE` without activity it goes anyway (a thread may be busy or blocked where FluxRun cannot
+  see). A blocking call made on an event loop's own thread is answered at once (waiting would block the loop).
 - A call recorded with no outcome (still in flight when the execution ended, or cancelled by the app)
   never completes: an asyncio caller awaits a future that never resolves, so `wait_for`,
   `asyncio.timeout`, `gather`/`TaskGroup` cancellation end it as they did; a thread caller blocks until
@@ -61,9 +64,9 @@ __all__ = [
 
 DEADLOCK_GRACE = 0.5
 STALL_GRACE = 0.05
-# how long a thread whose answer is next waits for a known thread that is running (not parked) before it goes
-# anyway: longer than STALL_GRACE, since that thread may be the one just given the previous answer, paused (a
-# full collection, a starved CPU) before it completes its future
+# how long a thread whose answer is next waits for a known thread that is running (not parked) and whose end
+# was not recorded (a root, a bundle from before `task_ends`) before it goes anyway: longer than STALL_GRACE,
+# since that thread may be the one just given the previous answer, paused before it completes its future
 BUSY_GRACE = 0.25
 STALL_LIMIT = 2.0
 PENDING_LIMIT = 10.0
@@ -107,7 +110,7 @@ class _Held:
 class ReplayScheduler:
     """Holds answers until their recorded turn (see the module docstring for the rules)."""
 
-    def __init__(self, events: list[AnyEvent]) -> None:
+    def __init__(self, events: list[AnyEvent], ends: object = None) -> None:
         order = set()
         for event in events:
             done = (event.get("data") or {}).get("done") if isinstance(event.get("data"), dict) else None
@@ -122,6 +125,8 @@ class ReplayScheduler:
         self._idle_pumps: dict[asyncio.AbstractEventLoop, int] = {}
         self._cond = threading.Condition()
         self._running: set[int] = set()  # threads FluxRun started (and a synchronous root), not waiting here
+        self._paths: dict[int, str] = {}  # their lineage, for the numbered ones
+        self._ends = _recorded_ends(ends)  # lineage -> completion number of its end at capture
         self._never: dict[asyncio.Future[None], tuple[asyncio.AbstractEventLoop, str, int]] = {}  # pending waits
         self._watchdogs: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
         self._last = perf_ns()
@@ -132,15 +137,21 @@ class ReplayScheduler:
         """Something happened in the replay (a call, a new task, thread or job): not stalled."""
         self._last = perf_ns()
 
-    def thread_started(self) -> None:
+    def thread_started(self, path: str | None = None) -> None:
+        """The current thread runs a numbered thread or pool job (its lineage `path`), or a synchronous root."""
         with self._cond:
-            self._running.add(threading.get_ident())
+            ident = threading.get_ident()
+            self._running.add(ident)
+            if path is not None:
+                self._paths[ident] = path
             self._last = perf_ns()
 
     def thread_finished(self, ident: int | None = None) -> None:
         """The current thread's (or thread `ident`'s) numbered thread or pool job has finished."""
         with self._cond:
-            self._running.discard(threading.get_ident() if ident is None else ident)
+            ident = threading.get_ident() if ident is None else ident
+            self._running.discard(ident)
+            self._paths.pop(ident, None)
             self._last = perf_ns()
             self._cond.notify_all()
 
@@ -343,15 +354,24 @@ class ReplayScheduler:
                     self._running.add(ident)
 
     def _others_parked(self, ident: int) -> bool:
-        """Every other running thread FluxRun knows is parked (see the module docstring), or the replay has
-        been quiet for `BUSY_GRACE`."""
+        """The thread whose answer is next may go: every other running thread FluxRun knows is parked or had
+        not ended yet when this answer came at capture, or the replay has been quiet long enough (see the
+        module docstring)."""
         others = self._running - {ident}
         if not others:
             return True
         frames = sys._current_frames()
-        if all(_parked(frames.get(other)) for other in others):
+        busy = [other for other in others if not _parked(frames.get(other))]
+        if not busy:
             return True
-        return (perf_ns() - self._last) / 1e9 >= BUSY_GRACE
+        answer = self._frontier()
+        ends = [self._ends.get(self._paths.get(other, "")) for other in busy]
+        quiet = (perf_ns() - self._last) / 1e9
+        if answer is not None and any(end is not None and end < answer for end in ends):
+            return quiet >= STALL_LIMIT  # it had ended before this answer came: wait for its end
+        if answer is not None and all(end is not None for end in ends):
+            return True  # each was still running when this answer came
+        return quiet >= BUSY_GRACE
 
     def _wait_for_end(self) -> None:
         ident = threading.get_ident()
@@ -364,6 +384,13 @@ class ReplayScheduler:
             finally:
                 if was_running:
                     self._running.add(ident)
+
+
+def _recorded_ends(ends: object) -> dict[str, int]:
+    """A bundle's `task_ends` (untrusted): lineage -> completion number, anything else left out."""
+    if not isinstance(ends, dict):
+        return {}
+    return {path: end for path, end in ends.items() if type(path) is str and type(end) is int}
 
 
 # Where a thread blocked in `threading` sits: Condition.wait (Event.wait, queue.get, futures' waits) and join.

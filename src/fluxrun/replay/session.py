@@ -74,7 +74,8 @@ class ReplaySession:
         self.divergences: list[ReplayDivergence] = []
         self.blocked: list[LiveIOBlocked] = []
         self._lock = threading.Lock()
-        self.scheduler = ReplayScheduler(self.events)  # answers released in their recorded completion order
+        # answers released in their recorded completion order, and after the ends of jobs that ended before them
+        self.scheduler = ReplayScheduler(self.events, payload.get("task_ends"))
 
     # -- answering ---------------------------------------------------------------------------------
     def take(

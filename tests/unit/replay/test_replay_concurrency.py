@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 import fluxrun
+from fluxrun.replay.scheduler import BUSY_GRACE
 
 RUNS = 20
 
@@ -33,6 +34,7 @@ UPSTREAM = {
 }
 SPIN = {0: 0, 1: 0, 2: 0}  # CPU work per pool job before its first call (loop iterations)
 SKIP: set[str] = set()  # calls the code no longer makes (a fix)
+BUSY_AFTER: dict[str, float] = {}  # seconds a pool job stays busy after its call, before it ends
 
 
 async def answer_async(request: httpx.Request) -> httpx.Response:
@@ -164,6 +166,24 @@ def pool_as_completed() -> None:
             order.append(future.result())  # raises the first failure, in completion order
 
 
+def pool_fetch_then_busy(name: str) -> str:
+    try:
+        return pool_fetch(name)
+    finally:
+        if name in BUSY_AFTER:  # blocked in C, where FluxRun cannot see it parked: as a thread the CPU starves
+            lock = threading.Lock()
+            lock.acquire()
+            lock.acquire(timeout=BUSY_AFTER[name])
+
+
+@fluxrun.capture
+def pool_first_failure() -> None:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(pool_fetch_then_busy, name) for name in ("fast-fail", "late-fail")]
+        for future in as_completed(futures):
+            future.result()  # raises the first failure, in completion order
+
+
 @fluxrun.capture
 def pool_left_running() -> None:
     pool = ThreadPoolExecutor(max_workers=2)
@@ -182,6 +202,7 @@ def pool_left_running() -> None:
 def reset():
     SPIN.update({0: 0, 1: 0, 2: 0})
     SKIP.clear()
+    BUSY_AFTER.clear()
 
 
 def capture(captured, scenario, expected_error: type[BaseException], match: str | None = None):
@@ -263,6 +284,29 @@ def test_pool_map_with_cpu_work_before_the_first_call(captured):
 def test_pool_as_completed_raises_the_recorded_first_failure(captured):
     payload, error = capture(captured, pool_as_completed, httpx.HTTPStatusError, "late-fail")
     replay_20_times(payload, str(error))
+
+
+def replay_3_times(payload, message: str) -> None:
+    for _ in range(3):
+        result = fluxrun.replay.run(payload, isolate=False, app=None)
+        assert result.outcome == "reproduced", result.summary()
+        assert result.new.message == message
+
+
+def test_a_job_paused_after_its_answer_still_ends_before_the_next_answer(captured):
+    """At capture "fast-fail"'s job ended before "late-fail"'s answer came; at replay it stays busy after its
+    answer for longer than BUSY_GRACE (a starved CPU), and the next answer waits for its end."""
+    payload, error = capture(captured, pool_first_failure, httpx.HTTPStatusError, "fast-fail")
+    assert sorted(payload["task_ends"]) == ["0.1", "0.2"]
+    BUSY_AFTER["fast-fail"] = 2 * BUSY_GRACE
+    replay_3_times(payload, str(error))
+
+
+def test_a_job_still_busy_when_the_next_answer_came_lets_it_go(captured):
+    """At capture "fast-fail"'s job was still busy after its answer when "late-fail"'s came and failed first."""
+    BUSY_AFTER["fast-fail"] = 0.3
+    payload, error = capture(captured, pool_first_failure, httpx.HTTPStatusError, "late-fail")
+    replay_3_times(payload, str(error))
 
 
 def test_a_pool_job_left_running_stays_pending_and_never_reaches_the_app(captured):
