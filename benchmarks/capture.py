@@ -344,11 +344,36 @@ def measure_baseline_and_idle(
     return baseline, idle
 
 
-def measure_capturing(settings: Settings, idle: dict[str, float], kinds: tuple[Kind, ...] = KINDS) -> dict[str, float]:
+class CollectorTime:
+    """CPU time spent in the cyclic garbage collector while `on` (a `gc.callbacks` hook). The captured figures are
+    medians of repeats, which leave out the few repeats that hold a full collection (its cost grows with the heap);
+    this is the collector's mean share per captured call, for the tables to show beside them."""
+
+    def __init__(self) -> None:
+        self.ns = 0
+        self.on = False
+        self._started = 0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._started = REAL.cpu_ns()
+        else:
+            self.ns += REAL.cpu_ns() - self._started
+
+
+def measure_capturing(
+    settings: Settings,
+    idle: dict[str, float],
+    kinds: tuple[Kind, ...] = KINDS,
+    collector: dict[str, float] | None = None,
+) -> dict[str, float]:
     """ns/call of each kind inside captured executions of CALLS_PER_EXECUTION calls that end normally.
 
     Each repeat times the captured executions and, right after, the same calls uncaptured (idle), so both
     see the same machine; the result is table 1's idle figure plus the difference measured side by side.
+    `collector`, when given, gets each kind's mean collector time per captured call (`CollectorTime`).
     """
     results = {}
     for kind in kinds:
@@ -366,10 +391,20 @@ def measure_capturing(settings: Settings, idle: dict[str, float], kinds: tuple[K
         executions = calibrate(run, settings.loop_budget_ms * 1e6)
         gc.collect()
         differences = []
-        for _ in range(settings.repeats):
-            differences.append(run(executions) - run(executions, uncaptured))
+        clock = CollectorTime()
+        gc.callbacks.append(clock)
+        try:
+            for _ in range(settings.repeats):
+                clock.on = True
+                captured_ns = run(executions)
+                clock.on = False
+                differences.append(captured_ns - run(executions, uncaptured))
+        finally:
+            gc.callbacks.remove(clock)
         added = statistics.median(differences) / executions / CALLS_PER_EXECUTION
         results[kind.name] = idle[kind.name] + added
+        if collector is not None:
+            collector[kind.name] = clock.ns / (settings.repeats * executions * CALLS_PER_EXECUTION)
     return results
 
 
@@ -1471,11 +1506,12 @@ def measure_db(settings: Settings, workdir: Path, start: Callable[[], None], con
 
         fluxrun.shutdown()
         clients.fluxrun_stopped()
+        collector: dict[str, float] = {}
         try:
             baseline, idle = measure_baseline_and_idle(
                 paired_idle_settings(settings), started, stopped, clients.kinds, paired=True
             )
-            capturing = measure_capturing(settings, idle, clients.kinds)
+            capturing = measure_capturing(settings, idle, clients.kinds, collector)
         finally:
             stopped()
         otel_plain, otel = measure_otel_sqlalchemy(settings, clients)
@@ -1485,11 +1521,18 @@ def measure_db(settings: Settings, workdir: Path, start: Callable[[], None], con
             "baseline_ns": baseline,
             "idle_added_ns": {k: idle[k] - baseline[k] for k in idle},
             "capturing_added_us": {k: (capturing[k] - baseline[k]) / 1000 for k in capturing},
+            "collector_us": {k: ns / 1000 for k, ns in collector.items()},
             "otel_baseline_ns": otel_plain,
             "otel_added_us": (otel - otel_plain) / 1000,
         }
     finally:
         clients.close()
+
+
+def collector_cell(result: dict[str, Any], name: str) -> str:
+    """The collector's mean time per captured call (`CollectorTime`), absent from results written before it."""
+    value = result.get("collector_us", {}).get(name)
+    return "" if value is None else f"{value:.2f}"
 
 
 def db_table(result: dict[str, Any]) -> Table:
@@ -1498,12 +1541,13 @@ def db_table(result: dict[str, Any]) -> Table:
         title_justify="left",
         caption=f"{result['note']}; idle and baseline alternate each repeat (CPU time, medians of each repeat's "
         "idle minus its baseline); captured: "
-        f"{CALLS_PER_EXECUTION} calls per execution; OpenTelemetry: SQLAlchemy instrumentation with an SDK "
+        f"{CALLS_PER_EXECUTION} calls per execution (median of repeats); collector: its mean CPU time per captured "
+        "call over all repeats, full collections included; OpenTelemetry: SQLAlchemy instrumentation with an SDK "
         "TracerProvider and an in-memory exporter, on its own engine, beside an uninstrumented one",
         caption_justify="left",
     )
     for column in ("client", "baseline ns", "FluxRun idle added ns", "idle target", "FluxRun captured added µs",
-                   "captured target", "OpenTelemetry added µs"):  # fmt: skip
+                   "captured target", "collector µs (mean)", "OpenTelemetry added µs"):  # fmt: skip
         table.add_column(column, justify="left" if column == "client" else "right")
     for name in result["kinds"]:
         idle, captured = result["idle_added_ns"][name], result["capturing_added_us"][name]
@@ -1515,6 +1559,7 @@ def db_table(result: dict[str, Any]) -> Table:
             f"< {IDLE_TARGET_NS} {verdict(idle < IDLE_TARGET_NS)}",
             f"{captured:.2f}",
             f"< {DB_CAPTURE_TARGET_US} {verdict(captured < DB_CAPTURE_TARGET_US)}",
+            collector_cell(result, name),
             otel,
         )
     return table
@@ -1802,11 +1847,12 @@ def measure_clients(
     try:
         fluxrun.shutdown()
         kinds = tuple(clients.kinds)
+        collector: dict[str, float] = {}
         try:
             baseline, idle = measure_baseline_and_idle(
                 paired_idle_settings(settings), start, fluxrun.shutdown, kinds, paired=True
             )
-            capturing = measure_capturing(settings, idle, kinds)
+            capturing = measure_capturing(settings, idle, kinds, collector)
             events = probe_events_per_call(bundles, replay_key, kinds)
         finally:
             fluxrun.shutdown()
@@ -1817,6 +1863,7 @@ def measure_clients(
             "baseline_ns": baseline,
             "idle_added_ns": {k: idle[k] - baseline[k] for k in idle},
             "capturing_added_us": {k: (capturing[k] - baseline[k]) / 1000 for k in capturing},
+            "collector_us": {k: ns / 1000 for k, ns in collector.items()},
             "events_per_call": events,
             "otel": otel,
         }
@@ -1832,14 +1879,16 @@ def clients_table(result: dict[str, Any]) -> Table:
         "returning a canned 200 (no socket; the pool, retries and requests' adapter run as usual); aiohttp: a "
         "TCPConnector whose connections are aiohttp's own protocol on an in-memory transport answering a canned 200. "
         "Idle and baseline alternate each repeat (CPU time of this thread, medians); captured: "
-        f"{CALLS_PER_EXECUTION} calls per execution; events/call read back from a sealed probe bundle. OpenTelemetry: "
-        "its requests, aiohttp-client (trace config on its own session) and redis instrumentations with an SDK "
-        "TracerProvider and an in-memory exporter, FluxRun shut down, switched on and off around its loop, "
+        f"{CALLS_PER_EXECUTION} calls per execution (median of repeats); collector: its mean CPU time per captured "
+        "call over all repeats, full collections included; events/call read back from a sealed probe bundle. "
+        "OpenTelemetry: its requests, aiohttp-client (trace config on its own session) and redis instrumentations "
+        "with an SDK TracerProvider and an in-memory exporter, FluxRun shut down, switched on and off around its loop, "
         "against the same client uninstrumented in the same repeat",
         caption_justify="left",
     )
     for column in ("client", "baseline µs", "FluxRun idle added ns", "idle target", "FluxRun captured added µs",
-                   "captured target", "events/call", "OpenTelemetry added µs", "spans/call"):  # fmt: skip
+                   "captured target", "collector µs (mean)", "events/call", "OpenTelemetry added µs",
+                   "spans/call"):  # fmt: skip
         table.add_column(column, justify="left" if column == "client" else "right")
     for name in result["kinds"]:
         idle, captured = result["idle_added_ns"][name], result["capturing_added_us"][name]
@@ -1851,6 +1900,7 @@ def clients_table(result: dict[str, Any]) -> Table:
             f"< {IDLE_TARGET_NS} {verdict(idle < IDLE_TARGET_NS)}",
             f"{captured:.2f}",
             f"< {CLIENT_CAPTURE_TARGET_US} {verdict(captured < CLIENT_CAPTURE_TARGET_US)}",
+            collector_cell(result, name),
             f"{result['events_per_call'].get(name, math.nan):g}",
             f"{otel['added_us']:.2f}" if otel else "",
             f"{otel['spans_per_call']:g}" if otel else "",
