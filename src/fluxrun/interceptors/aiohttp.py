@@ -16,7 +16,6 @@ Needs aiohttp 3.12 or later (client middlewares); with an older aiohttp nothing 
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,13 +24,12 @@ from fluxrun._internal import report_internal_error
 from fluxrun.interceptors.base import BoundWhenActive, Patch, loaded, raise_recorded_error
 from fluxrun.interceptors.hot_path import end_call
 from fluxrun.interceptors.http_stream import NO_BODY, BodyTape, ConsumedBody, request_body, snapshot
-from fluxrun.interceptors.urllib3 import fail_fetch, outcome_of, start_fetch, take_request
+from fluxrun.interceptors.urllib3 import fail_fetch, outcome_of, raw_pairs, start_fetch, take_request
 from fluxrun.model.recording import CallEntry
 
 __all__ = ["AiohttpInterceptor"]
 
 KIND = "http"
-_flat = itertools.chain.from_iterable
 
 
 def _upload(body: Any, limit: int) -> Mapping[str, Any]:
@@ -284,7 +282,7 @@ def _middleware(module: Any, limit: Callable[[], int]) -> Callable[..., Any]:
                 # aiohttp's `HttpVersion` (an immutable named tuple) and bytes pairs as received: made text when
                 # the execution is sealed (urllib3._fetch_data)
                 "http_version": response.version,
-                "headers": tuple(_flat(response.raw_headers)),
+                "headers": raw_pairs(response.raw_headers),
                 "body": body,
             }
             response.content = _TeeReader(response.content, ConsumedBody(body, limit()), module)

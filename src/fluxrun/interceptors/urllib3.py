@@ -36,6 +36,7 @@ __all__ = [
     "body_view",
     "copy_headers_directly",
     "outcome_of",
+    "raw_pairs",
     "record_response",
     "start_fetch",
     "take_request",
@@ -50,7 +51,7 @@ _VERSIONS = {10: "HTTP/1.0", 11: "HTTP/1.1", 20: "HTTP/2", 30: "HTTP/3"}
 def _fetch_data(value: dict[str, Any]) -> dict[str, Any]:
     """A fetch's `data` when its execution is sealed, from what `start_fetch` kept flat (the request's parts
     beside the client's name: one dict less per call held until the execution ends). Headers snapshotted on
-    the request path (`_raw_pairs`) become text pairs here, off it (most executions are dropped), and a URL or
+    the request path (`raw_pairs`) become text pairs here, off it (most executions are dropped), and a URL or
     HTTP version kept as the client's immutable object (aiohttp's yarl `URL` and `HttpVersion`) its text.
     Builds a new dict each time: `Recording.events` may be read more than once."""
     url, body = value["url"], value["body"]
@@ -78,7 +79,7 @@ _REQUEST_PARTS = frozenset({"client", "method", "url", "headers", "body"})
 
 
 def _header_pairs(headers: Any) -> Any:
-    """Text pairs of headers snapshotted by `_raw_pairs`: a flat tuple, or a tuple of lines."""
+    """Text pairs of headers snapshotted by `raw_pairs`: a flat tuple, or a tuple of lines."""
     if type(headers) is not tuple:
         return headers  # already pairs (a response recorded by another path)
     if headers and type(headers[0]) is tuple:
@@ -86,12 +87,13 @@ def _header_pairs(headers: Any) -> Any:
     return [(_text(headers[i]), _text(headers[i + 1])) for i in range(0, len(headers) - 1, 2)]
 
 
-def _raw_pairs(headers: Any) -> tuple[Any, ...]:
+def raw_pairs(headers: Any) -> tuple[Any, ...]:
     """A snapshot of a header mapping or pair list as it is now, formatted by `_fetch_data` if kept: one flat
     tuple `(name, value, name, value, ...)`, made in C (one object held per call, not one more per header),
-    or lines `((name, value, ...), ...)` for a urllib3 name with several values or a pair list. The two header
-    classes of the clients here are copied from their own storage: urllib3's `HTTPHeaderDict` keeps
-    `[name, value, ...]` per lower-case name, requests' `CaseInsensitiveDict` keeps `(name, value)`."""
+    or lines `((name, value, ...), ...)` for a urllib3 name with several values. The two header classes of the
+    clients here are copied from their own storage: urllib3's `HTTPHeaderDict` keeps `[name, value, ...]` per
+    lower-case name, requests' `CaseInsensitiveDict` keeps `(name, value)`; aiohttp's are a multidict and a
+    tuple of byte pairs."""
     lines = _header_classes.get(type(headers))
     if lines is not None:  # empty or not: their own `__len__` is a Python call, the copy of nothing is ()
         if not lines:
@@ -104,19 +106,21 @@ def _raw_pairs(headers: Any) -> tuple[Any, ...]:
         return ()
     if hasattr(headers, "items"):
         return tuple(_flat(headers.items()))
-    return tuple(map(tuple, headers))
+    pairs = headers if isinstance(headers, (list, tuple)) else list(headers)
+    flat = tuple(_flat(pairs))
+    return flat if len(flat) == 2 * len(pairs) else tuple(map(tuple, pairs))
 
 
 _flat = itertools.chain.from_iterable
 
 
-# header classes whose storage `_raw_pairs` copies directly (their `items()` is a Python generator per header):
+# header classes whose storage `raw_pairs` copies directly (their `items()` is a Python generator per header):
 # True for lines in `_container` (urllib3), False for pairs in `_store` (requests)
 _header_classes: dict[type, bool] = {}
 
 
 def copy_headers_directly(cls: type, *, lines: bool) -> None:
-    """Let `_raw_pairs` copy `cls`'s own storage (checked on an empty instance: a layout it does not know is
+    """Let `raw_pairs` copy `cls`'s own storage (checked on an empty instance: a layout it does not know is
     read through `items()` as before)."""
     if isinstance(getattr(cls(), "_container" if lines else "_store", None), dict):
         _header_classes[cls] = lines
@@ -144,7 +148,7 @@ def start_fetch(
         "client": client,
         "method": method.upper(),
         "url": url,
-        "headers": _raw_pairs(headers),
+        "headers": raw_pairs(headers),
         "body": body,
         "stream": stream,
     }
@@ -173,7 +177,7 @@ def record_response(entry: CallEntry | None, response: Any, limit: int, scope: S
             "status": response.status,
             "reason": response.reason or "",
             "http_version": getattr(response, "version_string", None) or _VERSIONS.get(response.version, "HTTP/1.1"),
-            "headers": _raw_pairs(response.headers),
+            "headers": raw_pairs(response.headers),
             "body": {},
         }
         entry.value["response"] = recorded
