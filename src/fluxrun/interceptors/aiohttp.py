@@ -275,7 +275,7 @@ def _middleware(module: Any, limit: Callable[[], int]) -> Callable[..., Any]:
         try:
             if not end_call(entry, scope):
                 return
-            body = {"encoding": "decoded"}
+            body = ConsumedBody(limit(), "decoded")
             entry.value["response"] = {
                 "status": response.status,
                 "reason": response.reason or "",
@@ -285,7 +285,7 @@ def _middleware(module: Any, limit: Callable[[], int]) -> Callable[..., Any]:
                 "headers": raw_pairs(response.raw_headers),
                 "body": body,
             }
-            response.content = _TeeReader(response.content, ConsumedBody(body, limit()), module)
+            response.content = _TeeReader(response.content, body, module)
         except Exception as exc:
             report_internal_error("aiohttp capture", exc)
 

@@ -28,7 +28,7 @@ from fluxrun._internal import caller_frame, caller_site, report_internal_error, 
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error, wrap_client_method
 from fluxrun.interceptors.hot_path import end_call, fail_call, start_call
 from fluxrun.interceptors.http_match import RequestView, http_matcher
-from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody
+from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody, recorded_body
 from fluxrun.model.export import body_bytes
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.schema import AnyEvent
@@ -39,6 +39,13 @@ KIND = "http"
 MODULES = ("httpx", "httpx2")
 IN_PROCESS_TRANSPORTS = ("ASGITransport", "WSGITransport")
 TEST_CLIENT_MODULE = "starlette.testclient"  # its transport runs the app on an anyio portal; never imported here
+
+
+def _streamed_data(value: dict[str, Any]) -> dict[str, Any]:
+    """A streamed fetch's `data` when its execution is sealed: the body as the app had consumed it by then
+    (a new dict each time: an execution's events may be read twice)."""
+    response = value["response"]
+    return {**value, "response": {**response, "body": recorded_body(response["body"])}}
 
 
 def body_snapshot(content: bytes, limit: int) -> dict[str, Any]:
@@ -199,13 +206,14 @@ class _Support:
                 content = None
             if content is None:
                 if stream:  # kept as the app reads it: an abandoned stream keeps what was consumed
-                    recorded["body"] = {"encoding": "raw"}
+                    consumed = recorded["body"] = ConsumedBody(self.limit(), "raw")
+                    entry.build = _streamed_data
                     tee = (
                         self.AsyncTeeStream
                         if isinstance(response.stream, self.module.AsyncByteStream)
                         else self.TeeStream
                     )
-                    response.stream = tee(response.stream, ConsumedBody(recorded["body"], self.limit()))
+                    response.stream = tee(response.stream, consumed)
                     return
                 content = b""
             limit = self.limit()

@@ -20,8 +20,9 @@ from typing import Any
 from fluxrun._internal import is_plumbing, report_internal_error
 from fluxrun.interceptors.hot_path import error_fields
 from fluxrun.model.export import body_bytes
+from fluxrun.model.schema import EventError
 
-__all__ = ["NO_BODY", "BodyTape", "ConsumedBody", "client_frame", "request_body", "snapshot"]
+__all__ = ["NO_BODY", "BodyTape", "ConsumedBody", "client_frame", "recorded_body", "request_body", "snapshot"]
 
 # Packages between the app and the wire: a call's site is the first frame outside them (the app's line).
 CLIENT_PACKAGES = frozenset({"requests", "urllib3", "botocore", "boto3", "s3transfer", "aiohttp", "stripe"})
@@ -107,45 +108,80 @@ def request_body(body: Any, limit: int) -> Mapping[str, Any]:
 
 
 class ConsumedBody:
-    """The capture side of a response body: each piece the app was handed, appended as it reads."""
+    """The capture side of a response body: each piece the app was handed, kept as it reads.
 
-    __slots__ = ("body", "limit")
+    It sits in the response's data from the start (`{"body": consumed}`), so a stream the app abandons is
+    recorded up to where it stopped. A read costs an append and an addition: the pieces are the bytes
+    objects the app got (immutable: nothing is copied), up to `limit` bytes in all, and `recorded()` makes
+    the body's fields of them only if the execution is kept (most are dropped)."""
 
-    def __init__(self, body: dict[str, Any], limit: int) -> None:
-        # kept in the event's data at once, so a stream the app abandons is recorded up to where it stopped
-        body.update(bytes=bytearray(), size=0, chunks=[], complete=False)
-        self.body = body
+    __slots__ = ("complete", "encoding", "error", "limit", "pieces", "size", "sizes", "was_cancelled")
+
+    def __init__(self, limit: int, encoding: str | None = None) -> None:
+        self.pieces: list[bytes] = []
+        self.size = 0
         self.limit = limit
+        self.sizes: list[int] | None = None  # every piece's size, once the pieces no longer all fit
+        self.complete = False
+        self.encoding = encoding  # "decoded" or "raw": what the app was handed; set by the first read if None
+        self.error: EventError | None = None
+        self.was_cancelled = False
 
     def piece(self, data: bytes) -> None:
-        try:
-            size = len(data)
-            if not size:
-                return
-            body = self.body
-            kept = body["bytes"]
-            room = self.limit - len(kept)
+        size = len(data)
+        if not size:
+            return
+        total = self.size = self.size + size
+        if total <= self.limit and self.sizes is None:
+            self.pieces.append(data if type(data) is bytes else bytes(data))  # a bytearray may change later
+        else:
+            self._past_limit(data, size)
+
+    def _past_limit(self, data: Any, size: int) -> None:
+        """A piece read once the pieces kept reach the limit: its size only (the one that crosses the limit
+        kept up to it)."""
+        if self.sizes is None:
+            self.sizes = [len(kept) for kept in self.pieces]
+            room = self.limit - (self.size - size)
             if room > 0:
-                kept += data[:room]
-            if size > room:
-                body["truncated"] = True
-            body["size"] += size
-            body["chunks"].append(size)
-        except Exception as exc:
-            report_internal_error("http stream capture", exc)
+                self.pieces.append(bytes(data[:room]))
+        self.sizes.append(size)
 
     def end(self) -> None:
-        self.body["complete"] = True
+        self.complete = True
 
     def cancelled(self) -> None:
         """A read was waiting for more of the body when its task was cancelled."""
-        self.body["cancelled"] = True
+        self.was_cancelled = True
 
     def fail(self, exc: BaseException) -> None:
         try:
-            self.body["error"] = error_fields(exc)
+            self.error = error_fields(exc)
         except Exception as internal:
             report_internal_error("http stream capture", internal)
+
+    def recorded(self) -> dict[str, Any]:
+        """The body's fields as recorded (a new dict each time: an execution's events may be read twice)."""
+        body: dict[str, Any] = {
+            "bytes": b"".join(self.pieces),
+            "size": self.size,
+            "chunks": list(self.sizes) if self.sizes is not None else [len(piece) for piece in self.pieces],
+            "complete": self.complete,
+        }
+        if self.size > self.limit:
+            body["truncated"] = True
+        if self.encoding is not None:
+            body["encoding"] = self.encoding
+        if self.error is not None:
+            body["error"] = self.error
+        if self.was_cancelled:
+            body["cancelled"] = True
+        return body
+
+
+def recorded_body(body: Any) -> Any:
+    """A response's `body` as sealed: a `ConsumedBody`'s fields, anything else as it is."""
+    return body.recorded() if type(body) is ConsumedBody else body
 
 
 class _Pending(Exception):

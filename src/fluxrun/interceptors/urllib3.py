@@ -26,7 +26,14 @@ from fluxrun.answering import Answering
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error, wrap_client_method
 from fluxrun.interceptors.hot_path import end_call, fail_call, start_call
 from fluxrun.interceptors.http_match import RequestView, http_matcher
-from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody, client_frame, request_body, snapshot
+from fluxrun.interceptors.http_stream import (
+    BodyTape,
+    ConsumedBody,
+    client_frame,
+    recorded_body,
+    request_body,
+    snapshot,
+)
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.schema import AnyEvent
 
@@ -72,6 +79,7 @@ def _fetch_data(value: dict[str, Any]) -> dict[str, Any]:
         if type(version) is not str:  # aiohttp's `HttpVersion`, or None
             response["http_version"] = f"HTTP/{version[0]}.{version[1]}" if version else "HTTP/1.1"
         response["headers"] = _header_pairs(response.get("headers"))
+        response["body"] = recorded_body(response.get("body"))
     return data
 
 
@@ -178,7 +186,6 @@ def record_response(entry: CallEntry | None, response: Any, limit: int, scope: S
             "reason": response.reason or "",
             "http_version": getattr(response, "version_string", None) or _VERSIONS.get(response.version, "HTTP/1.1"),
             "headers": raw_pairs(response.headers),
-            "body": {},
         }
         entry.value["response"] = recorded
         preloaded = getattr(response, "_body", None)
@@ -186,7 +193,8 @@ def record_response(entry: CallEntry | None, response: Any, limit: int, scope: S
             recorded["body"] = {**snapshot(bytes(preloaded), limit), "encoding": "decoded", "complete": True}
             entry.value["stream"] = False
             return
-        _tee(response, ConsumedBody(recorded["body"], limit))
+        consumed = recorded["body"] = ConsumedBody(limit)
+        _tee(response, consumed)
     except Exception as exc:
         report_internal_error("http capture", exc)
 
@@ -200,62 +208,68 @@ def _tee(response: Any, consumed: ConsumedBody) -> None:
     cls = type(response)
     teed = _teed_classes.get(cls)
     if teed is None:
-        teed = _teed_classes[cls] = type(cls.__name__, (_TeedReads, cls), {"__module__": cls.__module__})
+        readers = {f"_fluxrun_{name}": getattr(cls, name) for name in _READERS if hasattr(cls, name)}
+        teed = _teed_classes[cls] = type(cls.__name__, (_TeedReads, cls), {"__module__": cls.__module__, **readers})
         teed.__qualname__ = cls.__qualname__
     response._fluxrun_consumed = consumed
     response.__class__ = teed
 
 
 _teed_classes: dict[type, type] = {}
+_READERS = ("read", "read1", "read_chunked")  # urllib3 1.x has no `read1`
 
 
 class _TeedReads:
-    """The readers `_tee` puts in front of a urllib3 `HTTPResponse`'s own."""
+    """The readers `_tee` puts in front of a urllib3 `HTTPResponse`'s own (`_fluxrun_read`, ...: the class's
+    own readers, set on the teed class, called without `super()`'s lookup per read)."""
 
     __slots__ = ()
     _fluxrun_consumed: ConsumedBody
+    _fluxrun_read: Callable[..., bytes]
+    _fluxrun_read1: Callable[..., bytes]
+    _fluxrun_read_chunked: Callable[..., Iterator[bytes]]
     decode_content: bool
 
     def _fluxrun_encoding(self, decode_content: bool | None) -> ConsumedBody:
         consumed = self._fluxrun_consumed
-        if "encoding" not in consumed.body:
+        if consumed.encoding is None:
             decoded = self.decode_content if decode_content is None else decode_content
-            consumed.body["encoding"] = "decoded" if decoded else "raw"
+            consumed.encoding = "decoded" if decoded else "raw"
         return consumed
 
     def read(self, amt: int | None = None, decode_content: bool | None = None, cache_content: bool = False) -> bytes:
         consumed = self._fluxrun_consumed  # `_fluxrun_encoding`, inlined: behind every body requests reads
-        if "encoding" not in consumed.body:
+        if consumed.encoding is None:
             decoded = self.decode_content if decode_content is None else decode_content
-            consumed.body["encoding"] = "decoded" if decoded else "raw"
+            consumed.encoding = "decoded" if decoded else "raw"
         try:
-            data = super().read(amt, decode_content, cache_content)  # type: ignore[misc]
+            data = self._fluxrun_read(amt, decode_content, cache_content)
         except BaseException as exc:
             consumed.fail(exc)
             raise
         if data:  # the read that finds the end returns nothing: no piece to keep
             consumed.piece(data)
             if amt is not None and len(data) >= amt:
-                return data  # type: ignore[no-any-return]
-        consumed.end()
-        return data  # type: ignore[no-any-return]
+                return data
+        consumed.complete = True
+        return data
 
     def read1(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
         consumed = self._fluxrun_encoding(decode_content)
         try:
-            data = super().read1(amt, decode_content)  # type: ignore[misc]
+            data = self._fluxrun_read1(amt, decode_content)
         except BaseException as exc:
             consumed.fail(exc)
             raise
         consumed.piece(data)
         if not data and amt != 0:
             consumed.end()
-        return data  # type: ignore[no-any-return]
+        return data
 
     def read_chunked(self, amt: int | None = None, decode_content: bool | None = None) -> Iterator[bytes]:
         consumed = self._fluxrun_encoding(decode_content)
         try:
-            for data in super().read_chunked(amt, decode_content):  # type: ignore[misc]
+            for data in self._fluxrun_read_chunked(amt, decode_content):
                 consumed.piece(data)
                 yield data
         except GeneratorExit:
