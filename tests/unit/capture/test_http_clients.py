@@ -124,6 +124,24 @@ def test_an_abandoned_requests_stream_records_the_pieces_it_read(captured, upstr
     assert body["text"] == b"".join(STREAM_LINES[:3]).decode()  # what the app consumed, not 0 bytes
 
 
+def test_a_streamed_body_past_the_size_limit_keeps_its_first_bytes_and_every_pieces_size(capture_with, upstream):
+    captured = capture_with(max_body_size=20)
+
+    @fluxrun.capture
+    def job(base):
+        with requests.get(f"{base}/stream", stream=True, timeout=5) as response:
+            lines = list(response.iter_lines())
+        raise ValueError(f"{len(lines)} lines")
+
+    with pytest.raises(ValueError, match="5 lines"):
+        job(upstream.url)
+    (event,) = captured.events("http")
+    body = event["data"]["response"]["body"]
+    whole = b"".join(STREAM_LINES)
+    assert body["text"] == whole[:20].decode() and body["truncated"] is True and body["complete"] is True
+    assert body["size"] == len(whole) and body["chunks"] == [len(line) for line in STREAM_LINES]
+
+
 def test_aiohttp_plain_and_abandoned_streams(captured, upstream):
     @fluxrun.capture
     async def job(base):
