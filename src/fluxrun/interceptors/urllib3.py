@@ -104,8 +104,8 @@ def raw_pairs(headers: Any) -> tuple[Any, ...]:
     tuple of byte pairs."""
     lines = _header_classes.get(type(headers))
     if lines is not None:  # empty or not: their own `__len__` is a Python call, the copy of nothing is ()
-        if not lines:
-            return tuple(_flat(headers._store.values()))
+        if not lines:  # an OrderedDict, in insertion order (requests never moves a name): read as a dict, in C
+            return tuple(_flat(_dict_values(headers._store)))
         container = headers._container
         flat = tuple(_flat(container.values()))
         # every line is `[name, value, ...]`, so twice the names means one value each
@@ -120,6 +120,7 @@ def raw_pairs(headers: Any) -> tuple[Any, ...]:
 
 
 _flat = itertools.chain.from_iterable
+_dict_values = dict.values  # an OrderedDict's own `values()` looks every key up again
 
 
 # header classes whose storage `raw_pairs` copies directly (their `items()` is a Python generator per header):
