@@ -128,14 +128,17 @@ class ConsumedBody:
         self.was_cancelled = False
 
     def piece(self, data: bytes) -> None:
-        size = len(data)
-        if not size:
-            return
-        total = self.size = self.size + size
-        if total <= self.limit and self.sizes is None:
-            self.pieces.append(data if type(data) is bytes else bytes(data))  # a bytearray may change later
-        else:
-            self._past_limit(data, size)
+        try:  # free unless it raises (CPython 3.11's exception tables): a fault here never reaches the app's read
+            size = len(data)
+            if not size:
+                return
+            total = self.size = self.size + size
+            if total <= self.limit and self.sizes is None:
+                self.pieces.append(data if type(data) is bytes else bytes(data))  # a bytearray may change later
+            else:
+                self._past_limit(data, size)
+        except Exception as exc:
+            report_internal_error("http stream capture", exc)
 
     def _past_limit(self, data: Any, size: int) -> None:
         """A piece read once the pieces kept reach the limit: its size only (the one that crosses the limit
