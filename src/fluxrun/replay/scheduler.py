@@ -66,8 +66,10 @@ DEADLOCK_GRACE = 0.5
 STALL_GRACE = 0.05
 # how long a thread whose answer is next waits for a known thread that is running (not parked) and whose end
 # was not recorded (a root, a bundle from before `task_ends`) before it goes anyway: longer than STALL_GRACE,
-# since that thread may be the one just given the previous answer, paused before it completes its future
-BUSY_GRACE = 0.25
+# since that thread may be the one just given the previous answer, paused before it completes its future, or a
+# root between its submits and its `as_completed`, starved of CPU on a loaded machine (0.25 s was seen to be
+# too short there; a replay waits this long only where a thread stays busy where FluxRun cannot see)
+BUSY_GRACE = 1.0
 STALL_LIMIT = 2.0
 PENDING_LIMIT = 10.0
 _POLL = 0.002
