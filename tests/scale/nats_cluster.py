@@ -48,10 +48,16 @@ class NatsCluster:
         """FLUXRUN_SERVER_LOG_URL naming every node."""
         return "nats://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
-    def start(self, timeout: float = 30.0) -> None:
-        for node in self.nodes:
-            self.start_node(node)
-        self.wait_ready(timeout)
+    def start(self, timeout: float = 60.0) -> None:
+        """Every node started and JetStream ready; if not, every node stopped again and their logs in the error."""
+        try:
+            for node in self.nodes:
+                self.start_node(node)
+            self.wait_ready(timeout)
+        except Exception as error:
+            logs = self.logs()
+            self.stop()
+            raise RuntimeError(f"{error}; the nodes' logs:\n{logs}") from error
 
     def start_node(self, node: _Node) -> None:
         command = [self.binary, "-js", "-sd", str(node.store), "-a", "127.0.0.1", "-p", str(node.port)]
@@ -64,14 +70,26 @@ class NatsCluster:
             node.log = (self.folder / f"{node.name}.log").open("ab")
         node.proc = subprocess.Popen(command, stdout=node.log, stderr=subprocess.STDOUT)
 
+    def logs(self, tail: int = 4000) -> str:
+        """The end of every node's log, for an error message."""
+        parts = []
+        for node in self.nodes:
+            path = self.folder / f"{node.name}.log"
+            text = path.read_bytes()[-tail:].decode(errors="replace") if path.exists() else "(no log)"
+            parts.append(f"--- {node.name} (exit {node.proc.poll() if node.proc else None}):\n{text}")
+        return "\n".join(parts)
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Every running node answers, and JetStream has a meta leader over the whole cluster."""
         deadline = time.monotonic() + timeout
         while True:
+            exited = [n.name for n in self.nodes if n.proc is not None and n.proc.poll() is not None]
+            if exited:
+                raise RuntimeError(f"nats-server {', '.join(exited)} exited")
             if all(self._jetstream_ready(n) for n in self.nodes if n.proc is not None):
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"NATS did not become ready within {timeout} s; logs in {self.folder}")
+                raise RuntimeError(f"NATS did not become ready within {timeout} s")
             time.sleep(0.1)
 
     def _jetstream_ready(self, node: _Node) -> bool:

@@ -69,6 +69,7 @@ class ServerProcess:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
+                self.stop(kill=True)  # not left running past the test that failed here
                 raise RuntimeError(f"server did not start within {START_TIMEOUT_S:.0f} s:\n{self.output()}")
             time.sleep(0.05)
 
