@@ -28,12 +28,12 @@ from fluxrun._internal import caller_frame, caller_site, report_internal_error, 
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error, wrap_client_method
 from fluxrun.interceptors.hot_path import end_call, fail_call, start_call
 from fluxrun.interceptors.http_match import RequestView, http_matcher
-from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody, recorded_body
+from fluxrun.interceptors.http_stream import BodyTape, ConsumedBody, recorded_body, snapshot
 from fluxrun.model.export import body_bytes
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.schema import AnyEvent
 
-__all__ = ["HttpInterceptor", "body_snapshot"]
+__all__ = ["HttpInterceptor"]
 
 KIND = "http"
 MODULES = ("httpx", "httpx2")
@@ -46,14 +46,6 @@ def _streamed_data(value: dict[str, Any]) -> dict[str, Any]:
     (a new dict each time: an execution's events may be read twice)."""
     response = value["response"]
     return {**value, "response": {**response, "body": recorded_body(response["body"])}}
-
-
-def body_snapshot(content: bytes, limit: int) -> dict[str, Any]:
-    """A request or response body as recorded: bytes up to `limit`, the full size, and a truncation mark."""
-    out: dict[str, Any] = {"bytes": content[:limit], "size": len(content)}
-    if len(content) > limit:
-        out["truncated"] = True
-    return out
 
 
 class _Support:
@@ -148,7 +140,7 @@ class _Support:
             else:
                 limit = self.limit()
                 size = len(content)
-                body = {"bytes": content, "size": size} if size <= limit else body_snapshot(content, limit)
+                body = {"bytes": content, "size": size} if size <= limit else snapshot(content, limit)
             # Raw parts only (the URL object is immutable, header pairs are bytes): the export formats
             # them off the request path, and only for executions that are kept.
             data = {
@@ -163,12 +155,12 @@ class _Support:
 
     def request_body(self, request: Any) -> dict[str, Any]:
         try:
-            return body_snapshot(request.content, self.limit())
+            return snapshot(request.content, self.limit())
         except self.module.RequestNotRead:
             length = request.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) <= self.limit():
                 request.read()  # buffers a known-small stream; httpx then sends the buffered copy
-                return body_snapshot(request.content, self.limit())
+                return snapshot(request.content, self.limit())
             return {
                 "bytes": b"",
                 "size": int(length) if length and length.isdigit() else None,
@@ -221,7 +213,7 @@ class _Support:
             if size <= limit:
                 recorded["body"] = {"bytes": content, "size": size, "encoding": "decoded"}
             else:
-                recorded["body"] = {**body_snapshot(content, limit), "encoding": "decoded"}
+                recorded["body"] = {**snapshot(content, limit), "encoding": "decoded"}
         except Exception as exc:
             report_internal_error("http capture", exc)
 
