@@ -24,13 +24,24 @@ import threading
 from asyncio.events import _get_running_loop
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fluxrun.answering import Answering
     from fluxrun.model.recording import Recording
 
-__all__ = ["Scope", "current", "current_owner", "running_loop", "scope_var", "task_of", "thread_id", "watch_loop"]
+__all__ = [
+    "Scope",
+    "current",
+    "current_owner",
+    "parked",
+    "running_loop",
+    "scope_var",
+    "task_of",
+    "thread_id",
+    "watch_loop",
+]
 
 scope_var: ContextVar[Scope | None] = ContextVar("fluxrun_scope", default=None)
 current = scope_var.get
@@ -52,6 +63,25 @@ def current_owner() -> object:
     """The running asyncio task, or the thread's id outside a loop: what a `Scope`'s `owner` is compared with."""
     loop = _get_running_loop()
     return task_of(loop) if loop is not None else thread_id()
+
+
+# Where a thread blocked in `threading` sits: Condition.wait (Event.wait, queue.get, futures' waits) and join.
+_PARKED_IN = frozenset({"wait", "_wait_for_tstate_lock"})
+
+
+def parked(frame: FrameType | None) -> bool:
+    """A thread whose innermost frame is `frame` (from `sys._current_frames()`) is blocked in `threading`, or gone:
+    waiting for another thread, as opposed to busy (running, or blocked where FluxRun cannot tell). A wait inside
+    `Thread.start` (which `submit` makes when it adds a worker) is the new thread's start-up handshake: busy."""
+    if frame is None:
+        return True
+    if frame.f_code.co_filename != threading.__file__ or frame.f_code.co_name not in _PARKED_IN:
+        return False
+    while frame is not None and frame.f_code.co_filename == threading.__file__:
+        if frame.f_code.co_name == "start":
+            return False
+        frame = frame.f_back
+    return True
 
 
 class Scope:
@@ -89,7 +119,7 @@ class Scope:
     def root(cls, recording: Recording, session: Answering | None = None) -> Scope:
         scope = cls(recording, "0", current_owner(), session)
         if session is not None and _get_running_loop() is None:
-            session.scheduler.thread_started()  # a synchronous root counts as a running thread (scheduler.py)
+            session.scheduler.thread_started("0")  # a synchronous root counts as a running thread (scheduler.py)
         return scope
 
     def spawn(self, owner: object = None) -> Scope:

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import datetime
 import functools
+import sys
 import uuid
 from collections.abc import Callable
 from sys import _getframe
 from typing import Any
 
-from fluxrun._context import Scope, current, running_loop, scope_var, task_of, thread_id
+from fluxrun._context import Scope, current, parked, running_loop, scope_var, task_of, thread_id
 from fluxrun._internal import LIBRARY, PLUMBING, SiteRef, app_site, perf_ns, report_internal_error, verdicts
 from fluxrun.interceptors.base import serve_call
-from fluxrun.model.recording import CallEntry
+from fluxrun.model.recording import CallEntry, Recording
 from fluxrun.model.schema import AnyEvent, EventError
 
 __all__ = [
@@ -98,10 +99,27 @@ def end_call(entry: CallEntry, scope: Scope | None = None) -> bool:
     entry.dur_ns = perf_ns() - entry.start_ns
     if scope is None:
         return True
-    if "kind" in scope.recording.outcome:
+    recording = scope.recording
+    if "kind" in recording.outcome:
         return False
-    entry.value["done"] = next(scope.clock)
+    entry.value["done"] = done = next(scope.clock)
+    if recording.threads:  # the execution runs threads of its own: which were busy as this outcome came
+        _note_states(recording, done)
     return True
+
+
+def _note_states(recording: Recording, done: int) -> None:
+    """Which of the execution's threads (those it started and a synchronous root) were busy, and which were
+    parked in `threading`, when completion `done` was taken: replay holds that answer until the ones that
+    were parked have parked again (replay/scheduler.py)."""
+    frames = sys._current_frames()
+    me = thread_id()
+    busy: list[str] = []
+    waiting: list[str] = []
+    for ident, path in list(recording.threads.items()):
+        if ident != me:
+            (waiting if parked(frames.get(ident)) else busy).append(path)
+    recording.states[done] = (busy, waiting)
 
 
 def fail_call(entry: CallEntry, exc: BaseException, scope: Scope | None = None) -> None:

@@ -16,8 +16,10 @@ Lineage is given at creation: each thread the app's code starts and each pool jo
 before its first call has the same lineage at capture and at replay. Threads a library starts for itself
 (anyio's workers, pools' own threads) are not numbered: whether one is started depends on timing.
 At capture each one's end takes the next number of the execution's completion clock, as an answer does
-(`Recording.ends`); at replay each tells the scheduler while it runs, so an answer that came after a job had
-ended waits for that job to end (see replay/scheduler.py).
+(`Recording.ends`), and while it runs it is listed in `Recording.threads` (with a synchronous root that started
+it), so that each answer notes which of them were busy when it came (hot_path.end_call); at replay each tells the
+scheduler while it runs, so an answer that came after a job had ended waits for that job to end, and one that came
+while a thread was parked waits for it to park (see replay/scheduler.py).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def _in_child(scope: Scope, function: Callable[..., Any], *args: Any, **kwargs: 
     scheduler = scope.session.scheduler if scope.session is not None else None
     if scheduler is not None:
         scheduler.thread_started(scope.path)
+    else:
+        scope.recording.threads[threading.get_ident()] = scope.path
     token = scope_var.set(scope)
     try:
         return function(*args, **kwargs)
@@ -62,6 +66,7 @@ def _in_child(scope: Scope, function: Callable[..., Any], *args: Any, **kwargs: 
         if scheduler is not None:
             scheduler.thread_finished()
         else:
+            scope.recording.threads.pop(threading.get_ident(), None)
             _record_end(scope)
 
 
@@ -78,14 +83,19 @@ def _in_job(scope: Scope, ran: list[int], function: Callable[..., Any], *args: A
     callback (`_job_done`), once the result is set, not when the function returns: a thread waiting on the
     futures must see this job complete before the next answer lets another one complete."""
     scope.owner = current_owner()
+    ident = threading.get_ident()
     if scope.session is not None:
-        ran.append(threading.get_ident())
+        ran.append(ident)
         scope.session.scheduler.thread_started(scope.path)
+    else:
+        scope.recording.threads[ident] = scope.path
     token = scope_var.set(scope)
     try:
         return function(*args, **kwargs)
     finally:
         scope_var.reset(token)
+        if scope.session is None:
+            scope.recording.threads.pop(ident, None)
 
 
 def _job_done(scope: Scope, ran: list[int]) -> Callable[[Any], None]:
@@ -97,9 +107,12 @@ def _job_done(scope: Scope, ran: list[int]) -> Callable[[Any], None]:
 
 
 def _spawn(scope: Scope) -> Scope:
-    child = scope.here().spawn()
+    parent = scope.here()
+    child = parent.spawn()
     if child.session is not None:
         child.session.scheduler.touch()
+    elif parent.path == "0" and type(parent.owner) is int:  # a synchronous root, known once it starts a thread
+        parent.recording.threads[parent.owner] = "0"
     return child
 
 

@@ -112,7 +112,12 @@ def build_payload(
         "runtime": {"python": platform.python_version(), "implementation": sys.implementation.name},
         **({"in_app_include": list(app_modules)} if app_modules else {}),
         **({"task_ends": dict(recording.ends)} if recording.ends else {}),
+        **({"task_states": _task_states(recording.states)} if recording.states else {}),
     }
+
+
+def _task_states(states: dict[int, tuple[list[str], list[str]]]) -> dict[str, dict[str, list[str]]]:
+    return {str(n): {"busy": list(busy), "parked": list(waiting)} for n, (busy, waiting) in list(states.items())}
 
 
 def _label(event: AnyEvent, scrubber: Scrubber) -> str:

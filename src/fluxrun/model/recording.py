@@ -81,6 +81,8 @@ class Recording:
         "request",
         "started_ns",
         "started_wall",
+        "states",
+        "threads",
     )
 
     def __init__(self, execution: str, entry: str | None, started_wall: float) -> None:
@@ -94,6 +96,10 @@ class Recording:
         self.env_seen: set[str] = set()  # env is a snapshot: the variables already recorded (interceptors/env.py)
         # lineage -> completion number of each numbered thread's and pool job's end (interceptors/threads.py)
         self.ends: dict[str, int] = {}
+        # the threads it started that are running, and its root once it starts one: thread id -> lineage; and
+        # completion number -> which of them were busy, and which parked in `threading`, as it was taken
+        self.threads: dict[int, str] = {}
+        self.states: dict[int, tuple[list[str], list[str]]] = {}
 
     def add(self, kind: str, call: str | None, task: str, site: Any, data: dict[str, Any]) -> Event:
         """Append an event; `site` is a `module:qualname:line` string or a `site_ref` tuple (formatted on export)."""

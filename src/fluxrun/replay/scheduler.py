@@ -15,9 +15,12 @@ released, across tasks and threads:
   `as_completed` sees the futures complete in the recorded order. The ends of numbered threads and pool jobs
   have completion numbers too (`task_ends`): a thread still running that had ended before this answer at
   capture is waited for (it may only be paused: a starved CPU, a full collection), up to `STALL_LIMIT` without
-  activity; one that ended after it need not park (it was still running when the answer came). Otherwise,
-  after `BUSY_GRACE` without activity it goes anyway (a thread may be busy or blocked where FluxRun cannot
-  see). A blocking call made on an event loop's own thread is answered at once (waiting would block the loop).
+  activity. Which threads were busy and which parked when each answer came is recorded too (`task_states`):
+  one parked then is waited for until it parks (a root starved of CPU between its submits and its
+  `as_completed`), up to `PARKED_LIMIT` without activity; one busy then, or one that ended after the answer,
+  need not park. Otherwise (a bundle from before those, a library's own thread), after `BUSY_GRACE` without
+  activity it goes anyway (a thread may be busy or blocked where FluxRun cannot see). A blocking call made on
+  an event loop's own thread is answered at once (waiting would block the loop).
 - A call recorded with no outcome (still in flight when the execution ended, or cancelled by the app)
   never completes: an asyncio caller awaits a future that never resolves, so `wait_for`,
   `asyncio.timeout`, `gather`/`TaskGroup` cancellation end it as they did; a thread caller blocks until
@@ -44,8 +47,8 @@ import contextlib
 import sys
 import threading
 from asyncio.events import _get_running_loop
-from types import FrameType
 
+from fluxrun._context import parked
 from fluxrun._internal import perf_ns
 from fluxrun.errors import ReplayDivergence
 from fluxrun.model.schema import AnyEvent, EventError
@@ -53,6 +56,7 @@ from fluxrun.model.schema import AnyEvent, EventError
 __all__ = [
     "BUSY_GRACE",
     "DEADLOCK_GRACE",
+    "PARKED_LIMIT",
     "PENDING_LIMIT",
     "STALL_GRACE",
     "STALL_LIMIT",
@@ -71,6 +75,9 @@ STALL_GRACE = 0.05
 # too short there; a replay waits this long only where a thread stays busy where FluxRun cannot see)
 BUSY_GRACE = 1.0
 STALL_LIMIT = 2.0
+# how long an answer waits for a thread that was parked when it came at capture, and is busy at replay, to park:
+# the recording says it will (a replay of the recorded code waits only while that thread is starved of CPU)
+PARKED_LIMIT = 5.0
 PENDING_LIMIT = 10.0
 _POLL = 0.002
 
@@ -112,7 +119,7 @@ class _Held:
 class ReplayScheduler:
     """Holds answers until their recorded turn (see the module docstring for the rules)."""
 
-    def __init__(self, events: list[AnyEvent], ends: object = None) -> None:
+    def __init__(self, events: list[AnyEvent], ends: object = None, states: object = None) -> None:
         order = set()
         for event in events:
             done = (event.get("data") or {}).get("done") if isinstance(event.get("data"), dict) else None
@@ -129,6 +136,7 @@ class ReplayScheduler:
         self._running: set[int] = set()  # threads FluxRun started (and a synchronous root), not waiting here
         self._paths: dict[int, str] = {}  # their lineage, for the numbered ones
         self._ends = _recorded_ends(ends)  # lineage -> completion number of its end at capture
+        self._states = _recorded_states(states)  # completion number -> (lineages busy, lineages parked) then
         self._never: dict[asyncio.Future[None], tuple[asyncio.AbstractEventLoop, str, int]] = {}  # pending waits
         self._watchdogs: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
         self._last = perf_ns()
@@ -356,23 +364,29 @@ class ReplayScheduler:
                     self._running.add(ident)
 
     def _others_parked(self, ident: int) -> bool:
-        """The thread whose answer is next may go: every other running thread FluxRun knows is parked or had
-        not ended yet when this answer came at capture, or the replay has been quiet long enough (see the
-        module docstring)."""
+        """The thread whose answer is next may go: every other running thread FluxRun knows is parked, or was
+        busy or had not ended yet when this answer came at capture, or the replay has been quiet long enough
+        (see the module docstring)."""
         others = self._running - {ident}
         if not others:
             return True
         frames = sys._current_frames()
-        busy = [other for other in others if not _parked(frames.get(other))]
+        busy = [other for other in others if not parked(frames.get(other))]
         if not busy:
             return True
         answer = self._frontier()
-        ends = [self._ends.get(self._paths.get(other, "")) for other in busy]
+        paths = [self._paths.get(other, "") for other in busy]
+        ends = [self._ends.get(path) for path in paths]
+        busy_then, parked_then = self._states.get(answer, _NO_STATES) if answer is not None else _NO_STATES
         quiet = (perf_ns() - self._last) / 1e9
+        if any(path in parked_then for path in paths):
+            return quiet >= PARKED_LIMIT  # it was parked when this answer came: wait until it parks
         if answer is not None and any(end is not None and end < answer for end in ends):
             return quiet >= STALL_LIMIT  # it had ended before this answer came: wait for its end
-        if answer is not None and all(end is not None for end in ends):
-            return True  # each was still running when this answer came
+        if answer is not None and all(
+            path in busy_then or end is not None for path, end in zip(paths, ends, strict=True)
+        ):
+            return True  # each was busy, or still running, when this answer came
         return quiet >= BUSY_GRACE
 
     def _wait_for_end(self) -> None:
@@ -395,12 +409,25 @@ def _recorded_ends(ends: object) -> dict[str, int]:
     return {path: end for path, end in ends.items() if type(path) is str and type(end) is int}
 
 
-# Where a thread blocked in `threading` sits: Condition.wait (Event.wait, queue.get, futures' waits) and join.
-_PARKED_IN = frozenset({"wait", "_wait_for_tstate_lock"})
+_NO_STATES: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
 
 
-def _parked(frame: FrameType | None) -> bool:
-    return frame is None or (frame.f_code.co_filename == threading.__file__ and frame.f_code.co_name in _PARKED_IN)
+def _recorded_states(states: object) -> dict[int, tuple[frozenset[str], frozenset[str]]]:
+    """A bundle's `task_states` (untrusted): completion number -> (lineages busy, lineages parked) then;
+    anything else left out."""
+    if not isinstance(states, dict):
+        return {}
+    out = {}
+    for key, value in states.items():
+        if not (type(key) is str and key.isdigit() and len(key) <= 18 and isinstance(value, dict)):
+            continue
+        busy, waiting = value.get("busy"), value.get("parked")
+        if isinstance(busy, list) and isinstance(waiting, list):
+            out[int(key)] = (
+                frozenset(path for path in busy if type(path) is str),
+                frozenset(path for path in waiting if type(path) is str),
+            )
+    return out
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

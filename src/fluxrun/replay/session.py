@@ -75,7 +75,7 @@ class ReplaySession:
         self.blocked: list[LiveIOBlocked] = []
         self._lock = threading.Lock()
         # answers released in their recorded completion order, and after the ends of jobs that ended before them
-        self.scheduler = ReplayScheduler(self.events, payload.get("task_ends"))
+        self.scheduler = ReplayScheduler(self.events, payload.get("task_ends"), payload.get("task_states"))
 
     # -- answering ---------------------------------------------------------------------------------
     def take(

@@ -35,6 +35,7 @@ UPSTREAM = {
 SPIN = {0: 0, 1: 0, 2: 0}  # CPU work per pool job before its first call (loop iterations)
 SKIP: set[str] = set()  # calls the code no longer makes (a fix)
 BUSY_AFTER: dict[str, float] = {}  # seconds a pool job stays busy after its call, before it ends
+ROOT_BUSY = [0.0]  # seconds the root stays busy between its submits and its wait
 
 
 async def answer_async(request: httpx.Request) -> httpx.Response:
@@ -170,10 +171,8 @@ def pool_fetch_then_busy(name: str) -> str:
     try:
         return pool_fetch(name)
     finally:
-        if name in BUSY_AFTER:  # blocked in C, where FluxRun cannot see it parked: as a thread the CPU starves
-            lock = threading.Lock()
-            lock.acquire()
-            lock.acquire(timeout=BUSY_AFTER[name])
+        if name in BUSY_AFTER:
+            block_in_c(BUSY_AFTER[name])
 
 
 @fluxrun.capture
@@ -182,6 +181,24 @@ def pool_first_failure() -> None:
         futures = [pool.submit(pool_fetch_then_busy, name) for name in ("fast-fail", "late-fail")]
         for future in as_completed(futures):
             future.result()  # raises the first failure, in completion order
+
+
+def block_in_c(seconds: float) -> None:
+    """Busy where FluxRun cannot see the thread parked: as a thread the CPU starves looks."""
+    lock = threading.Lock()
+    lock.acquire()
+    lock.acquire(timeout=seconds)
+
+
+@fluxrun.capture
+def pool_root_busy_before_waiting() -> None:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(pool_fetch, name) for name in ("b", "c")]
+        block_in_c(ROOT_BUSY[0])
+        done = [future.done() for future in futures]
+        for future in as_completed(futures):
+            future.result()
+    raise RuntimeError(f"done before waiting: {done}")
 
 
 @fluxrun.capture
@@ -203,6 +220,7 @@ def reset():
     SPIN.update({0: 0, 1: 0, 2: 0})
     SKIP.clear()
     BUSY_AFTER.clear()
+    ROOT_BUSY[0] = 0.0
 
 
 def capture(captured, scenario, expected_error: type[BaseException], match: str | None = None):
@@ -307,6 +325,22 @@ def test_a_job_still_busy_when_the_next_answer_came_lets_it_go(captured):
     BUSY_AFTER["fast-fail"] = 0.3
     payload, error = capture(captured, pool_first_failure, httpx.HTTPStatusError, "late-fail")
     replay_3_times(payload, str(error))
+
+
+def test_a_root_starved_before_its_wait_still_sees_the_answers_come_after_it_parked(captured):
+    """At capture the root was waiting in `as_completed` when both answers came; at replay it stays busy after
+    its submits for longer than twice BUSY_GRACE (a starved CPU), and the answers wait until it parks."""
+    payload, error = capture(captured, pool_root_busy_before_waiting, RuntimeError, r"\[False, False\]")
+    http = [e["data"] for e in payload["events"] if e["kind"] == "http"]
+    done = {data["request"]["url"].rsplit("/", 1)[1]: str(data["done"]) for data in http}
+    states = payload["task_states"]
+    assert states[done["b"]] == {"busy": ["0.2"], "parked": ["0"]}  # 0.2 was in its own call
+    assert states[done["c"]] == {"busy": [], "parked": ["0"]}  # 0.1 had returned
+    ROOT_BUSY[0] = 2 * BUSY_GRACE + 0.5
+    for _ in range(2):
+        result = fluxrun.replay.run(payload, isolate=False, app=None)
+        assert result.outcome == "reproduced", result.summary()
+        assert result.new.message == str(error)
 
 
 def test_a_pool_job_left_running_stays_pending_and_never_reaches_the_app(captured):
