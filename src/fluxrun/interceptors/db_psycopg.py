@@ -13,7 +13,9 @@ stand-in result gives `description` (names and type OIDs, so row factories such 
 as `begin` and `commit`/`rollback` calls (with their savepoint name, if any) and answered at replay, where
 the block's bookkeeping runs and its commands go nowhere. Connections are profiled when they open, in an
 execution or not (db_common: setup profiles), so a warm pool replays in a fresh process.
-Server-side (named) cursors, `stream()` and `COPY` are not intercepted.
+A server-side (named) cursor is recorded as one `declare` statement with the rows the app fetched from it, in
+order, and answered at replay with those rows (fetching past them is refused). `stream()` and `COPY` are not
+intercepted.
 """
 
 from __future__ import annotations
@@ -731,6 +733,228 @@ def _replayed_class(home: type, asynchronous: bool) -> type:
     return db.mixed_in(_AsyncReplayedRows if asynchronous else _ReplayedRows, home)
 
 
+# -- server-side (named) cursors ------------------------------------------------------------------------------
+# `ServerCursor.execute` declares the cursor (DECLARE, then a describe); each fetch, page of iteration or
+# `fetchall` is a FETCH through `_fetch_gen`. The declaration is recorded as one `declare` statement whose rows
+# are the ones the app fetched, in order, kept by the cursor's `_fetch_gen` as it runs (a `_ServerTape`, made
+# into the answer when the execution is sealed). At replay `execute` is answered from that statement and
+# `_fetch_gen` serves the same rows: psycopg's own fetch, iteration and paging logic runs on them unchanged.
+
+# cursors whose fetches are being recorded: cursor -> its tape
+_server_tapes: weakref.WeakKeyDictionary[Any, _ServerTape] = weakref.WeakKeyDictionary()
+
+
+class _ServerTape:
+    """The rows a server-side cursor's fetches returned, as tuples, up to the row limit, and whether the
+    cursor came to its end (a fetch returned fewer rows than it asked for)."""
+
+    __slots__ = ("answer", "complete", "limit", "more", "rows")
+
+    def __init__(self, answer: dict[str, Any], limit: int) -> None:
+        self.answer = answer  # description, rowcount, status and transaction status after the declaration
+        self.limit = limit
+        self.rows: list[tuple[Any, ...]] = []
+        self.more = False  # rows fetched past the limit
+        self.complete = False
+
+    def fetched(self, cursor: Any, num: int | None) -> None:
+        result = cursor.pgresult
+        count = result.ntuples
+        room = self.limit - len(self.rows)
+        if count > room:
+            self.more = True
+        if room > 0 and count:
+            self.rows.extend(cursor._tx.load_rows(0, min(count, room), tuple))
+        self.complete = num is None or count < num
+
+    def recorded(self) -> dict[str, Any]:
+        answer = self.answer
+        rows = list(self.rows)
+        return db.rows_result(
+            rows,
+            limit=self.limit,
+            more=self.more,
+            description=answer["description"],
+            rowcount=answer["rowcount"],
+            status=answer["status"],
+            transaction_status=answer["transaction_status"],
+            complete=self.complete,
+        )
+
+
+def _declared(cursor: Any, limit: int) -> _ServerTape:
+    result = cursor.pgresult
+    columns = cursor.description
+    description = None
+    if columns is not None and result is not None:
+        description = [[c.name, c.type_code, result.fmod(i), result.fsize(i)] for i, c in enumerate(columns)]
+    status = cursor.statusmessage
+    answer = {
+        "description": description,
+        "rowcount": cursor.rowcount,
+        "status": status,
+        "transaction_status": int(cursor.connection.info.transaction_status),
+    }
+    return _ServerTape(answer, limit)
+
+
+def _server_answer_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A `declare` statement's `build`: its tape made into the answer, with the rows fetched by now."""
+    tape = data.get("result")
+    if isinstance(tape, _ServerTape):
+        try:
+            data = {**data, "result": tape.recorded()}
+        except Exception as exc:
+            report_internal_error("psycopg capture", exc)
+            data = {**data, "result": None}
+    return data
+
+
+class _TeedServerRows:
+    """Put in front of a recorded server-side cursor's class: every FETCH's rows go to its tape as well."""
+
+    __slots__ = ()
+
+    def _fetch_gen(self, num: int | None) -> Any:
+        rows = yield from super()._fetch_gen(num)  # type: ignore[misc]
+        tape = _server_tapes.get(self)
+        if tape is not None:
+            try:
+                tape.fetched(self, num)
+            except Exception as exc:
+                report_internal_error("psycopg capture", exc)
+        return rows
+
+
+class _ReplayedServerRows:
+    """Put in front of a replayed server-side cursor's class: a FETCH takes the next recorded rows, shaped by
+    the cursor's row factory; closing it sends nothing (the replayed connection's commands go nowhere)."""
+
+    __slots__ = ()
+
+    def _fetch_gen(self, num: int | None) -> Any:
+        buffer = _replayed.get(self)
+        if buffer is None:
+            return (yield from super()._fetch_gen(num))  # type: ignore[misc]
+        if self.closed:  # type: ignore[attr-defined]
+            from psycopg import InterfaceError
+
+            raise InterfaceError("the cursor is closed")
+        return _shape(self, buffer.take(num))
+
+
+def _refuse_unread(scope: Scope, event: AnyEvent) -> BaseException:
+    """The error for fetching past the rows the app fetched from a server-side cursor at capture."""
+    result = event["data"].get("result") or {}
+    if result.get("truncated"):
+        return db.refuse_truncated(scope, event)
+    here = scope.here()
+    assert here.session is not None
+    count = len(result.get("rows") or [])
+    return here.session.refuse(
+        db.KIND,
+        str(event.get("call")),
+        here.path,
+        db.app_frame(),
+        f"the recording holds the {count} rows the app fetched from this server-side cursor at capture, and the "
+        "code now fetches past them (a server-side cursor is recorded as far as the app read it)",
+    )
+
+
+def _server_execute_patch(support: _Support, original: Callable[..., Any], asynchronous: bool) -> Any:
+    """`ServerCursor.execute` (or the async one's): recorded as a `declare` statement whose rows are the ones the
+    app goes on to fetch; answered at replay with those rows."""
+
+    def begin(scope: Scope | None, cursor: Any, query: Any, params: Any) -> CallEntry | None:
+        sql = db.normalise_sql(query)
+        data = {"driver": DRIVER, "op": "declare", "sql": sql, "params": db.encode_params(params)}
+        entry = db.begin_from(scope, cursor._conn, db.label(DRIVER, "declare", sql), data, _described, _getframe(2))
+        if entry is not None:
+            entry.build = _server_answer_data
+        return entry
+
+    def recorded(cursor: Any, entry: CallEntry) -> None:
+        try:
+            tape = _declared(cursor, db.row_limit())
+            db.finish(entry, None)
+            entry.value["result"] = tape
+            if not isinstance(cursor, _TeedServerRows):
+                cursor.__class__ = db.mixed_in(_TeedServerRows, cursor.__class__)
+            _server_tapes[cursor] = tape
+        except Exception as exc:
+            report_internal_error("psycopg capture", exc)
+
+    def replay(scope: Scope, cursor: Any, query: Any, params: Any) -> Any:
+        if cursor.connection not in support.fakes:
+            raise _not_replayable(cursor)
+        event = db.serve(scope, DRIVER, "declare", db.normalise_sql(query), db.encode_params(params), conn=cursor._conn)
+        result = event["data"].get("result") or {}
+        fake = _ReplayedResult(support.pq, result)
+        cursor._reset()
+        cursor.pgresult = fake
+        cursor._results = [fake]
+        cursor._rowcount = result.get("rowcount", -1) if result.get("rowcount") is not None else -1
+        cursor._statusmessage = fake.command_status
+        cursor._make_row = cursor._make_row_maker() if result.get("description") is not None else None
+        cursor._described = True
+        cursor._iter_rows = None
+        _set_transaction_status(cursor.connection, result, support.pq)
+        if not isinstance(cursor, _ReplayedServerRows):
+            cursor.__class__ = db.mixed_in(_ReplayedServerRows, cursor.__class__)
+        _replayed[cursor] = db.RowBuffer(
+            db.recorded_rows(result),
+            truncated=bool(result.get("truncated")) or not result.get("complete"),
+            refuse=lambda: _refuse_unread(scope, event),
+        )
+        return cursor
+
+    if asynchronous:
+
+        async def aexecute(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            scope = current()
+            if scope is None and not db.setting_up:
+                return await original(self, query, params, **kwargs)
+            if scope is not None and scope.session is not None:
+                return replay(scope, self, query, params)
+            entry = begin(scope, self, query, params)
+            if entry is None:
+                return await original(self, query, params, **kwargs)
+            token = scope_var.set(None)
+            try:
+                out = await original(self, query, params, **kwargs)
+            except BaseException as exc:
+                scope_var.reset(token)
+                db.fail(entry, exc)
+                raise
+            scope_var.reset(token)
+            recorded(self, entry)
+            return out
+
+        return aexecute
+
+    def execute(self: Any, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        scope = current()
+        if scope is None and not db.setting_up:
+            return original(self, query, params, **kwargs)
+        if scope is not None and scope.session is not None:
+            return replay(scope, self, query, params)
+        entry = begin(scope, self, query, params)
+        if entry is None:
+            return original(self, query, params, **kwargs)
+        token = scope_var.set(None)
+        try:
+            out = original(self, query, params, **kwargs)
+        except BaseException as exc:
+            scope_var.reset(token)
+            db.fail(entry, exc)
+            raise
+        scope_var.reset(token)
+        recorded(self, entry)
+        return out
+
+    return execute
+
+
 def _status_after(conn: Any) -> dict[str, Any] | None:
     try:
         return {"transaction_status": int(conn.info.transaction_status)}
@@ -975,6 +1199,9 @@ class PsycopgInterceptor:
                 patches.append(Patch(conn_cls, op, _transaction_patch(vars(conn_cls)[op], op, asynchronous)))
             for op in ("execute", "executemany"):
                 patches.append(Patch(cur_cls, op, _execute_patch(support, vars(cur_cls)[op], op, asynchronous)))
+        for server_cls, asynchronous in ((psycopg.ServerCursor, False), (psycopg.AsyncServerCursor, True)):
+            execute = _server_execute_patch(support, vars(server_cls)["execute"], asynchronous)
+            patches.append(Patch(server_cls, "execute", execute))
         patches.extend(_block_patches(support, psycopg.Transaction, False))
         patches.extend(_block_patches(support, psycopg.AsyncTransaction, True))
         return patches

@@ -350,6 +350,105 @@ def test_column_values_round_trip_exactly(captured, pg: Cluster, function) -> No
     assert result.new.message == message  # types and values, time zone and precision included
 
 
+# -- server-side (named) cursors ----------------------------------------------------------------------------------
+STREAM_SQL = "SELECT i, i * 2 AS twice FROM generate_series(1, 10) AS i WHERE i > %s ORDER BY i"
+
+
+@fluxrun.capture
+def psycopg_server_cursor() -> None:
+    import psycopg
+
+    with psycopg.connect(str(STATE["dsn"])) as conn:
+        with conn.cursor(name="orders_stream") as cur:
+            cur.itersize = 3
+            cur.execute(STREAM_SQL, (1,))
+            read = [cur.fetchone(), cur.fetchmany(2), [row for _, row in zip(range(4), cur, strict=False)]]
+            read += [cur.fetchall(), cur.fetchone(), cur.rownumber, [c.name for c in cur.description or ()]]
+        conn.execute("INSERT INTO orders (note) VALUES (%s)", (STATE["note"],))
+        conn.commit()
+    raise RuntimeError(repr(read))
+
+
+@fluxrun.capture
+async def psycopg_async_server_cursor() -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    async with await psycopg.AsyncConnection.connect(str(STATE["dsn"])) as conn:
+        async with conn.cursor(name="orders_stream", row_factory=dict_row) as cur:
+            cur.itersize = 4
+            await cur.execute(STREAM_SQL, (2,))
+            read = [await cur.fetchmany(3), [row async for row in cur]]
+        await conn.execute("INSERT INTO orders (note) VALUES (%s)", (STATE["note"],))
+        await conn.commit()
+    raise RuntimeError(repr(read))
+
+
+@fluxrun.capture
+def sqlalchemy_stream_results() -> None:
+    from sqlalchemy import create_engine, select, text
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(str(STATE["sa_url"]))
+    with engine.connect() as conn:
+        query = text("SELECT i FROM generate_series(1, 9) AS i WHERE i > :low ORDER BY i")
+        result = conn.execute(query.execution_options(stream_results=True, max_row_buffer=3), {"low": 2})
+        read = [tuple(result.fetchmany(2)), [tuple(row) for row in result]]
+        conn.execute(text("INSERT INTO orders (note) VALUES (:note)"), {"note": STATE["note"]})
+        conn.commit()
+    with Session(engine) as session:  # the ORM's yield_per streams through a named cursor too
+        ids = session.scalars(select(Order.id).order_by(Order.id.desc()).execution_options(yield_per=2))
+        read.append([next(ids), next(ids), next(ids)])
+        ids.close()  # read in part: its named cursor is closed here, not left to the collector
+    engine.dispose()
+    raise RuntimeError(repr(read))
+
+
+@pytest.mark.parametrize(
+    "function",
+    [psycopg_server_cursor, psycopg_async_server_cursor, sqlalchemy_stream_results],
+    ids=["psycopg", "psycopg-async", "sqlalchemy-stream-results"],
+)
+def test_a_server_side_cursor_replays_the_rows_the_app_read_and_writes_nothing(captured, pg: Cluster, function) -> None:  # type: ignore[no-untyped-def]
+    """A named cursor (DECLARE, then a FETCH per fetch or page) is recorded as one statement with the rows the
+    app fetched, in order; at replay psycopg's own fetch, iteration and paging logic runs on those rows."""
+    with pytest.raises(RuntimeError) as raised:
+        outcome = function()
+        if asyncio.iscoroutine(outcome):
+            asyncio.run(outcome)
+    declared = [e["data"]["result"] for e in captured.payloads()[-1]["events"] if e["data"].get("op") == "declare"]
+    assert declared and all(result["rows"] for result in declared)
+    assert declared[0]["complete"] is True  # read to its end
+    before = pg_writes(pg.dsn)
+    result = replay(captured, function)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(raised.value)
+    assert result.unconsumed == []
+    assert pg_writes(pg.dsn) == before
+
+
+@fluxrun.capture
+def psycopg_server_cursor_first_rows() -> None:
+    import psycopg
+
+    with psycopg.connect(str(STATE["dsn"])) as conn, conn.cursor(name="first_rows") as cur:
+        cur.execute(STREAM_SQL, (0,))
+        rows = cur.fetchmany(int(STATE.get("wanted", 2)))  # type: ignore[call-overload]
+    raise RuntimeError(f"first rows {rows}")
+
+
+def test_reading_past_the_rows_read_at_capture_from_a_server_side_cursor_is_refused(captured, pg: Cluster) -> None:
+    STATE["wanted"] = 2
+    with pytest.raises(RuntimeError):
+        psycopg_server_cursor_first_rows()
+    STATE["wanted"] = 5  # a fix that reads further: the recording has only the two rows the app fetched
+    try:
+        with pytest.raises(ReplayDivergence, match=r"2 rows the app fetched from this server-side cursor"):
+            replay(captured, psycopg_server_cursor_first_rows)
+    finally:
+        STATE.pop("wanted")
+
+
 # -- transaction blocks and prepared statements ------------------------------------------------------------------
 @fluxrun.capture
 def psycopg_transaction_order() -> None:
