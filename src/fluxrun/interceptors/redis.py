@@ -11,8 +11,9 @@ a command matches a recorded one by its arguments, in order, within the task tha
 different command raises `ReplayDivergence` showing both. A recorded error is raised again as the same
 redis exception class. This module is also the worked example of docs/interceptors.md.
 
-Not intercepted: `single_connection_client=True` (it connects while the client is built), pub/sub,
-`RedisCluster`, and the monitor.
+A `single_connection_client=True` client connects while it is built (sync) or when it is initialised (`async
+with`, `await client`): at replay it is built or initialised without that connection, since every command it
+sends is answered first. Not intercepted: pub/sub, `RedisCluster`, and the monitor.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from fluxrun.interceptors.api import (
     record_async,
     replaying,
 )
-from fluxrun.interceptors.base import wrap_client_method
+from fluxrun.interceptors.base import wrap_client_method, wrap_method
 
 __all__ = ["RedisInterceptor"]
 
@@ -172,6 +173,31 @@ def _async_pipeline_wrapper(
     return record_async(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
 
 
+def _init_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """`Redis.__init__`: a single-connection client built during a replay takes no connection from its pool."""
+    scope = active()
+    if scope is None or not replaying(scope) or not kwargs.get("single_connection_client"):
+        return wrapped(*args, **kwargs)
+    wrapped(*args, **{**kwargs, "single_connection_client": False})
+    flag = "_single_connection_client" if hasattr(instance, "_single_connection_client") else "single_connection_client"
+    setattr(instance, flag, True)  # as the app asked; `connection` stays None, and `close` has none to give back
+    return None
+
+
+def _initialize_wrapper(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """`redis.asyncio.Redis.initialize` (`async with client`, `await client`): no connection during a replay."""
+    scope = active()
+    if scope is None or not replaying(scope):
+        return wrapped(*args, **kwargs)
+
+    async def initialized() -> Any:
+        return instance
+
+    return initialized()
+
+
 class RedisInterceptor:
     """redis-py's `Redis` and `Pipeline`, sync (`redis.client`) and asyncio (`redis.asyncio.client`)."""
 
@@ -189,6 +215,7 @@ class RedisInterceptor:
                     "immediate_execute_command",
                     _wrap(sync.Pipeline, "immediate_execute_command", _command_wrapper),
                 ),
+                Patch(sync.Redis, "__init__", wrap_method(vars(sync.Redis)["__init__"], _init_wrapper)),
             ]
         if aio is not None:
             patches += [
@@ -199,6 +226,7 @@ class RedisInterceptor:
                     "immediate_execute_command",
                     _wrap(aio.Pipeline, "immediate_execute_command", _async_command_wrapper),
                 ),
+                Patch(aio.Redis, "initialize", _wrap(aio.Redis, "initialize", _initialize_wrapper)),
             ]
         return patches
 

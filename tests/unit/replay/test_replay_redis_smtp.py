@@ -7,6 +7,7 @@ services up (their Redis command stats and the sink are compared before and afte
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import sys
 import time
@@ -210,3 +211,39 @@ def test_smtp_ssl_built_at_replay_makes_no_reverse_dns_lookup(captured, sink, ke
     result = fluxrun.replay.run(path, keys.replay, app=probe)  # isolated: a reverse lookup would be blocked
     assert result.outcome == "reproduced", result.summary()
     assert result.new.message == str(raised.value)
+
+
+@fluxrun.capture
+def single_connection_visits(url: str) -> None:
+    client = redis.Redis.from_url(url, single_connection_client=True)  # connects while it is built
+    try:
+        client.set("visits", 41)
+        visits = client.incr("visits")
+    finally:
+        client.close()
+    raise RuntimeError(f"visit {visits}")
+
+
+@fluxrun.capture
+async def single_connection_visits_async(url: str) -> None:
+    import redis.asyncio
+
+    async with redis.asyncio.Redis.from_url(url, single_connection_client=True) as client:  # connects on entry
+        await client.set("visits", 41)
+        visits = await client.incr("visits")
+    raise RuntimeError(f"visit {visits}")
+
+
+@pytest.mark.parametrize("function", [single_connection_visits, single_connection_visits_async], ids=["sync", "async"])
+def test_a_single_connection_client_replays_without_connecting(captured, keys, cache, function):
+    with pytest.raises(RuntimeError, match="visit 42"):
+        outcome = function(cache.url)
+        if asyncio.iscoroutine(outcome):
+            asyncio.run(outcome)
+    (path,) = captured.files()
+    before = cache.command_stats()
+    result = fluxrun.replay.run(path, keys.replay, app=function, isolate=False)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == "visit 42"
+    after = cache.command_stats()
+    assert after.pop("info") == before.pop("info", 0) + 1 and after == before  # no connection, no command
