@@ -653,10 +653,18 @@ def statement_matcher(op: str, sql: str | None, params: Any, driver: str | None 
 
 
 def serve(
-    scope: Scope, driver: str, op: str, sql: str | None = None, params: Any = None, *, conn: Any = None
+    scope: Scope,
+    driver: str,
+    op: str,
+    sql: str | None = None,
+    params: Any = None,
+    *,
+    conn: Any = None,
+    raise_error: bool = True,
 ) -> AnyEvent:
-    """The recorded event answering this db call (its recorded error raised again); nothing is executed.
-    A call on a connection being set up is answered from that connection's recorded setup instead."""
+    """The recorded event answering this db call (its recorded error raised again, unless `raise_error` is
+    False: a stream raises it after the rows that came before it); nothing is executed. A call on a connection
+    being set up is answered from that connection's recorded setup instead."""
     if setting_up and conn is not None:
         profile = setting_up.get(conn)
         if profile is not None:
@@ -669,7 +677,8 @@ def serve(
     call = label(driver, op, sql)
     event = session.take(KIND, call, here.path, frame, site, match=statement_matcher(op, sql, params, driver))
     here.recording.add(KIND, call, here.path, site, {})
-    raise_recorded_error(event)
+    if raise_error:
+        raise_recorded_error(event)
     return event
 
 

@@ -14,8 +14,8 @@ as `begin` and `commit`/`rollback` calls (with their savepoint name, if any) and
 the block's bookkeeping runs and its commands go nowhere. Connections are profiled when they open, in an
 execution or not (db_common: setup profiles), so a warm pool replays in a fresh process.
 A server-side (named) cursor is recorded as one `declare` statement with the rows the app fetched from it, in
-order, and answered at replay with those rows (fetching past them is refused). `stream()` and `COPY` are not
-intercepted.
+order, and answered at replay with those rows (fetching past them is refused); `stream()` likewise, as one
+`stream` statement, with an error that came after some rows raised after them. `COPY` is not intercepted.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fluxrun._context import Scope, current, scope_var
 from fluxrun._internal import report_internal_error
 from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors import db_common as db
-from fluxrun.interceptors.base import Patch, loaded
+from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
 from fluxrun.interceptors.hot_path import end_call
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.schema import AnyEvent
@@ -745,33 +745,33 @@ _server_tapes: weakref.WeakKeyDictionary[Any, _ServerTape] = weakref.WeakKeyDict
 
 
 class _ServerTape:
-    """The rows a server-side cursor's fetches returned, as tuples, up to the row limit, and whether the
-    cursor came to its end (a fetch returned fewer rows than it asked for)."""
+    """The rows a server-side cursor's fetches (or a `stream()`'s results) returned, as tuples, up to the row
+    limit, and whether the cursor came to its end."""
 
     __slots__ = ("answer", "complete", "limit", "more", "rows")
 
-    def __init__(self, answer: dict[str, Any], limit: int) -> None:
-        self.answer = answer  # description, rowcount, status and transaction status after the declaration
+    def __init__(self, answer: dict[str, Any] | None, limit: int) -> None:
+        self.answer = answer  # description, rowcount, status and transaction status (`_cursor_answer`)
         self.limit = limit
         self.rows: list[tuple[Any, ...]] = []
         self.more = False  # rows fetched past the limit
         self.complete = False
 
-    def fetched(self, cursor: Any, num: int | None) -> None:
+    def took(self, cursor: Any) -> int:
+        """Keep the rows of the cursor's current result (the one a FETCH or a stream step just read)."""
         result = cursor.pgresult
-        count = result.ntuples
+        count = int(result.ntuples)
         room = self.limit - len(self.rows)
         if count > room:
             self.more = True
         if room > 0 and count:
             self.rows.extend(cursor._tx.load_rows(0, min(count, room), tuple))
-        self.complete = num is None or count < num
+        return count
 
     def recorded(self) -> dict[str, Any]:
-        answer = self.answer
-        rows = list(self.rows)
+        answer = self.answer or {"description": None, "rowcount": -1, "status": None, "transaction_status": None}
         return db.rows_result(
-            rows,
+            list(self.rows),
             limit=self.limit,
             more=self.more,
             description=answer["description"],
@@ -782,20 +782,19 @@ class _ServerTape:
         )
 
 
-def _declared(cursor: Any, limit: int) -> _ServerTape:
+def _cursor_answer(cursor: Any) -> dict[str, Any]:
+    """A cursor's description (names, type OIDs, modifiers, sizes), counts and status, as recorded."""
     result = cursor.pgresult
     columns = cursor.description
     description = None
     if columns is not None and result is not None:
         description = [[c.name, c.type_code, result.fmod(i), result.fsize(i)] for i, c in enumerate(columns)]
-    status = cursor.statusmessage
-    answer = {
+    return {
         "description": description,
         "rowcount": cursor.rowcount,
-        "status": status,
+        "status": cursor.statusmessage,
         "transaction_status": int(cursor.connection.info.transaction_status),
     }
-    return _ServerTape(answer, limit)
 
 
 def _server_answer_data(data: dict[str, Any]) -> dict[str, Any]:
@@ -820,7 +819,7 @@ class _TeedServerRows:
         tape = _server_tapes.get(self)
         if tape is not None:
             try:
-                tape.fetched(self, num)
+                tape.complete = tape.took(self) < num if num is not None else True
             except Exception as exc:
                 report_internal_error("psycopg capture", exc)
         return rows
@@ -875,7 +874,7 @@ def _server_execute_patch(support: _Support, original: Callable[..., Any], async
 
     def recorded(cursor: Any, entry: CallEntry) -> None:
         try:
-            tape = _declared(cursor, db.row_limit())
+            tape = _ServerTape(_cursor_answer(cursor), db.row_limit())
             db.finish(entry, None)
             entry.value["result"] = tape
             if not isinstance(cursor, _TeedServerRows):
@@ -953,6 +952,159 @@ def _server_execute_patch(support: _Support, original: Callable[..., Any], async
         return out
 
     return execute
+
+
+# -- stream() ----------------------------------------------------------------------------------------------------
+# `Cursor.stream()` sends the query and reads its rows one by one (or in chunks) as the app iterates, each result
+# through `_stream_fetchone_gen`. It is recorded as one `stream` statement, begun when the app first asks for a
+# row, with the rows read (teed from `_stream_fetchone_gen`, as for a server-side cursor) and, if one came, the
+# error after them. At replay the recorded rows are yielded, shaped by the cursor's row factory, then the error.
+
+
+class _TeedStream:
+    """Put in front of a cursor's class while its `stream()` is recorded: each result read goes to the tape."""
+
+    __slots__ = ()
+
+    def _stream_fetchone_gen(self, first: bool) -> Any:
+        result = yield from super()._stream_fetchone_gen(first)  # type: ignore[misc]
+        tape = _server_tapes.get(self)
+        if tape is not None and result is not None:
+            try:
+                if tape.answer is None:
+                    tape.answer = _cursor_answer(self)
+                tape.took(self)
+            except Exception as exc:
+                report_internal_error("psycopg capture", exc)
+        return result
+
+
+def _stream_patch(support: _Support, original: Callable[..., Any], asynchronous: bool) -> Any:
+    """`Cursor.stream` (or the async one's): recorded as a `stream` statement with the rows read; answered at
+    replay with those rows, then the recorded error if one came after them."""
+
+    def begin(scope: Scope, cursor: Any, query: Any, params: Any, caller: Any) -> CallEntry | None:
+        sql = db.normalise_sql(query)
+        data = {"driver": DRIVER, "op": "stream", "sql": sql, "params": db.encode_params(params)}
+        entry = db.begin_from(scope, cursor._conn, db.label(DRIVER, "stream", sql), data, _described, caller)
+        if entry is None:
+            return None
+        try:
+            entry.build = _server_answer_data
+            tape = _ServerTape(None, db.row_limit())
+            db.finish(entry, None)
+            entry.value["result"] = tape
+            if not isinstance(cursor, _TeedStream):
+                cursor.__class__ = db.mixed_in(_TeedStream, cursor.__class__)
+            _server_tapes[cursor] = tape
+        except Exception as exc:
+            report_internal_error("psycopg capture", exc)
+        return entry
+
+    def ended(cursor: Any, entry: CallEntry, error: BaseException | None) -> None:
+        tape = _server_tapes.pop(cursor, None)
+        if tape is None:
+            return
+        if error is None:
+            try:
+                tape.answer = _cursor_answer(cursor) if tape.answer is None else tape.answer
+                tape.complete = True
+            except Exception as exc:
+                report_internal_error("psycopg capture", exc)
+        elif isinstance(error, Exception):  # not GeneratorExit: the app stopped reading, and no error came
+            db.fail(entry, error)
+
+    def served(scope: Scope, cursor: Any, query: Any, params: Any) -> tuple[AnyEvent, list[Any]]:
+        if cursor.connection not in support.fakes:
+            raise _not_replayable(cursor)
+        sql, encoded = db.normalise_sql(query), db.encode_params(params)
+        event = db.serve(scope, DRIVER, "stream", sql, encoded, conn=cursor._conn, raise_error=False)
+        result = event["data"].get("result") or {}
+        fake = _ReplayedResult(support.pq, result)
+        cursor._reset()
+        cursor.pgresult = fake
+        cursor._results = [fake]
+        cursor._rowcount = result.get("rowcount", -1) if result.get("rowcount") is not None else -1
+        cursor._statusmessage = fake.command_status
+        cursor._make_row = cursor._make_row_maker() if result.get("description") is not None else None
+        _set_transaction_status(cursor.connection, result, support.pq)
+        make = cursor._make_row
+        rows = db.recorded_rows(result)
+        return event, rows if make is None else [make(row) for row in rows]
+
+    def after_rows(scope: Scope, event: AnyEvent) -> BaseException:
+        """What follows the recorded rows when the code asks for more: the recorded error, or a refusal."""
+        try:
+            raise_recorded_error(event)
+        except BaseException as exc:
+            return exc
+        result = event["data"].get("result") or {}
+        if result.get("truncated") or not result.get("complete"):
+            return _refuse_unread(scope, event)
+        return StopIteration()
+
+    if asynchronous:
+
+        async def arecorded(cursor: Any, query: Any, params: Any, options: dict[str, Any]) -> Any:
+            scope = current()
+            if scope is not None and scope.session is not None:
+                event, shaped = served(scope, cursor, query, params)
+                for row in shaped:
+                    yield row
+                end = after_rows(scope, event)
+                if not isinstance(end, StopIteration):
+                    raise end
+                return
+            rows = original(cursor, query, params, **options)
+            entry = begin(scope, cursor, query, params, _getframe(1)) if scope is not None else None
+            if entry is None:
+                async for row in rows:
+                    yield row
+                return
+            try:
+                async for row in rows:
+                    yield row
+            except BaseException as exc:
+                ended(cursor, entry, exc)
+                raise
+            finally:
+                await rows.aclose()
+            ended(cursor, entry, None)
+
+        def astream(self: Any, query: Any, params: Any = None, **options: Any) -> Any:
+            if current() is None and not db.setting_up:
+                return original(self, query, params, **options)
+            return arecorded(self, query, params, options)
+
+        return astream
+
+    def recorded(cursor: Any, query: Any, params: Any, options: dict[str, Any]) -> Any:
+        scope = current()
+        if scope is not None and scope.session is not None:
+            event, shaped = served(scope, cursor, query, params)
+            yield from shaped
+            end = after_rows(scope, event)
+            if not isinstance(end, StopIteration):
+                raise end
+            return
+        rows = original(cursor, query, params, **options)
+        entry = begin(scope, cursor, query, params, _getframe(1)) if scope is not None else None
+        if entry is None:
+            yield from rows
+            return
+        try:
+            yield from rows
+        except BaseException as exc:
+            ended(cursor, entry, exc)
+            raise
+        ended(cursor, entry, None)
+
+    def stream(self: Any, query: Any, params: Any = None, **options: Any) -> Any:
+        if current() is None and not db.setting_up:
+            return original(self, query, params, **options)
+        return recorded(self, query, params, options)
+
+    return stream
 
 
 def _status_after(conn: Any) -> dict[str, Any] | None:
@@ -1199,6 +1351,8 @@ class PsycopgInterceptor:
                 patches.append(Patch(conn_cls, op, _transaction_patch(vars(conn_cls)[op], op, asynchronous)))
             for op in ("execute", "executemany"):
                 patches.append(Patch(cur_cls, op, _execute_patch(support, vars(cur_cls)[op], op, asynchronous)))
+            stream = _stream_patch(support, vars(cur_cls)["stream"], asynchronous)
+            patches.append(Patch(cur_cls, "stream", stream))
         for server_cls, asynchronous in ((psycopg.ServerCursor, False), (psycopg.AsyncServerCursor, True)):
             execute = _server_execute_patch(support, vars(server_cls)["execute"], asynchronous)
             patches.append(Patch(server_cls, "execute", execute))

@@ -449,6 +449,57 @@ def test_reading_past_the_rows_read_at_capture_from_a_server_side_cursor_is_refu
         STATE.pop("wanted")
 
 
+@fluxrun.capture
+def psycopg_stream() -> None:
+    import psycopg
+
+    with psycopg.connect(str(STATE["dsn"])) as conn:
+        read: list[object] = [list(conn.cursor().stream(STREAM_SQL, (3,)))]
+        read.append(next(iter(conn.cursor().stream(STREAM_SQL, (8,)))))  # left after one row
+        conn.execute("INSERT INTO orders (note) VALUES (%s)", (STATE["note"],))
+        conn.commit()
+    with psycopg.connect(str(STATE["dsn"]), autocommit=True) as conn:
+        got: list[object] = []
+        try:
+            for (value,) in conn.cursor().stream("SELECT 10 / (5 - i) FROM generate_series(1, 8) AS i"):
+                got.append(value)
+        except psycopg.errors.DivisionByZero as exc:  # after the rows before it
+            got.append(f"{type(exc).__name__}: {exc}")
+        read.append(got)
+    raise RuntimeError(repr(read))
+
+
+@fluxrun.capture
+async def psycopg_async_stream() -> None:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    async with await psycopg.AsyncConnection.connect(str(STATE["dsn"])) as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        read = [row async for row in cur.stream(STREAM_SQL, (4,))]
+        await conn.execute("INSERT INTO orders (note) VALUES (%s)", (STATE["note"],))
+        await conn.commit()
+    raise RuntimeError(repr(read))
+
+
+@pytest.mark.parametrize("function", [psycopg_stream, psycopg_async_stream], ids=["sync", "async"])
+def test_a_streamed_query_replays_the_rows_the_app_read_and_writes_nothing(captured, pg: Cluster, function) -> None:  # type: ignore[no-untyped-def]
+    """`Cursor.stream()` (rows one by one from the server) is recorded as one `stream` statement with the rows
+    fetched, and an error that came after some of them after those rows."""
+    with pytest.raises(RuntimeError) as raised:
+        outcome = function()
+        if asyncio.iscoroutine(outcome):
+            asyncio.run(outcome)
+    streams = [e for e in captured.payloads()[-1]["events"] if e["data"].get("op") == "stream"]
+    assert streams and streams[0]["data"]["result"]["complete"] is True
+    before = pg_writes(pg.dsn)
+    result = replay(captured, function)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(raised.value)
+    assert result.unconsumed == []
+    assert pg_writes(pg.dsn) == before
+
+
 # -- transaction blocks and prepared statements ------------------------------------------------------------------
 @fluxrun.capture
 def psycopg_transaction_order() -> None:
