@@ -13,11 +13,13 @@ At replay `asyncpg.connect` returns a connection with no server behind it whose 
 recording; rows come back as records that index by position and by name like `asyncpg.Record`. A
 `prepare` is answered by the recorded prepare of that statement or, when the capture's connection had it
 cached already (a warm SQLAlchemy pool prepares a statement once per connection), by the attributes
-recorded with the statement's next execution. Cursors and COPY are not intercepted.
+recorded with the statement's next execution. Cursors (`conn.cursor`, a prepared statement's `cursor`):
+each round trip is a call of its own (see "cursors" below). COPY is not intercepted.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -211,6 +213,110 @@ class ReplayedPreparedStatement:
     async def executemany(self, args: Any, *, timeout: Any = None) -> Any:
         return await self._call("executemany", (list(args),))
 
+    def cursor(self, *args: Any, prefetch: Any = None, timeout: Any = None) -> Any:
+        return ReplayedCursorFactory(self._connection, self._query, args, prefetch)
+
+
+# -- cursors ----------------------------------------------------------------------------------------------------
+# asyncpg's cursors open a portal (`_bind_exec` when iterated, taking the first `prefetch` rows; `_bind` when
+# awaited), then read more rows (`_exec`) or skip some (`Cursor.forward`), each a round trip. Each is recorded as
+# a call of its own: `cursor` (the query, its arguments and the rows the portal's first execution returned),
+# `cursor_fetch` and `cursor_forward`, with whether the portal was then exhausted. At replay the replayed
+# connection's cursors follow asyncpg's own logic and answer each of those calls from the recording, in order.
+
+
+def _cursor_rows(scope: Scope, event: EventDict[DbData]) -> tuple[list[Any], bool]:
+    result = event["data"].get("result") or {}
+    return _answer(scope, "fetch", event), bool(result.get("exhausted"))
+
+
+class ReplayedCursorFactory:
+    """`conn.cursor(query, *args)` at replay: iterated (prefetching) or awaited (a `ReplayedCursor`)."""
+
+    def __init__(self, connection: Any, query: str, args: tuple[Any, ...], prefetch: int | None) -> None:
+        self._connection = connection
+        self._sql = db.normalise_sql(query)
+        self._args = args
+        self._prefetch = prefetch
+
+    def __aiter__(self) -> ReplayedCursorIterator:
+        prefetch = 50 if self._prefetch is None else self._prefetch
+        return ReplayedCursorIterator(self._connection, self._sql, self._args, prefetch)
+
+    def __await__(self) -> Any:
+        if self._prefetch is not None:
+            from asyncpg import exceptions  # type: ignore[import-untyped]
+
+            raise exceptions.InterfaceError("prefetch argument can only be specified for iterable cursor")
+        return ReplayedCursor(self._connection, self._sql, self._args)._init().__await__()
+
+
+class _ReplayedPortal:
+    def __init__(self, connection: Any, sql: str, args: tuple[Any, ...]) -> None:
+        self._connection = connection
+        self._sql = sql
+        self._params = _params("fetch", args)
+        self._exhausted = False
+
+    def _serve(self, op: str) -> EventDict[DbData]:
+        return _serve_only(op, self._sql, self._params, conn=self._connection)
+
+    def _rows(self, op: str) -> list[Any]:
+        scope = current()
+        assert scope is not None
+        rows, self._exhausted = _cursor_rows(scope, self._serve(op))
+        return rows
+
+
+class ReplayedCursorIterator(_ReplayedPortal):
+    """`async for row in conn.cursor(...)` at replay: the portal's first rows, then each further fetch."""
+
+    def __init__(self, connection: Any, sql: str, args: tuple[Any, ...], prefetch: int) -> None:
+        super().__init__(connection, sql, args)
+        self._buffer: collections.deque[Any] = collections.deque()
+        self._opened = False
+
+    def __aiter__(self) -> ReplayedCursorIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        if not self._opened:
+            self._opened = True
+            self._buffer.extend(self._rows("cursor"))
+        if not self._buffer and not self._exhausted:
+            self._buffer.extend(self._rows("cursor_fetch"))
+        if self._buffer:
+            return self._buffer.popleft()
+        raise StopAsyncIteration
+
+
+class ReplayedCursor(_ReplayedPortal):
+    """`await conn.cursor(...)` at replay: `fetch`, `fetchrow` and `forward` answered from the recording."""
+
+    async def _init(self) -> ReplayedCursor:
+        self._rows("cursor")
+        return self
+
+    async def fetch(self, n: int, *, timeout: Any = None) -> list[Any]:
+        if n <= 0:
+            from asyncpg import exceptions
+
+            raise exceptions.InterfaceError("n must be greater than zero")
+        return [] if self._exhausted else self._rows("cursor_fetch")
+
+    async def fetchrow(self, *, timeout: Any = None) -> Any:
+        if self._exhausted:
+            return None
+        rows = self._rows("cursor_fetch")
+        return rows[0] if rows else None
+
+    async def forward(self, n: int, *, timeout: Any = None) -> int:
+        event = self._serve("cursor_forward")
+        result = event["data"].get("result") or {}
+        self._exhausted = bool(result.get("exhausted"))
+        advanced = result.get("advanced")
+        return advanced if type(advanced) is int else 0
+
 
 class ReplayedConnection:
     """An asyncpg connection with no server: every call is answered from the recording."""
@@ -260,6 +366,11 @@ class ReplayedConnection:
 
     def transaction(self, **options: Any) -> ReplayedTransaction:
         return ReplayedTransaction(self)
+
+    def cursor(
+        self, query: str, *args: Any, prefetch: Any = None, timeout: Any = None, record_class: Any = None
+    ) -> Any:
+        return ReplayedCursorFactory(self, query, args, prefetch)
 
     def is_closed(self) -> bool:
         return self._closed
@@ -445,6 +556,32 @@ def _statement_patch(original: Callable[..., Any], op: str) -> Callable[..., Any
     return method
 
 
+def _cursor_patch(original: Callable[..., Any], op: str) -> Callable[..., Any]:
+    """A cursor's round trip (`BaseCursor._bind_exec`, `_bind`, `_exec`, `Cursor.forward`): recorded as a call
+    with the cursor's query and arguments, the rows it returned (or how far it moved), and whether the portal
+    was then exhausted."""
+
+    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        scope = current()
+        if scope is None and not db.setting_up:
+            return await original(self, *args, **kwargs)
+        if scope is not None and scope.session is not None:
+            raise _replaying_a_live_connection()
+        entry, token = _record(scope, self._connection, op, db.normalise_sql(self._query), _params("fetch", self._args))
+        if entry is None:
+            return await original(self, *args, **kwargs)
+
+        def result(out: Any) -> dict[str, Any]:
+            if op == "cursor_forward":
+                return {"advanced": int(out), "exhausted": bool(self._exhausted)}
+            records = list(out) if out is not None else []
+            return {**_rows_result("fetch", records, db.row_limit()), "exhausted": bool(self._exhausted)}
+
+        return await _recorded(entry, token, original(self, *args, **kwargs), result)
+
+    return method
+
+
 def _codec_patch(original: Callable[..., Any]) -> Callable[..., Any]:
     """`set_type_codec` looks the type up on the server (SQLAlchemy's on_connect sets json and jsonb)."""
 
@@ -488,7 +625,7 @@ class AsyncpgInterceptor:
         asyncpg = self.asyncpg
         if asyncpg is None:
             return []
-        from asyncpg import connection, prepared_stmt, transaction  # type: ignore[import-untyped]
+        from asyncpg import connection, prepared_stmt, transaction
 
         connect = _connect_patch(connection.connect)
         patches = [Patch(asyncpg, "connect", connect), Patch(connection, "connect", connect)]
@@ -501,6 +638,15 @@ class AsyncpgInterceptor:
         statement = prepared_stmt.PreparedStatement
         for op in ("fetch", "fetchrow", "fetchval", "executemany"):
             patches.append(Patch(statement, op, _statement_patch(vars(statement)[op], op)))
+        from asyncpg import cursor
+
+        for owner, name, op in (
+            (cursor.BaseCursor, "_bind_exec", "cursor"),
+            (cursor.BaseCursor, "_bind", "cursor"),
+            (cursor.BaseCursor, "_exec", "cursor_fetch"),
+            (cursor.Cursor, "forward", "cursor_forward"),
+        ):
+            patches.append(Patch(owner, name, _cursor_patch(vars(owner)[name], op)))
         for name, op in _TRANSACTION_OPS.items():
             patches.append(
                 Patch(transaction.Transaction, name, _transaction_patch(vars(transaction.Transaction)[name], op))

@@ -130,6 +130,9 @@ class DbResult(TypedDict, total=False):
     truncated: bool
     limit: int  # the row limit the rows were cut at
     status: str  # asyncpg's command status
+    complete: bool  # a server-side cursor or stream: the app read it to its end (else only `rows` were read)
+    exhausted: bool  # an asyncpg cursor's portal had no rows left after this call
+    advanced: int  # an asyncpg cursor's `forward`: how many rows it moved
 
 
 class DbData(TypedDict, total=False):

@@ -500,6 +500,59 @@ def test_a_streamed_query_replays_the_rows_the_app_read_and_writes_nothing(captu
     assert pg_writes(pg.dsn) == before
 
 
+@fluxrun.capture
+async def asyncpg_cursors() -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(str(STATE["dsn_url"]))
+    try:
+        async with conn.transaction():  # asyncpg's cursors live in a transaction
+            query = "SELECT i FROM generate_series(1, 7) AS i WHERE i > $1"
+            streamed = [r["i"] async for r in conn.cursor(query, 1, prefetch=2)]
+            cur = await conn.cursor("SELECT i, i * 2 AS twice FROM generate_series(1, 9) AS i")
+            first, skipped = await cur.fetchrow(), await cur.forward(3)
+            some, rest, after = await cur.fetch(3), await cur.fetch(10), await cur.fetch(1)
+            statement = await conn.prepare("SELECT i FROM generate_series(1, $1::int) AS i")
+            prepared = [r[0] async for r in statement.cursor(4, prefetch=3)]
+            await conn.execute("INSERT INTO orders (note) VALUES ($1)", STATE["note"])
+    finally:
+        await conn.close()
+    read = [streamed, dict(first), skipped, [tuple(r) for r in some], [r["twice"] for r in rest], after, prepared]
+    raise RuntimeError(repr(read))
+
+
+@fluxrun.capture
+async def sqlalchemy_asyncpg_stream() -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(str(STATE["sa_async_url"]))
+    async with engine.connect() as conn:
+        query = text("SELECT i FROM generate_series(1, 9) AS i WHERE i > :low ORDER BY i")
+        result = await conn.stream(query.execution_options(max_row_buffer=2), {"low": 3})
+        read = [row[0] async for row in result]
+        await conn.execute(text("INSERT INTO orders (note) VALUES (:note)"), {"note": STATE["note"]})
+        await conn.commit()
+    await engine.dispose()
+    raise RuntimeError(repr(read))
+
+
+@pytest.mark.parametrize("function", [asyncpg_cursors, sqlalchemy_asyncpg_stream], ids=["asyncpg", "sqlalchemy"])
+def test_asyncpg_cursors_replay_the_rows_each_fetch_read_and_write_nothing(captured, pg: Cluster, function) -> None:  # type: ignore[no-untyped-def]
+    """A cursor iterated with prefetch, a cursor fetched, moved forward and fetched past its end, a prepared
+    statement's cursor, and SQLAlchemy's `stream()` on asyncpg: each portal and each fetch is a recorded call,
+    answered in order at replay."""
+    STATE["sa_async_url"] = f"postgresql+asyncpg://postgres:hunter2@127.0.0.1:{pg.port}/postgres"
+    with pytest.raises(RuntimeError) as raised:
+        asyncio.run(function())
+    before = pg_writes(pg.dsn)
+    result = replay(captured, function)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(raised.value)
+    assert result.unconsumed == []
+    assert pg_writes(pg.dsn) == before
+
+
 # -- transaction blocks and prepared statements ------------------------------------------------------------------
 @fluxrun.capture
 def psycopg_transaction_order() -> None:
