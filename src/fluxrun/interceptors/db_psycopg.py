@@ -292,15 +292,7 @@ async def _asafe_snapshot(cursor: Any, tuple_row: Any) -> tuple[Any, ...] | dict
 def _serve_into(scope: Scope, cursor: Any, op: str, query: Any, params: Any, pq: Any, asynchronous: bool) -> None:
     """Answer a statement from the recording into a real psycopg cursor; nothing is sent anywhere."""
     event = db.serve(scope, DRIVER, op, db.normalise_sql(query), params, conn=cursor._conn)
-    result = event["data"].get("result") or {}
-    fake = _ReplayedResult(pq, result)
-    cursor._reset()
-    cursor.pgresult = fake
-    cursor._results = [fake]
-    cursor._rowcount = result.get("rowcount", -1) if result.get("rowcount") is not None else -1
-    cursor._statusmessage = fake.command_status
-    cursor._make_row = cursor._make_row_maker() if result.get("description") is not None else None
-    _set_transaction_status(cursor.connection, result, pq)
+    result = _load_answer(cursor, event, pq)
     if not isinstance(cursor, (_ReplayedRows, _AsyncReplayedRows)):
         home: type = cursor.__class__
         cursor.__class__ = _replayed_class(home, asynchronous)
@@ -309,6 +301,21 @@ def _serve_into(scope: Scope, cursor: Any, op: str, query: Any, params: Any, pq:
         truncated=bool(result.get("truncated")),
         refuse=lambda: db.refuse_truncated(scope, event),
     )
+
+
+def _load_answer(cursor: Any, event: AnyEvent, pq: Any) -> dict[str, Any]:
+    """Put a recorded answer's result in a real psycopg cursor (a stand-in libpq result: description, row
+    factory, rowcount, status) and the connection's transaction status; returns the recorded result."""
+    result: dict[str, Any] = event["data"].get("result") or {}
+    fake = _ReplayedResult(pq, result)
+    cursor._reset()
+    cursor.pgresult = fake
+    cursor._results = [fake]
+    cursor._rowcount = result.get("rowcount", -1) if result.get("rowcount") is not None else -1
+    cursor._statusmessage = fake.command_status
+    cursor._make_row = cursor._make_row_maker() if result.get("description") is not None else None
+    _set_transaction_status(cursor.connection, result, pq)
+    return result
 
 
 def _encoded_params(op: str, params: Any) -> Any:
@@ -843,20 +850,21 @@ class _ReplayedServerRows:
 
 
 def _refuse_unread(scope: Scope, event: AnyEvent) -> BaseException:
-    """The error for fetching past the rows the app fetched from a server-side cursor at capture."""
+    """The error for reading past the rows the app read from a server-side cursor or a stream at capture."""
     result = event["data"].get("result") or {}
     if result.get("truncated"):
         return db.refuse_truncated(scope, event)
     here = scope.here()
     assert here.session is not None
     count = len(result.get("rows") or [])
+    what = "stream" if event["data"].get("op") == "stream" else "server-side cursor"
     return here.session.refuse(
         db.KIND,
         str(event.get("call")),
         here.path,
         db.app_frame(),
-        f"the recording holds the {count} rows the app fetched from this server-side cursor at capture, and the "
-        "code now fetches past them (a server-side cursor is recorded as far as the app read it)",
+        f"the recording holds the {count} rows the app fetched from this {what} at capture, and the code now "
+        f"fetches past them (a {what} is recorded as far as the app read it)",
     )
 
 
@@ -887,17 +895,9 @@ def _server_execute_patch(support: _Support, original: Callable[..., Any], async
         if cursor.connection not in support.fakes:
             raise _not_replayable(cursor)
         event = db.serve(scope, DRIVER, "declare", db.normalise_sql(query), db.encode_params(params), conn=cursor._conn)
-        result = event["data"].get("result") or {}
-        fake = _ReplayedResult(support.pq, result)
-        cursor._reset()
-        cursor.pgresult = fake
-        cursor._results = [fake]
-        cursor._rowcount = result.get("rowcount", -1) if result.get("rowcount") is not None else -1
-        cursor._statusmessage = fake.command_status
-        cursor._make_row = cursor._make_row_maker() if result.get("description") is not None else None
+        result = _load_answer(cursor, event, support.pq)
         cursor._described = True
         cursor._iter_rows = None
-        _set_transaction_status(cursor.connection, result, support.pq)
         if not isinstance(cursor, _ReplayedServerRows):
             cursor.__class__ = db.mixed_in(_ReplayedServerRows, cursor.__class__)
         _replayed[cursor] = db.RowBuffer(
@@ -1019,29 +1019,18 @@ def _stream_patch(support: _Support, original: Callable[..., Any], asynchronous:
             raise _not_replayable(cursor)
         sql, encoded = db.normalise_sql(query), db.encode_params(params)
         event = db.serve(scope, DRIVER, "stream", sql, encoded, conn=cursor._conn, raise_error=False)
-        result = event["data"].get("result") or {}
-        fake = _ReplayedResult(support.pq, result)
-        cursor._reset()
-        cursor.pgresult = fake
-        cursor._results = [fake]
-        cursor._rowcount = result.get("rowcount", -1) if result.get("rowcount") is not None else -1
-        cursor._statusmessage = fake.command_status
-        cursor._make_row = cursor._make_row_maker() if result.get("description") is not None else None
-        _set_transaction_status(cursor.connection, result, support.pq)
+        result = _load_answer(cursor, event, support.pq)
         make = cursor._make_row
         rows = db.recorded_rows(result)
         return event, rows if make is None else [make(row) for row in rows]
 
-    def after_rows(scope: Scope, event: AnyEvent) -> BaseException:
-        """What follows the recorded rows when the code asks for more: the recorded error, or a refusal."""
-        try:
-            raise_recorded_error(event)
-        except BaseException as exc:
-            return exc
+    def past_rows(scope: Scope, event: AnyEvent) -> None:
+        """The code asks for a row after the recorded ones: the recorded error, or a refusal if the app had not
+        read the stream to its end at capture (nothing when it had: the stream ends)."""
+        raise_recorded_error(event)
         result = event["data"].get("result") or {}
         if result.get("truncated") or not result.get("complete"):
-            return _refuse_unread(scope, event)
-        return StopIteration()
+            raise _refuse_unread(scope, event)
 
     if asynchronous:
 
@@ -1051,9 +1040,7 @@ def _stream_patch(support: _Support, original: Callable[..., Any], asynchronous:
                 event, shaped = served(scope, cursor, query, params)
                 for row in shaped:
                     yield row
-                end = after_rows(scope, event)
-                if not isinstance(end, StopIteration):
-                    raise end
+                past_rows(scope, event)
                 return
             rows = original(cursor, query, params, **options)
             entry = begin(scope, cursor, query, params, _getframe(1)) if scope is not None else None
@@ -1083,9 +1070,7 @@ def _stream_patch(support: _Support, original: Callable[..., Any], asynchronous:
         if scope is not None and scope.session is not None:
             event, shaped = served(scope, cursor, query, params)
             yield from shaped
-            end = after_rows(scope, event)
-            if not isinstance(end, StopIteration):
-                raise end
+            past_rows(scope, event)
             return
         rows = original(cursor, query, params, **options)
         entry = begin(scope, cursor, query, params, _getframe(1)) if scope is not None else None
