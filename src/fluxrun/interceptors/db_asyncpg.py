@@ -252,6 +252,8 @@ class ReplayedCursorFactory:
 
 
 class _ReplayedPortal:
+    """What a replayed cursor and cursor iterator share: their query, arguments and exhausted portal."""
+
     def __init__(self, connection: Any, sql: str, args: tuple[Any, ...]) -> None:
         self._connection = connection
         self._sql = sql
@@ -273,6 +275,10 @@ class ReplayedCursorIterator(_ReplayedPortal):
 
     def __init__(self, connection: Any, sql: str, args: tuple[Any, ...], prefetch: int) -> None:
         super().__init__(connection, sql, args)
+        if prefetch <= 0:  # as asyncpg checks it (the rows each fetch returned are the recorded ones)
+            from asyncpg import exceptions
+
+            raise exceptions.InterfaceError("prefetch argument must be greater than zero")
         self._buffer: collections.deque[Any] = collections.deque()
         self._opened = False
 
