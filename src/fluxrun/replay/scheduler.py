@@ -419,7 +419,7 @@ def _recorded_states(states: object) -> dict[int, tuple[frozenset[str], frozense
         return {}
     out = {}
     for key, value in states.items():
-        if not (type(key) is str and key.isdigit() and len(key) <= 18 and isinstance(value, dict)):
+        if not (type(key) is str and key.isascii() and key.isdigit() and len(key) <= 18 and isinstance(value, dict)):
             continue
         busy, waiting = value.get("busy"), value.get("parked")
         if isinstance(busy, list) and isinstance(waiting, list):

@@ -390,3 +390,13 @@ def test_lineage_is_given_at_creation_not_at_first_io(captured):
         asyncio.run(job())
     events = [(e["call"], e["task"]) for e in captured.events() if e["kind"] == "time"]
     assert events == [("time.time", "0.1"), ("time.time", "0.3"), ("time.monotonic", "0.4")]
+
+
+def test_hostile_thread_states_in_a_bundle_are_left_out():
+    """`task_states` is untrusted data: keys that are not plain numbers, and values of the wrong shape, are
+    ignored rather than raised from deep inside the scheduler."""
+    from fluxrun.replay.scheduler import ReplayScheduler
+
+    states = {"²": {"busy": [], "parked": ["0"]}, "3": {"busy": ["0.1", 5], "parked": ["0"]}, "x": 1, "4": "no"}
+    scheduler = ReplayScheduler([], None, {**states, "9" * 40: {"busy": [], "parked": []}})
+    assert scheduler._states == {3: (frozenset({"0.1"}), frozenset({"0"}))}
