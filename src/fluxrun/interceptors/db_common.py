@@ -192,10 +192,16 @@ def app_site() -> SiteRef | str:
 
 
 # -- recording ---------------------------------------------------------------------------------------------
-def start(scope: Scope, call: str, data: dict[str, Any]) -> CallEntry | None:
-    """Append a db call to the log (an entry that `finish`/`fail` complete)."""
+def start(scope: Scope, call: str, data: dict[str, Any], caller: FrameType | None = None) -> CallEntry | None:
+    """Append a db call to the log (an entry that `finish`/`fail` complete). `caller`: the frame that called the
+    driver, where the walk to the app's frame starts (else it starts at `start`'s caller, past FluxRun's frames:
+    each one walked is a frame object made)."""
     try:
-        return start_call(scope, KIND, call, app_site(), data)
+        if caller is None:
+            return start_call(scope, KIND, call, app_site(), data)
+        frame = first_app_frame(caller, skip_generated=True)
+        site = (frame.f_globals.get("__name__", "?"), frame.f_code, frame.f_lasti) if frame is not None else "?:?:0"
+        return start_call(scope, KIND, call, site, data)  # `site_ref(frame)`, inlined
     except Exception as exc:
         report_internal_error("db capture", exc)
         return None
@@ -743,5 +749,10 @@ class RowBuffer:
         return out
 
     def one(self) -> Any:
+        """The next row, or None at the end (`take(1)`; the common case, a recorded row, without its list)."""
+        position = self.position
+        if position < len(self.rows):
+            self.position = position + 1
+            return self.rows[position]
         got = self.take(1)
         return got[0] if got else None

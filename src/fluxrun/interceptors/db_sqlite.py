@@ -21,6 +21,8 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from functools import cache
 from itertools import chain
+from sys import _getframe
+from types import FrameType
 from typing import Any
 
 from fluxrun._context import Scope, current, scope_var
@@ -56,19 +58,19 @@ class Cursor(sqlite3.Cursor):
         scope = current()
         if scope is None:
             return _execute(self, sql, parameters)
-        return _run(self, scope, "execute", sql, parameters)
+        return _run(self, scope, "execute", sql, parameters, _getframe(1))
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Any:
         scope = current()
         if scope is None:
             return _executemany(self, sql, seq_of_parameters)
-        return _run(self, scope, "executemany", sql, seq_of_parameters)
+        return _run(self, scope, "executemany", sql, seq_of_parameters, _getframe(1))
 
     def executescript(self, sql_script: str, /) -> Any:
         scope = current()
         if scope is None:
             return _executescript(self, sql_script)
-        return _run(self, scope, "executescript", sql_script, None)
+        return _run(self, scope, "executescript", sql_script, None, _getframe(1))
 
 
 class _ReplayOnlyCursor(Cursor):
@@ -77,13 +79,13 @@ class _ReplayOnlyCursor(Cursor):
     __slots__ = ()
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
-        return _run(self, _replaying(), "execute", sql, parameters)
+        return _run(self, _replaying(), "execute", sql, parameters, _getframe(1))
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Any:
-        return _run(self, _replaying(), "executemany", sql, seq_of_parameters)
+        return _run(self, _replaying(), "executemany", sql, seq_of_parameters, _getframe(1))
 
     def executescript(self, sql_script: str, /) -> Any:
-        return _run(self, _replaying(), "executescript", sql_script, None)
+        return _run(self, _replaying(), "executescript", sql_script, None, _getframe(1))
 
 
 def _replaying() -> Scope:
@@ -169,8 +171,9 @@ def _set_state(cursor: Any, mixin: type, buffer: db.RowBuffer, make: Callable[[A
     cursor.__class__ = _variant(mixin, home)
 
 
-def _run(cursor: Any, scope: Scope, op: str, sql: Any, parameters: Any) -> Any:
-    """A statement inside a capture (recorded) or a replay (served), on any of this module's cursors."""
+def _run(cursor: Any, scope: Scope, op: str, sql: Any, parameters: Any, caller: FrameType) -> Any:
+    """A statement inside a capture (recorded) or a replay (served), on any of this module's cursors. `caller`:
+    the frame that called sqlite3, where the walk to the app's frame starts (past none of FluxRun's)."""
     home = _homes.get(type(cursor))
     if home is not None:
         cursor.__class__ = home  # the previous statement's copy is gone: sqlite's own fetches again
@@ -185,17 +188,19 @@ def _run(cursor: Any, scope: Scope, op: str, sql: Any, parameters: Any) -> Any:
     if scope.session is not None:
         _serve(cursor, scope, op, sql_text, params)
     else:
-        _record(cursor, scope, op, sql, sql_text, parameters, params)
+        _record(cursor, scope, op, sql, sql_text, parameters, params, caller)
     return cursor
 
 
-def _record(cursor: Any, scope: Scope, op: str, sql: Any, sql_text: str, parameters: Any, params: Any) -> None:
+def _record(
+    cursor: Any, scope: Scope, op: str, sql: Any, sql_text: str, parameters: Any, params: Any, caller: FrameType
+) -> None:
     if isinstance(cursor, _ReplayOnlyCursor):
         raise sqlite3.ProgrammingError(
             "this sqlite3 connection was opened during a FluxRun replay and has no database outside it"
         )
     data = {"driver": DRIVER, "op": op, "sql": sql_text, "params": params}
-    entry = db.start(scope, db.label(DRIVER, op, sql_text), data)
+    entry = db.start(scope, db.label(DRIVER, op, sql_text), data, caller)
     factory = cursor.row_factory
     token = scope_var.set(None)
     try:
@@ -215,17 +220,9 @@ def _record(cursor: Any, scope: Scope, op: str, sql: Any, sql_text: str, paramet
     scope_var.reset(token)
     cursor.row_factory = factory
     more = len(rows) > limit
-
-    def more_live(count: int | None) -> list[Any]:
-        saved, cursor.row_factory = cursor.row_factory, None
-        try:
-            return list(_fetchall(cursor) if count is None else _fetchmany(cursor, count))
-        finally:
-            cursor.row_factory = saved
-
     # the rest is read live only past the limit; otherwise no closure over the cursor that the cursor holds
     # (a reference cycle per statement, left to the cyclic collector)
-    buffer = db.RowBuffer(rows, truncated=more, more=more_live if more else None)
+    buffer = db.RowBuffer(rows, truncated=more, more=_live_rows(cursor) if more else None)
     _set_state(cursor, _Buffered, buffer, _row_maker(factory, cursor, description))
     taken = (rows, limit, more, description, cursor.rowcount, cursor.lastrowid)
     if entry is not None and _ATOMS.issuperset(map(type, chain.from_iterable(rows))):
@@ -235,6 +232,21 @@ def _record(cursor: Any, scope: Scope, op: str, sql: Any, sql_text: str, paramet
         db.finish(entry, taken)
         return
     db.finish(entry, _answer(taken))
+
+
+def _live_rows(cursor: Any) -> Callable[[int | None], list[Any]]:
+    """The rows past the row limit, read from the live cursor as the app asks for them (raw: the buffer's
+    row maker shapes them). A function of its own: a closure made in `_record` would give every statement a
+    cell for the cursor."""
+
+    def more_live(count: int | None) -> list[Any]:
+        saved, cursor.row_factory = cursor.row_factory, None
+        try:
+            return list(_fetchall(cursor) if count is None else _fetchmany(cursor, count))
+        finally:
+            cursor.row_factory = saved
+
+    return more_live
 
 
 # the types of the values sqlite3 itself returns (a converter or text factory can return others)
@@ -290,7 +302,7 @@ class Connection(sqlite3.Connection):
         scope = current()
         if scope is None:
             return _execute(_cursor(self, Cursor), sql, parameters)
-        return _run(_cursor(self, self._fluxrun_cursor), scope, "execute", sql, parameters)
+        return _run(_cursor(self, self._fluxrun_cursor), scope, "execute", sql, parameters, _getframe(1))
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any:
         return self.cursor().executemany(sql, parameters)
@@ -333,7 +345,7 @@ class _ReplayedConnection(Connection):
     _fluxrun_cursor = _ReplayOnlyCursor
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
-        return _run(_cursor(self, _ReplayOnlyCursor), _replaying(), "execute", sql, parameters)
+        return _run(_cursor(self, _ReplayOnlyCursor), _replaying(), "execute", sql, parameters, _getframe(1))
 
 
 def _transaction(conn: Any, scope: Scope, op: str, call: Callable[[Any], None]) -> None:
