@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,11 @@ from typing import IO, Any
 
 from fluxrun.errors import FluxRunError
 
-__all__ = ["Process", "clean_env", "free_port", "serve_in_thread", "start_process"]
+__all__ = ["Process", "clean_env", "free_port", "serve_in_thread", "start_on_free_port", "start_process"]
+
+
+class PortTaken(FluxRunError):
+    """The process could not listen: another process took its port between `free_port` and its bind."""
 
 
 def free_port() -> int:
@@ -72,7 +76,8 @@ def start_process(
         if proc.poll() is not None:
             tail = process.log_tail()
             process.stop()
-            raise FluxRunError(f"the demo's {name} exited with status {proc.returncode}; its log says:\n{tail}")
+            error = PortTaken if "address already in use" in tail.lower() else FluxRunError
+            raise error(f"the demo's {name} exited with status {proc.returncode}; its log says:\n{tail}")
         try:
             if httpx.get(process.url + health, timeout=1).status_code == 200:
                 return process
@@ -82,6 +87,28 @@ def start_process(
             process.stop()
             raise FluxRunError(f"the demo's {name} did not answer {health} within 60 s; see {log_path}")
         time.sleep(0.05)
+
+
+def start_on_free_port(
+    name: str,
+    command: Callable[[int], tuple[list[str], dict[str, str]]],
+    *,
+    health: str,
+    cwd: Path,
+    logs: Path,
+    attempts: int = 3,
+) -> Process:
+    """`start_process` on a free port: `command(port)` gives its arguments and environment. A free port is only
+    free when it is looked at, so a process that finds it taken when it binds is started again on another."""
+    for attempt in range(attempts):
+        port = free_port()
+        args, env = command(port)
+        try:
+            return start_process(name, args, port=port, health=health, env=env, cwd=cwd, logs=logs)
+        except PortTaken:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fluxrun.errors import FluxRunError
-from fluxrun_demo.processes import Process, clean_env, free_port, serve_in_thread, start_process
+from fluxrun_demo.processes import Process, clean_env, serve_in_thread, start_on_free_port
 
 __all__ = ["run_demo"]
 
@@ -182,18 +182,13 @@ def run_demo(console: Console, directory: Path | None = None, *, serve: bool = F
             generate_keys(keys)
             loop.step("keys", f"generated capture.key for the app and replay.key for you in {keys}")
 
-            server_port, agent_port, shop_port = free_port(), free_port(), free_port()
             key_id = _provision(loop, root / "server", keys / "capture.key")
-            server_env = {"FLUXRUN_SERVER_DATA_DIR": str(root / "server"), "FLUXRUN_SERVER_PORT": str(server_port)}
-            loop.server = start_process(
-                "server",
-                ["fluxrun.cli.app", "server"],
-                port=server_port,
-                health="/healthz",
-                env=clean_env(server_env),
-                cwd=root,
-                logs=root / "logs",
-            )
+
+            def server_command(port: int) -> tuple[list[str], dict[str, str]]:
+                env = {"FLUXRUN_SERVER_DATA_DIR": str(root / "server"), "FLUXRUN_SERVER_PORT": str(port)}
+                return ["fluxrun.cli.app", "server"], clean_env(env)
+
+            loop.server = start_on_free_port("server", server_command, health="/healthz", cwd=root, logs=root / "logs")
             stack.callback(loop.server.stop)
             server = loop.server.url
             loop.step("server", f"`fluxrun server` at {server} (embedded: WAL, SQLite index, file object store)")
@@ -204,29 +199,25 @@ def run_demo(console: Console, directory: Path | None = None, *, serve: bool = F
                 f"admin API key {loop.api_key[:12]}…",
             )
 
-            agent_env = {
-                "FLUXRUN_AGENT_REPLAY_KEY": str(keys / "replay.key"),
-                "FLUXRUN_AGENT_SERVER": server,
-                "FLUXRUN_AGENT_PROJECT": "demo/shop",
-                "FLUXRUN_AGENT_ORIGIN": server,
-                "FLUXRUN_AGENT_AUDIT_LOG": str(root / "agent-audit.log"),
-                "FLUXRUN_AGENT_PORT": str(agent_port),
-            }
-            loop.agent = start_process(
-                "agent",
-                ["fluxrun.cli.app", "agent"],
-                port=agent_port,
-                health="/v1/health",
-                env=clean_env(agent_env),
-                cwd=root,
-                logs=root / "logs",
-            )
+            def agent_command(port: int) -> tuple[list[str], dict[str, str]]:
+                env = {
+                    "FLUXRUN_AGENT_REPLAY_KEY": str(keys / "replay.key"),
+                    "FLUXRUN_AGENT_SERVER": server,
+                    "FLUXRUN_AGENT_PROJECT": "demo/shop",
+                    "FLUXRUN_AGENT_ORIGIN": server,
+                    "FLUXRUN_AGENT_AUDIT_LOG": str(root / "agent-audit.log"),
+                    "FLUXRUN_AGENT_PORT": str(port),
+                }
+                return ["fluxrun.cli.app", "agent"], clean_env(env)
+
+            loop.agent = start_on_free_port("agent", agent_command, health="/v1/health", cwd=root, logs=root / "logs")
             stack.callback(loop.agent.stop)
             loop.step("agent", f"`fluxrun agent` at {loop.agent.url}: the only process holding replay.key")
 
             pricing = stack.enter_context(serve_in_thread(upstream.app))
             shop_file = root / "demo_shop.py"
             shutil.copyfile(Path(__file__).with_name("shop.py"), shop_file)  # not imported: it calls fluxrun.init()
+            server_port = server.rpartition(":")[2]
             dsn = f"http://{loop.ingest_token}@127.0.0.1:{server_port}/demo/shop"  # the path names the project
             shop_env = {
                 "FLUXRUN_DSN": dsn,
@@ -235,15 +226,11 @@ def run_demo(console: Console, directory: Path | None = None, *, serve: bool = F
                 "FLUXRUN_RELEASE": "demo-1",
                 "SHOP_PRICING_URL": pricing,
             }
-            loop.shop = start_process(
-                "shop",
-                ["uvicorn", "demo_shop:app", "--host", "127.0.0.1", "--port", str(shop_port)],
-                port=shop_port,
-                health="/docs",
-                env=clean_env(shop_env),
-                cwd=root,
-                logs=root / "logs",
-            )
+
+            def shop_command(port: int) -> tuple[list[str], dict[str, str]]:
+                return ["uvicorn", "demo_shop:app", "--host", "127.0.0.1", "--port", str(port)], clean_env(shop_env)
+
+            loop.shop = start_on_free_port("shop", shop_command, health="/docs", cwd=root, logs=root / "logs")
             stack.callback(loop.shop.stop)
             loop.step("shop", f"demo_shop.py under uvicorn at {loop.shop.url}, shipping to FLUXRUN_DSN={server}")
 

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -121,3 +122,29 @@ def test_demo_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     assert "is not empty; give --dir a new folder" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert (tmp_path / "taken" / "file").read_text() == "mine"
+
+
+def test_a_demo_process_whose_port_was_taken_is_started_again_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A free port is free only when looked at: the demo's server finds its port taken and starts on the next."""
+    from fluxrun_demo import processes
+
+    with contextlib.ExitStack() as stack:
+        taken = stack.enter_context(socket.socket())
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1], processes.free_port()])
+        monkeypatch.setattr(processes, "free_port", lambda: next(ports))
+        tried: list[int] = []
+
+        def command(port: int) -> tuple[list[str], dict[str, str]]:
+            tried.append(port)
+            env = {"FLUXRUN_SERVER_DATA_DIR": str(tmp_path / "server"), "FLUXRUN_SERVER_PORT": str(port)}
+            return ["fluxrun.cli.app", "server"], processes.clean_env(env)
+
+        server = processes.start_on_free_port("server", command, health="/healthz", cwd=tmp_path, logs=tmp_path)
+        stack.callback(server.stop)
+        assert tried[0] == taken.getsockname()[1] and len(tried) == 2
+        assert server.url == f"http://127.0.0.1:{tried[1]}"
+        assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
