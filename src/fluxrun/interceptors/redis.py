@@ -148,9 +148,10 @@ def _pipeline_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[An
     if scope is None:
         return wrapped(*args, **kwargs)
     if replaying(scope):
-        result = _served_pipeline(scope, instance)
-        instance.reset()
-        return result
+        try:
+            return _served_pipeline(scope, instance)
+        finally:
+            instance.reset()  # as redis-py's own execute does, also when EXEC raised (a WatchError, then a retry)
     call, data = _pipeline_data(instance)
     return record(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
 
@@ -164,9 +165,10 @@ def _async_pipeline_wrapper(
     if replaying(scope):
 
         async def replay() -> Any:
-            result = _served_pipeline(scope, instance)
-            await instance.reset()
-            return result
+            try:
+                return _served_pipeline(scope, instance)
+            finally:
+                await instance.reset()  # also when EXEC raised, as redis-py's own execute does
 
         return replay()
     call, data = _pipeline_data(instance)

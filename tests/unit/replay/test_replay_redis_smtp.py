@@ -247,3 +247,68 @@ def test_a_single_connection_client_replays_without_connecting(captured, keys, c
     assert result.new.message == "visit 42"
     after = cache.command_stats()
     assert after.pop("info") == before.pop("info", 0) + 1 and after == before  # no connection, no command
+
+
+@fluxrun.capture
+def book_seat(url: str) -> None:
+    client, other = redis.Redis.from_url(url), redis.Redis.from_url(url)
+    client.set("seats", 3)
+    seen: list[int] = []
+
+    def take(pipe: redis.client.Pipeline) -> None:
+        seats = int(pipe.get("seats"))
+        seen.append(seats)
+        if len(seen) == 1:
+            other.decr("seats")  # another writer between WATCH and EXEC: EXEC raises WatchError, and it retries
+        pipe.multi()
+        pipe.set("seats", seats - 1)
+
+    try:
+        client.transaction(take, "seats")
+    finally:
+        client.close()
+        other.close()
+    raise RuntimeError(f"seats seen {seen}")
+
+
+@fluxrun.capture
+async def book_seat_async(url: str) -> None:
+    import redis.asyncio
+
+    client, other = redis.asyncio.Redis.from_url(url), redis.asyncio.Redis.from_url(url)
+    await client.set("seats", 3)
+    seen: list[int] = []
+    try:
+        async with client.pipeline() as pipe:
+            while True:
+                try:
+                    await pipe.watch("seats")
+                    seats = int(await pipe.get("seats"))
+                    seen.append(seats)
+                    if len(seen) == 1:
+                        await other.decr("seats")
+                    pipe.multi()
+                    pipe.set("seats", seats - 1)
+                    await pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue  # EXEC failed: redis-py's execute reset the pipeline, and the replay's must too
+    finally:
+        await client.aclose()
+        await other.aclose()
+    raise RuntimeError(f"seats seen {seen}")
+
+
+@pytest.mark.parametrize("function", [book_seat, book_seat_async], ids=["sync", "async"])
+def test_an_optimistic_transaction_retried_after_a_watch_error_replays(captured, keys, cache, function):
+    with pytest.raises(RuntimeError, match=r"seats seen \[3, 2\]"):
+        outcome = function(cache.url)
+        if asyncio.iscoroutine(outcome):
+            asyncio.run(outcome)
+    (path,) = captured.files()
+    before = cache.command_stats()
+    result = fluxrun.replay.run(path, keys.replay, app=function, isolate=False)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == "seats seen [3, 2]"
+    after = cache.command_stats()
+    assert after.pop("info") == before.pop("info", 0) + 1 and after == before
