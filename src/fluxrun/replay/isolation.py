@@ -363,7 +363,10 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
     blocked = _BLOCKED.get(event)
     if blocked is None:
         return
-    from fluxrun.replay.sockets import blocked_error
+    from fluxrun.replay.sockets import blocked_error, lookup_error
+
+    if event == "socket.getaddrinfo":
+        raise lookup_error(args[0] if args else "?", args[1] if len(args) > 1 else None)
 
     what, target = blocked
     try:

@@ -7,6 +7,7 @@ the host and the app's line, instead of quietly reaching a real system.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 from typing import Any
@@ -17,7 +18,7 @@ from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors.base import Patch, Patcher
 from fluxrun.replay.processes import process_patches
 
-__all__ = ["blocked_error", "blocking_sockets"]
+__all__ = ["ADVICE", "blocked_error", "blocking_sockets", "lookup_error"]
 
 _lock = threading.Lock()
 _depth = 0
@@ -41,12 +42,21 @@ def _app_line() -> str:
     return fallback or "an unknown place"
 
 
-def blocked_error(host: object, what: str) -> LiveIOBlocked:
-    """The error for one blocked attempt, told to every replay listening (so a swallowed one still fails it)."""
+ADVICE = (
+    "FluxRun records and serves httpx, requests, urllib3, aiohttp, sqlite3, psycopg, asyncpg, redis-py commands "
+    "and pipelines, smtplib and aiosmtplib; this call went around them (another client, or a part of one that is "
+    "not intercepted, such as Redis pub/sub, RedisCluster or psycopg's COPY). Declare it with @fluxrun.boundary, "
+    "or add an interceptor for its client (docs/interceptors.md), so that it is recorded and served."
+)
+
+
+def blocked_error(host: object, what: str, shown: object = None) -> LiveIOBlocked:
+    """The error for one blocked attempt, told to every replay listening (so a swallowed one still fails it).
+    `shown`: the target as the message names it (`host:port`), when not just the host."""
     where = _app_line()
     error = LiveIOBlocked(
-        f"replay blocked a {what} {host} made at {where}: replay never reaches live systems. "
-        "Intercept this call (use httpx/httpx2, or declare it with @fluxrun.boundary) so it is recorded and served.",
+        f"replay blocked a {what} {host if shown is None else shown} made at {where}: replay never reaches live "
+        f"systems. {ADVICE}",
         host=str(host),
         site=where,
     )
@@ -67,12 +77,46 @@ def _connect_ex(self: socket.socket, address: Any, *args: Any) -> Any:
     return _real_connect_ex(self, address, *args)
 
 
-def _getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+def lookup_error(host: Any, port: Any = None) -> LiveIOBlocked:
+    """A blocked `getaddrinfo(host, port)`: for an address (no name to look up) the connection it prepares."""
+    text = host.decode("ascii", "replace") if isinstance(host, (bytes, bytearray)) else str(host)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return blocked_error(text, "DNS lookup of")
+    shown = (f"[{text}]" if ":" in text else text) + (f":{port}" if port not in (None, "", b"") else "")
+    return blocked_error(text, "connection to", shown)
+
+
+def _getaddrinfo(host: Any, port: Any = None, *args: Any, **kwargs: Any) -> Any:
+    raise lookup_error(host, port)
+
+
+def _gethostbyname(host: Any, *args: Any) -> Any:
     raise blocked_error(host, "DNS lookup of")
+
+
+def _gethostbyaddr(address: Any) -> Any:
+    raise blocked_error(address, "reverse DNS lookup of")
+
+
+def _getnameinfo(address: Any, *args: Any) -> Any:
+    raise blocked_error(address[0] if isinstance(address, tuple) and address else address, "reverse DNS lookup of")
+
+
+def _getfqdn(name: str = "") -> str:
+    """This host's own name needs no lookup (`email.utils.make_msgid()` and smtplib ask for it): it is answered
+    with `gethostname()`, in every isolation mode. Any other name is a reverse lookup, and blocked."""
+    stripped = name.strip()
+    local = socket.gethostname()
+    if not stripped or stripped in ("0.0.0.0", "::") or stripped == local:
+        return local
+    return _real_getfqdn(name)
 
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
+_real_getfqdn = socket.getfqdn
 
 
 class blocking_sockets:
@@ -92,6 +136,11 @@ class blocking_sockets:
                     Patch(socket.socket, "connect", _connect),
                     Patch(socket.socket, "connect_ex", _connect_ex),
                     Patch(socket, "getaddrinfo", _getaddrinfo),
+                    Patch(socket, "gethostbyname", _gethostbyname),
+                    Patch(socket, "gethostbyname_ex", _gethostbyname),
+                    Patch(socket, "gethostbyaddr", _gethostbyaddr),
+                    Patch(socket, "getnameinfo", _getnameinfo),
+                    Patch(socket, "getfqdn", _getfqdn),
                     *process_patches(),  # and no process starts (replay/processes.py)
                 ):
                     _patcher.apply(patch)

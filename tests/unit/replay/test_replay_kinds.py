@@ -212,9 +212,62 @@ def test_live_io_is_blocked_and_named(captured, keys):
     with pytest.raises(fluxrun.LiveIOBlocked) as raised:
         fluxrun.replay.run(path, keys.replay)
     message = str(raised.value)
-    assert "replay blocked a DNS lookup of 127.0.0.1" in message  # create_connection resolves first
+    # create_connection resolves first: an address needs no DNS, so the lookup is named as the connection it is for
+    assert "replay blocked a connection to 127.0.0.1:9 made at" in message
     assert "test_replay_kinds.py" in message and "in dial" in message
+    assert "@fluxrun.boundary" in message and "redis-py" in message  # what is intercepted, and what to do
     assert raised.value.host == "127.0.0.1"
+
+
+@fluxrun.capture
+def look_up(name: str) -> None:
+    import socket
+
+    if MODE["fixed"]:
+        socket.gethostbyname(name)
+    raise RuntimeError("looked up")
+
+
+@fluxrun.capture
+def resolve_back() -> None:
+    import socket
+
+    if MODE["fixed"]:
+        socket.gethostbyaddr("127.0.0.1")
+    raise RuntimeError("looked up")
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "in-process"])
+@pytest.mark.parametrize(
+    ("function", "shown"),
+    [(look_up, "DNS lookup of payments.internal"), (resolve_back, "reverse DNS lookup of 127.0.0.1")],
+    ids=["gethostbyname", "gethostbyaddr"],
+)
+def test_every_dns_lookup_is_blocked_in_process_as_in_isolation(captured, keys, isolate, function, shown):
+    with pytest.raises(RuntimeError):
+        function("payments.internal") if function is look_up else function()
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    MODE["fixed"] = True
+    with pytest.raises(fluxrun.LiveIOBlocked, match=f"replay blocked a {shown} made at"):
+        fluxrun.replay.run(path, keys.replay, app=function, isolate=isolate)
+
+
+@fluxrun.capture
+def message_id() -> None:
+    import email.utils
+
+    raise RuntimeError(f"sent {email.utils.make_msgid()!r:.1}")  # its domain is this host's name: socket.getfqdn()
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "in-process"])
+def test_this_hosts_own_name_is_answered_at_replay_without_a_lookup(captured, keys, isolate):
+    with pytest.raises(RuntimeError):
+        message_id()
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    result = fluxrun.replay.run(path, keys.replay, app=message_id, isolate=isolate)
+    assert result.outcome == "reproduced", result.summary()
 
 
 @fluxrun.capture
