@@ -7,9 +7,11 @@ A message is recorded with its sender, recipients and bytes; `login` records tha
 the user, never the password (nor does `connect` record aiosmtplib's `password`).
 
 At replay nothing connects: `SMTP("host")` answers its connect from the recording (and takes its local
-name from `socket.gethostname()`, not a reverse DNS lookup), `ehlo` restores the recorded extensions so
-`has_extn` answers as it did, and a message matches a recorded one by sender, recipients and content;
-the `Date` and `Message-ID` headers are left out of the comparison, as they are made anew each time.
+name from `socket.gethostname()`, not a DNS lookup; `make_msgid()`'s `getfqdn()` is answered so too),
+`ehlo` restores the recorded extensions so `has_extn` answers as it did, and a message matches a recorded one
+by sender, recipients and content. What is made anew each time is left out of the comparison: the `Date` and
+`Message-ID` headers, and MIME boundaries (the email package draws them at random), which are compared as
+`=_boundary-N_=` in the order they are declared.
 """
 
 from __future__ import annotations
@@ -57,10 +59,41 @@ def message_bytes(message: Any) -> bytes:
 
 
 def _comparable(content: bytes) -> bytes:
-    """A message for matching: line ends normalised, Date and Message-ID headers dropped (made anew each run)."""
+    """A message for matching: line ends normalised, Date and Message-ID headers dropped and MIME boundaries
+    numbered (all made anew each run)."""
     text = content.replace(b"\r\n", b"\n")
     head, sep, body = text.partition(b"\n\n")
-    return _VOLATILE.sub(b"", head + b"\n") + sep + body
+    return _numbered_boundaries(_VOLATILE.sub(b"", head + b"\n") + sep + body)
+
+
+_BOUNDARY = re.compile(rb'boundary=(?:"([^"\n]{1,200})"|([^";\s]{1,200}))', re.IGNORECASE)
+_BOUNDARIES_NUMBERED = 64  # a message nests a few multiparts; past this many, boundaries compare as they are
+
+
+def _numbered_boundaries(text: bytes) -> bytes:
+    """Each boundary a part declares, where declared and on its delimiter lines (`--B`, `--B--`), replaced by
+    `=_boundary-N_=`: N counts them in the order they are declared, so the message's structure is compared."""
+    seen: list[bytes] = []
+    for match in _BOUNDARY.finditer(text):
+        boundary = match.group(1) or match.group(2)
+        if boundary not in seen and len(seen) < _BOUNDARIES_NUMBERED:
+            seen.append(boundary)
+    for number, boundary in enumerate(seen, 1):
+        placeholder = b"=_boundary-%d_=" % number
+        escaped = re.escape(boundary)
+        text = re.sub(
+            rb'(boundary=)(?:"' + escaped + rb'"|' + escaped + rb"(?=[;\s]|$))",
+            rb'\1"' + placeholder + b'"',
+            text,
+            flags=re.IGNORECASE,
+        )
+        text = re.sub(
+            rb"^--" + escaped + rb"(--)?(?=[ \t]*$)",
+            b"--" + placeholder.replace(b"\\", b"\\\\") + rb"\1",
+            text,
+            flags=re.MULTILINE,
+        )
+    return text
 
 
 def _recipients(to: Any) -> list[str]:

@@ -11,6 +11,8 @@ import asyncio
 import smtplib
 import sys
 import time
+from email.message import EmailMessage
+from email.utils import make_msgid
 from pathlib import Path
 
 import httpx
@@ -312,3 +314,47 @@ def test_an_optimistic_transaction_retried_after_a_watch_error_replays(captured,
     assert result.new.message == "seats seen [3, 2]"
     after = cache.command_stats()
     assert after.pop("info") == before.pop("info", 0) + 1 and after == before
+
+
+def invoice(to: str) -> EmailMessage:
+    """A message as apps build them: a Message-ID for this host, and a PDF attached (a random MIME boundary)."""
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "billing@example.com", to, "Your invoice"
+    message["Message-ID"] = make_msgid()  # its domain is this host's name: `socket.getfqdn()`
+    message.set_content("Your invoice is attached.")
+    message.add_attachment(b"%PDF-1.4 invoice", maintype="application", subtype="pdf", filename="invoice.pdf")
+    return message
+
+
+@fluxrun.capture
+def send_invoice(port: int) -> None:
+    with smtplib.SMTP("127.0.0.1", port) as smtp:
+        smtp.send_message(invoice(MODE["to"]))
+    raise RuntimeError("invoice sent, then the ledger failed")
+
+
+@fluxrun.capture
+async def send_invoice_async(port: int) -> None:
+    import aiosmtplib
+
+    await aiosmtplib.send(invoice(MODE["to"]), hostname="127.0.0.1", port=port)
+    raise RuntimeError("invoice sent, then the ledger failed")
+
+
+@pytest.mark.parametrize("function", [send_invoice, send_invoice_async], ids=["smtplib", "aiosmtplib"])
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "in-process"])
+def test_a_message_with_an_attachment_replays_without_sending(captured, keys, sink, function, isolate):
+    MODE["to"] = "ann@example.com"
+    with pytest.raises(RuntimeError, match="ledger failed"):
+        outcome = function(sink.port)
+        if asyncio.iscoroutine(outcome):
+            asyncio.run(outcome)
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    result = fluxrun.replay.run(path, keys.replay, app=function, isolate=isolate)
+    assert result.outcome == "reproduced", result.summary()
+    assert len(sink.messages) == 1  # only the capture's
+    MODE["to"] = "eve@example.com"  # the same message to someone else is still a divergence
+    with pytest.raises(fluxrun.ReplayDivergence, match=r"eve@example\.com"):
+        fluxrun.replay.run(path, keys.replay, app=function, isolate=isolate)
+    MODE["to"] = "ann@example.com"
