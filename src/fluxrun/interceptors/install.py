@@ -95,7 +95,7 @@ class Installation:
         self.plugins = plugin_interceptors()
         for plugin in self.plugins:
             self.apply_plugin(plugin)
-        self.rescan()
+        self.rescan(running=_modules_running())
 
     def apply_plugin(self, plugin: Interceptor) -> None:
         """A plugin's patches, all or none: a plugin that fails is reported once and the app runs on without it."""
@@ -148,13 +148,21 @@ class Installation:
         if len(sys.modules) != self.modules_seen:
             self.rescan()
 
-    def rescan(self) -> None:
-        """Rebind `from time import time`-style names in the app's own modules (new ones only)."""
+    def rescan(self, *, running: frozenset[str] = frozenset()) -> None:
+        """Rebind `from time import time`-style names in the app's own modules (new ones only).
+
+        A module still being imported is left for a later scan (the next execution's start), and so are those
+        named in `running` (whose top-level code is running: `fluxrun.init()` is called at the top of the app's
+        module): the classes it goes on to declare must see the real `datetime` (SQLAlchemy's `Mapped[datetime]`
+        and pydantic look a field's type up by the class itself)."""
         with self._scan_lock:
             modules = list(sys.modules.items())
             self.modules_seen = len(modules)
             for name, module in modules:
                 if name in self._scanned or module is None:
+                    continue
+                if name in running or getattr(getattr(module, "__spec__", None), "_initializing", False) is True:
+                    self.modules_seen = -1  # not scanned yet: the next execution's start scans again
                     continue
                 self._scanned.add(name)
                 if not self.in_app.module(name, getattr(module, "__file__", None)):
@@ -193,6 +201,19 @@ class Installation:
 
     def restore(self) -> None:
         self.patcher.restore()
+
+
+def _modules_running() -> frozenset[str]:
+    """The modules whose top-level code is running in this thread (importing, or `__main__` run as a script)."""
+    names = set()
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>":
+            name = frame.f_globals.get("__name__")
+            if isinstance(name, str):
+                names.add(name)
+        frame = frame.f_back  # type: ignore[assignment]
+    return frozenset(names)
 
 
 PLUGIN_GROUP = "fluxrun.interceptors"

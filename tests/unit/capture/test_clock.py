@@ -143,3 +143,56 @@ def test_the_standard_librarys_own_clock_reads_stay_real_and_unrecorded(captured
     finally:
         fluxrun.shutdown()
     assert all(module.time is time for module in readers)
+
+
+APP_DECLARING_MODELS_AFTER_INIT = """
+from datetime import datetime
+
+import fluxrun
+
+fluxrun.init(directory={bundles!r}, capture_key={key!r})  # at the top of the app module, as the README shows
+
+from pydantic import BaseModel
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):  # SQLAlchemy maps `Mapped[datetime]` by the class itself
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    placed: Mapped[datetime]
+
+
+class OrderIn(BaseModel):  # and so does pydantic (FastAPI and SQLModel bodies)
+    placed: datetime
+
+
+@fluxrun.capture
+def stamp() -> datetime:
+    return datetime.now()
+"""
+
+
+def test_a_module_declaring_models_after_init_sees_the_real_datetime_class(tmp_path, keys, monkeypatch):
+    """`fluxrun.init()` at the top of a module that then declares models: the module is still being imported,
+    so its `datetime` is left alone until it has been (class bodies see the real class); its calls are then
+    recorded like any module's."""
+    import importlib
+    import sys
+
+    real_datetime = _REAL[0]
+    source = APP_DECLARING_MODELS_AFTER_INIT.format(bundles=str(tmp_path / "bundles"), key=str(keys.capture))
+    (tmp_path / "orders_app.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        app = importlib.import_module("orders_app")
+        assert app.OrderIn.model_fields["placed"].annotation is real_datetime
+        assert app.Order.__table__.c.placed.type.python_type is real_datetime
+        assert type(app.stamp()) is real_datetime
+        assert app.datetime is not real_datetime  # rebound once it was imported, at the first execution's start
+    finally:
+        fluxrun.shutdown()
+        sys.modules.pop("orders_app", None)
