@@ -315,15 +315,47 @@ def _described(value: Any, tp: type) -> dict[str, Any]:
 
 
 def _plain_attributes(exc: BaseException, tp: type) -> dict[str, Any]:
-    """An exception's own attributes that are plain values (`self.code = code`): replay sets them again
-    without calling the exception's constructor. Richer attributes (a response, a request) are left out."""
+    """An exception's own attributes that are plain values (`self.code = code`), or small tables of them (a
+    database error's diagnostics): replay sets them again without calling the exception's constructor. Richer
+    attributes (a response, a request, a connection) are left out."""
     state = instance_dict(exc, tp)
     if not state:
         return {}
-    return {
-        k: v for k, v in state.items()
-        if type(k) is str and not k.startswith("__") and (v is None or type(v) in (str, int, float, bool))
-    }  # fmt: skip
+    out = {}
+    for key, value in state.items():
+        if type(key) is not str or key.startswith("__"):
+            continue
+        if value is None or type(value) in _SCALARS:
+            out[key] = value
+            continue
+        table = _diagnostics(exc, value) if type(value) is not dict else value
+        if type(table) is dict and len(table) <= _TABLE_MAX and _plain_table(table):
+            out[key] = {int(k) if isinstance(k, int) else k: v for k, v in table.items() if v is not None}
+    return out
+
+
+_SCALARS = (str, int, float, bool)
+_TABLE_MAX = 64
+
+
+def _plain_table(table: dict[Any, Any]) -> bool:
+    return all(
+        isinstance(k, (str, int)) and (v is None or type(v) in _SCALARS or type(v) is bytes) for k, v in table.items()
+    )
+
+
+def _diagnostics(exc: BaseException, value: Any) -> Any:
+    """A psycopg error's diagnostics (`exc.diag`), held as libpq's result: the table of its fields, as psycopg
+    pickles it, so that `diag.constraint_name` and the rest answer at replay."""
+    errors = sys.modules.get("psycopg.errors")
+    error_class = getattr(errors, "Error", None)
+    to_dict = getattr(errors, "_info_to_dict", None)
+    if isinstance(error_class, type) and isinstance(exc, error_class) and callable(to_dict):
+        try:
+            return to_dict(value)
+        except Exception:
+            return None
+    return None
 
 
 def _pydantic_base() -> type | None:
@@ -615,6 +647,11 @@ def _rebuild_exception(data: dict[str, Any]) -> BaseException:
         args = tuple(decode(data.get("args") or []))
         new = next(namespace(c)["__new__"] for c in mro(cls) if c in _BUILTIN_EXCEPTIONS and "__new__" in namespace(c))
         exc: BaseException = new(cls, *args)
+        builtin_init = next(
+            namespace(c)["__init__"] for c in mro(cls) if c in _BUILTIN_EXCEPTIONS and "__init__" in namespace(c)
+        )
+        with contextlib.suppress(Exception):  # the builtin's own fields (UnicodeError's, OSError's errno), in C
+            builtin_init(exc, *args)
         _ARGS.__set__(exc, args)
         state = data.get("state")
         if isinstance(state, dict):
