@@ -21,6 +21,7 @@ order, and answered at replay with those rows (fetching past them is refused); `
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 from collections.abc import Callable
 from sys import _getframe
@@ -32,6 +33,7 @@ from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors import db_common as db
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
 from fluxrun.interceptors.hot_path import end_call
+from fluxrun.interceptors.unrecorded import note as note_unrecorded
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.schema import AnyEvent
 from fluxrun.model.values import decode
@@ -93,7 +95,7 @@ class _ReplayedPGconn:
     def __getattr__(self, name: str) -> Any:
         raise LiveIOBlocked(
             f"psycopg tried to use its connection ({name}) during a replay; the recording answers statements, "
-            "commits and rollbacks only"
+            "commits and rollbacks only (not COPY, pipeline mode, notifications or large objects)"
         )
 
 
@@ -358,7 +360,7 @@ class _Support:
                 return None  # BEGIN/COMMIT/SAVEPOINT of a transaction() block: answered by the block's patches
                 yield
 
-            def wait(self, gen: Any, interval: Any = None) -> Any:
+            def wait(self, gen: Any, interval: Any = None, **options: Any) -> Any:  # psycopg 3.3: timeout=
                 return _run_offline(gen)
 
             def _set_autocommit(self, value: bool) -> None:
@@ -388,7 +390,7 @@ class _Support:
                 return None
                 yield
 
-            async def wait(self, gen: Any, interval: Any = None) -> Any:
+            async def wait(self, gen: Any, interval: Any = None, **options: Any) -> Any:
                 return _run_offline(gen)
 
             def _set_autocommit(self, value: bool) -> None:
@@ -534,6 +536,26 @@ def _connect_patch(support: _Support, original: Callable[..., Any], asynchronous
         return conn
 
     return classmethod(connect)
+
+
+def _unrecorded_patch(original: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """A psycopg call whose traffic is not recorded (COPY, pipeline mode, notifications): noted at capture, so
+    the bundle says it is not replay-ready, and refused at replay by name rather than as the libpq call it makes."""
+
+    @functools.wraps(original)
+    def unrecorded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        scope = current()
+        if scope is not None:
+            if scope.session is not None:
+                raise LiveIOBlocked(
+                    f"replay blocked a psycopg {what} call: psycopg's {what} is not recorded, so it cannot be "
+                    "served. Declare the code around it with @fluxrun.boundary, so that its result is recorded "
+                    "and served."
+                )
+            note_unrecorded(f"psycopg {what}", DRIVER)
+        return original(self, *args, **kwargs)
+
+    return unrecorded
 
 
 def _described(conn: Any) -> dict[str, Any]:
@@ -1341,6 +1363,16 @@ class PsycopgInterceptor:
         for server_cls, asynchronous in ((psycopg.ServerCursor, False), (psycopg.AsyncServerCursor, True)):
             execute = _server_execute_patch(support, vars(server_cls)["execute"], asynchronous)
             patches.append(Patch(server_cls, "execute", execute))
+        for owner, op, what in (
+            (psycopg.Cursor, "copy", "COPY"),
+            (psycopg.AsyncCursor, "copy", "COPY"),
+            (psycopg.Connection, "pipeline", "pipeline mode"),
+            (psycopg.AsyncConnection, "pipeline", "pipeline mode"),
+            (psycopg.Connection, "notifies", "notifications"),
+            (psycopg.AsyncConnection, "notifies", "notifications"),
+        ):
+            if op in vars(owner):
+                patches.append(Patch(owner, op, _unrecorded_patch(vars(owner)[op], what)))
         patches.extend(_block_patches(support, psycopg.Transaction, False))
         patches.extend(_block_patches(support, psycopg.AsyncTransaction, True))
         return patches

@@ -26,8 +26,10 @@ from types import FrameType
 from typing import Any
 
 from fluxrun._context import Scope, current, scope_var
+from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors import db_common as db
 from fluxrun.interceptors.base import Patch
+from fluxrun.interceptors.unrecorded import note as note_unrecorded
 from fluxrun.model.values import decode
 
 __all__ = ["Connection", "Cursor", "SqliteInterceptor"]
@@ -45,6 +47,8 @@ _fetchall = sqlite3.Cursor.fetchall
 _commit = sqlite3.Connection.commit
 _rollback = sqlite3.Connection.rollback
 _exit = sqlite3.Connection.__exit__
+_blobopen = sqlite3.Connection.blobopen
+_backup = sqlite3.Connection.backup
 _CALL: dict[str, Callable[[Any, Any, Any], Any]] = {"execute": _execute, "executemany": _executemany}
 
 
@@ -324,6 +328,14 @@ class Connection(sqlite3.Connection):
         else:
             _transaction(self, scope, "rollback", _rollback)
 
+    def blobopen(self, table: str, column: str, row: int, /, **options: Any) -> Any:
+        _unrecorded("blobopen", table)
+        return _blobopen(self, table, column, row, **options)
+
+    def backup(self, target: Any, **options: Any) -> Any:
+        _unrecorded("backup", "to another database")
+        return _backup(self, target, **options)
+
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
         """As sqlite3's own (commit when the block succeeded, else roll back), through the recorded calls."""
         if current() is None:
@@ -337,6 +349,22 @@ class Connection(sqlite3.Connection):
         else:
             self.rollback()
         return False
+
+
+def _unrecorded(op: str, target: str) -> None:
+    """A call that reads or writes the database directly, outside any statement (`blobopen`, `backup`): not
+    recorded, so noted at capture (the bundle says it is not replay-ready) and refused at replay, where it would
+    run against the real file of a connection opened before the replay."""
+    scope = current()
+    if scope is None:
+        return
+    if scope.session is not None:
+        raise LiveIOBlocked(
+            f"replay blocked a sqlite3 {op} ({target}): it reads or writes the database directly, outside any "
+            "statement, so it is not recorded and cannot be served. Declare the code around it with "
+            "@fluxrun.boundary, so that its result is recorded and served."
+        )
+    note_unrecorded(f"sqlite3 {op}", target)
 
 
 class _ReplayedConnection(Connection):

@@ -23,7 +23,7 @@ from fluxrun._context import current
 from fluxrun._internal import caller_site, report_internal_error
 from fluxrun.interceptors.base import Patch
 
-__all__ = ["KIND", "UnrecordedInterceptor"]
+__all__ = ["KIND", "UnrecordedInterceptor", "note"]
 
 KIND = "unrecorded"
 _NETWORK = (socket.AF_INET, socket.AF_INET6, getattr(socket, "AF_UNIX", -1))
@@ -51,6 +51,9 @@ def _note(what: str, target: str) -> None:
         here.recording.add(KIND, call, here.path, caller_site(3), {"what": what, "target": target})
     except Exception as exc:
         report_internal_error("noting unrecorded IO", exc)
+
+
+note = _note  # for interceptors whose clients have calls they do not record (sqlite3's `blobopen`)
 
 
 def _is_note(entry: Any, call: str) -> bool:

@@ -335,6 +335,9 @@ def _replay_here(payload: dict[str, Any], app: Any, answers: Answers | None) -> 
     actual = [(e.kind, e.call or "", e.task, format_site(e.site).rsplit(":", 1)[0]) for e in state.recording.events]
     if session.divergences:
         divergence = session.divergences[0]
+        refused = _refusal_before(divergence)
+        if refused is not None:  # the divergence came of the refusal (a connection rolled back as it went by)
+            raise refused
         divergence.actual = actual
         raise divergence
     if blocked:
@@ -359,6 +362,22 @@ def _replay_here(payload: dict[str, Any], app: Any, answers: Answers | None) -> 
         warnings=[f"a supplied answer was never used: {a}" for a in answers.unused()] if answers is not None else [],
     )
     return result
+
+
+def _refusal_before(divergence: ReplayDivergence) -> LiveIOBlocked | None:
+    """The refusal a divergence was raised while handling, if any: it happened first, and it is the cause. A
+    `with connect(...)` block that a refusal leaves rolls back, a call the recording does not have."""
+    error: BaseException | None = divergence.__context__
+    for _ in range(_CONTEXT_DEPTH):
+        if error is None:
+            return None
+        if isinstance(error, LiveIOBlocked):
+            return error
+        error = error.__context__
+    return None
+
+
+_CONTEXT_DEPTH = 16
 
 
 def check(result: ReplayResult, expect: Expect, *, strict: bool = True) -> None:

@@ -738,3 +738,100 @@ def test_a_warm_sqlalchemy_pool_replays_in_a_fresh_process(  # type: ignore[no-u
     assert found["message"] == str(raised.value)
     assert found["unconsumed"] == []
     assert pg_writes(pg.dsn) == before
+
+
+# a connection opened before the capture and the replay (at import, as apps keep one), on the real file
+OPENED_EARLY: dict[str, sqlite3.Connection] = {}
+
+
+@fluxrun.capture
+def stamp_blob() -> None:
+    conn = OPENED_EARLY["conn"]
+    with conn.blobopen("orders", "note", 1) as blob:  # written in place: no statement FluxRun could answer
+        blob.write(b"STAMPED")
+    conn.commit()
+    raise RuntimeError("stamped, then failed")
+
+
+@fluxrun.capture
+def back_up() -> None:
+    conn = OPENED_EARLY["conn"]
+    with sqlite3.connect(str(STATE["backup"])) as target:
+        conn.backup(target)
+    raise RuntimeError("backed up, then failed")
+
+
+@pytest.mark.parametrize(("function", "call"), [(stamp_blob, "blobopen"), (back_up, "backup")])
+def test_a_sqlite_call_that_is_not_recorded_is_refused_at_replay_and_writes_nothing(
+    captured, sqlite_db: str, tmp_path: Path, function, call
+) -> None:
+    with sqlite3.connect(sqlite_db) as conn:
+        conn.execute("INSERT INTO orders (note) VALUES ('unstamped')")
+    STATE["backup"] = str(tmp_path / "backup.db")
+    fluxrun.shutdown()  # reopened below with FluxRun installed: the app's connection, opened at import
+    fluxrun.init(directory=captured.directory, capture_key=captured.keys.capture)
+    OPENED_EARLY["conn"] = sqlite3.connect(sqlite_db)
+    try:
+        with pytest.raises(RuntimeError, match="then failed"):
+            function()
+        (path,) = captured.files()
+        (note,) = captured.events("unrecorded")  # the bundle says up front that it is not replay-ready
+        assert note["call"].startswith(f"sqlite3 {call} ")
+        with sqlite3.connect(sqlite_db) as conn:
+            conn.execute("UPDATE orders SET note = 'unstamped'")
+        Path(STATE["backup"]).unlink(missing_ok=True)
+        before = Path(sqlite_db).read_bytes()
+        with pytest.raises(fluxrun.LiveIOBlocked, match=f"replay blocked a sqlite3 {call} .*not recorded"):
+            fluxrun.replay.run(path, captured.keys.replay, app=function, isolate=False)
+        assert Path(sqlite_db).read_bytes() == before
+        assert not Path(STATE["backup"]).exists()
+    finally:
+        OPENED_EARLY.pop("conn").close()
+
+
+@fluxrun.capture
+def psycopg_copy_orders() -> None:
+    import psycopg
+
+    with psycopg.connect(str(STATE["dsn"])) as conn, conn.cursor() as cur:
+        with cur.copy("COPY orders (note) FROM STDIN") as copy:  # not recorded: COPY is not intercepted
+            copy.write_row((STATE["note"],))
+        total = cur.execute("SELECT count(*) FROM orders").fetchone()
+    raise RuntimeError(f"copied, now {total[0]}")
+
+
+@pytest.mark.parametrize("isolate", ["1", "0"], ids=["isolated", "in-process"])
+def test_a_refusal_inside_a_connection_block_is_what_the_replay_reports(  # type: ignore[no-untyped-def]
+    captured, pg: Cluster, monkeypatch, isolate
+) -> None:
+    """The block's exit rolls back, a call the recording lacks: the refusal came first, and is the cause."""
+    monkeypatch.setenv("FLUXRUN_REPLAY_ISOLATE", isolate)
+    with pytest.raises(RuntimeError, match="copied"):
+        psycopg_copy_orders()
+    before = pg_writes(pg.dsn)
+    with pytest.raises(fluxrun.LiveIOBlocked, match="COPY"):
+        replay(captured, psycopg_copy_orders)
+    assert pg_writes(pg.dsn) == before
+
+
+@fluxrun.capture
+def psycopg_pipelined_orders() -> None:
+    import psycopg
+
+    with psycopg.connect(str(STATE["dsn"])) as conn, conn.pipeline():  # results come at the sync: not recorded
+        conn.execute("INSERT INTO orders (note) VALUES (%s)", (STATE["note"],))
+    raise RuntimeError("pipelined")
+
+
+@pytest.mark.parametrize(("function", "what"), [(psycopg_copy_orders, "COPY"), (psycopg_pipelined_orders, "pipeline")])
+def test_what_psycopg_does_not_record_is_noted_at_capture_and_refused_by_name(  # type: ignore[no-untyped-def]
+    captured, pg: Cluster, function, what
+) -> None:
+    with pytest.raises(RuntimeError):
+        function()
+    (note,) = captured.events("unrecorded")
+    assert note["call"].startswith(f"psycopg {what}")
+    before = pg_writes(pg.dsn)
+    with pytest.raises(fluxrun.LiveIOBlocked, match=f"replay blocked a psycopg {what}"):
+        replay(captured, function)
+    assert pg_writes(pg.dsn) == before
