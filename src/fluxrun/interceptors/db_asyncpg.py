@@ -20,6 +20,7 @@ each round trip is a call of its own (see "cursors" below). COPY is not intercep
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,6 +29,7 @@ from fluxrun._internal import report_internal_error
 from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors import db_common as db
 from fluxrun.interceptors.base import Patch, loaded
+from fluxrun.interceptors.unrecorded import note as note_unrecorded
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.schema import AnyEvent, DbData, EventDict
 from fluxrun.model.values import decode, encode
@@ -381,6 +383,21 @@ class ReplayedConnection:
     def is_closed(self) -> bool:
         return self._closed
 
+    async def copy_from_table(self, *args: Any, **kwargs: Any) -> Any:
+        raise _unrecorded_refusal("copy_from_table")
+
+    async def copy_from_query(self, *args: Any, **kwargs: Any) -> Any:
+        raise _unrecorded_refusal("copy_from_query")
+
+    async def copy_to_table(self, *args: Any, **kwargs: Any) -> Any:
+        raise _unrecorded_refusal("copy_to_table")
+
+    async def copy_records_to_table(self, *args: Any, **kwargs: Any) -> Any:
+        raise _unrecorded_refusal("copy_records_to_table")
+
+    async def add_listener(self, *args: Any, **kwargs: Any) -> Any:
+        raise _unrecorded_refusal("add_listener")
+
     async def close(self, *, timeout: Any = None) -> None:
         self._closed = True
 
@@ -395,6 +412,30 @@ class ReplayedConnection:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
+
+
+# calls whose traffic is not recorded (COPY, notifications): noted at capture, refused by name at replay
+UNRECORDED = ("copy_from_table", "copy_from_query", "copy_to_table", "copy_records_to_table", "add_listener")
+
+
+def _unrecorded_refusal(op: str) -> LiveIOBlocked:
+    return LiveIOBlocked(
+        f"replay blocked an asyncpg {op} call: asyncpg's COPY and notifications are not recorded, so they cannot "
+        "be served. Declare the code around it with @fluxrun.boundary, so that its result is recorded and served."
+    )
+
+
+def _unrecorded_patch(original: Callable[..., Any], op: str) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def unrecorded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        scope = current()
+        if scope is not None:
+            if scope.session is not None:
+                raise _unrecorded_refusal(op)
+            note_unrecorded(f"asyncpg {op}", DRIVER)
+        return original(self, *args, **kwargs)
+
+    return unrecorded
 
 
 def _connect_data(conn: Any, target: str) -> dict[str, Any]:
@@ -641,6 +682,9 @@ class AsyncpgInterceptor:
         patches.append(
             Patch(connection.Connection, "set_type_codec", _codec_patch(vars(connection.Connection)["set_type_codec"]))
         )
+        for op in UNRECORDED:
+            if op in vars(connection.Connection):
+                patches.append(Patch(connection.Connection, op, _unrecorded_patch(vars(connection.Connection)[op], op)))
         statement = prepared_stmt.PreparedStatement
         for op in ("fetch", "fetchrow", "fetchval", "executemany"):
             patches.append(Patch(statement, op, _statement_patch(vars(statement)[op], op)))

@@ -835,3 +835,27 @@ def test_what_psycopg_does_not_record_is_noted_at_capture_and_refused_by_name(  
     with pytest.raises(fluxrun.LiveIOBlocked, match=f"replay blocked a psycopg {what}"):
         replay(captured, function)
     assert pg_writes(pg.dsn) == before
+
+
+@fluxrun.capture
+async def asyncpg_copy_orders() -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(str(STATE["dsn_url"]))
+    try:
+        await conn.copy_records_to_table("orders", records=[(STATE["note"],)], columns=["note"])
+        total = await conn.fetchval("SELECT count(*) FROM orders")
+    finally:
+        await conn.close()
+    raise RuntimeError(f"copied, now {total}")
+
+
+def test_asyncpg_copy_is_noted_at_capture_and_refused_by_name(captured, pg: Cluster) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RuntimeError, match="copied"):
+        asyncio.run(asyncpg_copy_orders())
+    (note,) = captured.events("unrecorded")
+    assert note["call"].startswith("asyncpg copy_records_to_table")
+    before = pg_writes(pg.dsn)
+    with pytest.raises(fluxrun.LiveIOBlocked, match="replay blocked an asyncpg copy_records_to_table call"):
+        replay(captured, asyncpg_copy_orders)
+    assert pg_writes(pg.dsn) == before
