@@ -103,6 +103,7 @@ class _ReplayedResult:
     """What psycopg reads of a libpq result to build `description` and row factories."""
 
     def __init__(self, pq: Any, result: dict[str, Any]) -> None:
+        self.recorded = result
         self.columns = decode(result.get("description")) or []
         self.status = pq.ExecStatus.TUPLES_OK if result.get("description") is not None else pq.ExecStatus.COMMAND_OK
         self.nfields = len(self.columns)
@@ -291,6 +292,44 @@ async def _asafe_snapshot(cursor: Any, tuple_row: Any) -> tuple[Any, ...] | dict
         return None
 
 
+def _with_sets(cursor: Any, first: Any, tuple_row: Any, limit: int) -> dict[str, Any]:
+    """The first result set's answer with the others under `sets` (`nextset()` moves through them), each read as
+    `_snapshot` reads one; the cursor is left on the first set, as the statement left it."""
+    answer = _answer(first) if type(first) is tuple else dict(first)
+    rowcount = cursor._rowcount
+    sets = []
+    for index in range(1, len(cursor._results)):
+        cursor._select_current_result(index)
+        sets.append(_snapshot(cursor, tuple_row, limit))
+    cursor._select_current_result(0)
+    cursor._rowcount = rowcount
+    answer["sets"] = sets
+    return answer
+
+
+async def _asafe_sets(cursor: Any, first: Any, tuple_row: Any) -> Any:
+    """`_awith_sets`, or the first set alone if the others cannot be read (never an error in the app's statement)."""
+    try:
+        return await _awith_sets(cursor, first, tuple_row, db.row_limit())
+    except Exception as exc:
+        report_internal_error("psycopg capture", exc)
+        return first
+
+
+async def _awith_sets(cursor: Any, first: Any, tuple_row: Any, limit: int) -> dict[str, Any]:
+    """`_with_sets` for an async cursor."""
+    answer = _answer(first) if type(first) is tuple else dict(first)
+    rowcount = cursor._rowcount
+    sets = []
+    for index in range(1, len(cursor._results)):
+        cursor._select_current_result(index)
+        sets.append(await _asnapshot(cursor, tuple_row, limit))
+    cursor._select_current_result(0)
+    cursor._rowcount = rowcount
+    answer["sets"] = sets
+    return answer
+
+
 def _serve_into(scope: Scope, cursor: Any, op: str, query: Any, params: Any, pq: Any, asynchronous: bool) -> None:
     """Answer a statement from the recording into a real psycopg cursor; nothing is sent anywhere."""
     event = db.serve(scope, DRIVER, op, db.normalise_sql(query), params, conn=cursor._conn)
@@ -311,13 +350,33 @@ def _load_answer(cursor: Any, event: AnyEvent, pq: Any) -> dict[str, Any]:
     result: dict[str, Any] = event["data"].get("result") or {}
     fake = _ReplayedResult(pq, result)
     cursor._reset()
-    cursor.pgresult = fake
-    cursor._results = [fake]
+    sets = result.get("sets")
+    cursor._results = [fake, *(_ReplayedResult(pq, s) for s in sets if isinstance(s, dict))] if sets else [fake]
+    _show_result(cursor, fake)
     cursor._rowcount = result.get("rowcount", -1) if result.get("rowcount") is not None else -1
-    cursor._statusmessage = fake.command_status
-    cursor._make_row = cursor._make_row_maker() if result.get("description") is not None else None
     _set_transaction_status(cursor.connection, result, pq)
     return result
+
+
+def _show_result(cursor: Any, fake: _ReplayedResult) -> None:
+    """Make a recorded result set the cursor's current one (its description, row maker, counts, status)."""
+    cursor.pgresult = fake
+    cursor._statusmessage = fake.command_status
+    cursor._rowcount = fake.command_tuples if fake.command_tuples is not None else -1
+    cursor._make_row = cursor._make_row_maker() if fake.recorded.get("description") is not None else None
+
+
+def _next_set(cursor: Any, buffer: db.RowBuffer) -> bool | None:
+    """`nextset()` on a replayed cursor: the next recorded result set and its rows, None after the last."""
+    if cursor._iresult >= len(cursor._results) - 1:
+        return None
+    cursor._iresult += 1
+    fake = cursor._results[cursor._iresult]
+    _show_result(cursor, fake)
+    _replayed[cursor] = db.RowBuffer(
+        db.recorded_rows(fake.recorded), truncated=bool(fake.recorded.get("truncated")), refuse=buffer.refuse
+    )
+    return True
 
 
 def _encoded_params(op: str, params: Any) -> Any:
@@ -632,6 +691,8 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
             try:
                 out = await original(self, query, params, *args, **kwargs)
                 result = await _asafe_snapshot(self, support.tuple_row)
+                if result is not None and len(self._results) > 1:
+                    result = await _asafe_sets(self, result, support.tuple_row)
             except BaseException as exc:
                 scope_var.reset(token)
                 db.fail(entry, exc)
@@ -679,6 +740,8 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
             limit = db.row_limit()
             result = _direct_answer(self, limit)
             entry.value["result"] = _snapshot(self, support.tuple_row, limit) if result is None else result
+            if len(self._results) > 1:  # `executemany(returning=True)`, several statements: each result set
+                entry.value["result"] = _with_sets(self, entry.value["result"], support.tuple_row, limit)
         except Exception as exc:  # never break the app's statement: record it without its answer
             report_internal_error("psycopg capture", exc)
         scope_var.reset(token)
@@ -718,6 +781,10 @@ class _ReplayedRows:
         buffer = _replayed.get(self)
         return super().fetchall() if buffer is None else _shape(self, buffer.take(None))  # type: ignore[misc]
 
+    def nextset(self) -> bool | None:
+        buffer = _replayed.get(self)
+        return super().nextset() if buffer is None else _next_set(self, buffer)  # type: ignore[misc]
+
     def __next__(self) -> Any:
         buffer = _replayed.get(self)
         if buffer is None:
@@ -746,6 +813,10 @@ class _AsyncReplayedRows:
     async def fetchall(self) -> Any:
         buffer = _replayed.get(self)
         return await super().fetchall() if buffer is None else _shape(self, buffer.take(None))  # type: ignore[misc]
+
+    def nextset(self) -> bool | None:
+        buffer = _replayed.get(self)
+        return super().nextset() if buffer is None else _next_set(self, buffer)  # type: ignore[misc]
 
     async def __anext__(self) -> Any:
         buffer = _replayed.get(self)

@@ -859,3 +859,48 @@ def test_asyncpg_copy_is_noted_at_capture_and_refused_by_name(captured, pg: Clus
     with pytest.raises(fluxrun.LiveIOBlocked, match="replay blocked an asyncpg copy_records_to_table call"):
         replay(captured, asyncpg_copy_orders)
     assert pg_writes(pg.dsn) == before
+
+
+@fluxrun.capture
+def psycopg_result_sets() -> None:
+    import psycopg
+
+    with psycopg.connect(str(STATE["dsn"])) as conn, conn.cursor() as cur:
+        notes = [(f"{STATE['note']} {n}",) for n in range(3)]
+        cur.executemany("INSERT INTO orders (note) VALUES (%s) RETURNING note", notes, returning=True)
+        returned = [cur.fetchone()]
+        while cur.nextset():  # one result set per row inserted
+            returned.append(cur.fetchone())
+        cur.execute("SELECT 1 AS one; SELECT 2 AS two, 3 AS three")  # two statements, two result sets
+        sets = [(cur.description[0].name, cur.fetchall())]
+        cur.nextset()
+        sets.append((cur.description[0].name, cur.fetchall()))
+        assert cur.nextset() is None
+    raise RuntimeError(f"returned {returned}, sets {sets}")
+
+
+@fluxrun.capture
+async def psycopg_async_result_sets() -> None:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(str(STATE["dsn"])) as conn, conn.cursor() as cur:
+        notes = [(f"{STATE['note']} {n}",) for n in range(3)]
+        await cur.executemany("INSERT INTO orders (note) VALUES (%s) RETURNING note", notes, returning=True)
+        returned = [await cur.fetchone()]
+        while cur.nextset():
+            returned.append(await cur.fetchone())
+    raise RuntimeError(f"returned {returned}")
+
+
+@pytest.mark.parametrize("function", [psycopg_result_sets, psycopg_async_result_sets], ids=["sync", "async"])
+def test_every_result_set_of_a_statement_replays(captured, pg: Cluster, function) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(RuntimeError) as raised:
+        outcome = function()
+        if asyncio.iscoroutine(outcome):
+            asyncio.run(outcome)
+    assert "written by the request 2" in str(raised.value)
+    before = pg_writes(pg.dsn)
+    result = replay(captured, function)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(raised.value)
+    assert pg_writes(pg.dsn) == before
