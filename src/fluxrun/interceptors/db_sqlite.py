@@ -17,6 +17,7 @@ the recorded rows, so the app sees the same rows at capture and replay.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterable
 from functools import cache
@@ -29,6 +30,7 @@ from fluxrun._context import Scope, current, scope_var
 from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors import db_common as db
 from fluxrun.interceptors.base import Patch
+from fluxrun.interceptors.db_common import setting_up as _setting_up
 from fluxrun.interceptors.unrecorded import note as note_unrecorded
 from fluxrun.model.values import decode
 
@@ -61,19 +63,25 @@ class Cursor(sqlite3.Cursor):
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
         scope = current()
         if scope is None:
-            return _execute(self, sql, parameters)
+            if not _setting_up:
+                return _execute(self, sql, parameters)
+            return _run(self, None, "execute", sql, parameters, _getframe(1))
         return _run(self, scope, "execute", sql, parameters, _getframe(1))
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> Any:
         scope = current()
         if scope is None:
-            return _executemany(self, sql, seq_of_parameters)
+            if not _setting_up:
+                return _executemany(self, sql, seq_of_parameters)
+            return _run(self, None, "executemany", sql, seq_of_parameters, _getframe(1))
         return _run(self, scope, "executemany", sql, seq_of_parameters, _getframe(1))
 
     def executescript(self, sql_script: str, /) -> Any:
         scope = current()
         if scope is None:
-            return _executescript(self, sql_script)
+            if not _setting_up:
+                return _executescript(self, sql_script)
+            return _run(self, None, "executescript", sql_script, None, _getframe(1))
         return _run(self, scope, "executescript", sql_script, None, _getframe(1))
 
 
@@ -175,9 +183,10 @@ def _set_state(cursor: Any, mixin: type, buffer: db.RowBuffer, make: Callable[[A
     cursor.__class__ = _variant(mixin, home)
 
 
-def _run(cursor: Any, scope: Scope, op: str, sql: Any, parameters: Any, caller: FrameType) -> Any:
-    """A statement inside a capture (recorded) or a replay (served), on any of this module's cursors. `caller`:
-    the frame that called sqlite3, where the walk to the app's frame starts (past none of FluxRun's)."""
+def _run(cursor: Any, scope: Scope | None, op: str, sql: Any, parameters: Any, caller: FrameType) -> Any:
+    """A statement inside a capture (recorded) or a replay (served), on any of this module's cursors, or (`scope`
+    None) one made outside both while its connection is being set up (kept in the connection's profile).
+    `caller`: the frame that called sqlite3, where the walk to the app's frame starts (past none of FluxRun's)."""
     home = _homes.get(type(cursor))
     if home is not None:
         cursor.__class__ = home  # the previous statement's copy is gone: sqlite's own fetches again
@@ -189,7 +198,7 @@ def _run(cursor: Any, scope: Scope, op: str, sql: Any, parameters: Any, caller: 
         params = [db.encode_params(p) for p in parameters]
     else:
         params = db.encode_params(parameters) if parameters not in ((), None) else None
-    if scope.session is not None:
+    if scope is not None and scope.session is not None:
         _serve(cursor, scope, op, sql_text, params)
     else:
         _record(cursor, scope, op, sql, sql_text, parameters, params, caller)
@@ -197,14 +206,18 @@ def _run(cursor: Any, scope: Scope, op: str, sql: Any, parameters: Any, caller: 
 
 
 def _record(
-    cursor: Any, scope: Scope, op: str, sql: Any, sql_text: str, parameters: Any, params: Any, caller: FrameType
+    cursor: Any, scope: Scope | None, op: str, sql: Any, sql_text: str, parameters: Any, params: Any, caller: FrameType
 ) -> None:
     if isinstance(cursor, _ReplayOnlyCursor):
         raise sqlite3.ProgrammingError(
             "this sqlite3 connection was opened during a FluxRun replay and has no database outside it"
         )
     data = {"driver": DRIVER, "op": op, "sql": sql_text, "params": params}
-    entry = db.start(scope, db.label(DRIVER, op, sql_text), data, caller)
+    if scope is None:  # the connection is being set up: the call is kept in its profile
+        entry = db.begin(None, cursor.connection, db.label(DRIVER, op, sql_text), data)
+    else:
+        _attach(scope, cursor.connection)
+        entry = db.start(scope, db.label(DRIVER, op, sql_text), data, caller)
     factory = cursor.row_factory
     token = scope_var.set(None)
     try:
@@ -266,8 +279,40 @@ def _answer(taken: tuple[Any, ...]) -> dict[str, Any]:
 _answer_data = db.answer_build(_answer, "sqlite3 capture")
 
 
+def _attach(scope: Scope, conn: Any) -> None:
+    """Before a connection's first statement in an execution, its connect event, when the connection was opened
+    before it (`db.attach`): a fresh process replaying it connects there. Checked per statement by the key of
+    the last execution it was attached to, kept on the connection."""
+    recording = scope.recording
+    attached = getattr(conn, "_fluxrun_attached", None)
+    if attached is None or attached[0] != id(recording) or attached[1] != recording.started_ns:
+        db.attach(scope, conn)
+        _mark_attached(conn, scope)
+
+
+def _mark_attached(conn: Any, scope: Scope) -> None:
+    with contextlib.suppress(AttributeError, TypeError):  # a connection class FluxRun did not make
+        conn._fluxrun_attached = (id(scope.recording), scope.recording.started_ns)
+
+
+def _taken_connect(scope: Scope, conn: Any) -> None:
+    """At replay, a connection that did not connect in this replay (a pool warm before it started) takes the
+    connect event its execution recorded before its first statement, as a fresh process's connect would."""
+    recording = scope.recording
+    attached = getattr(conn, "_fluxrun_attached", None)
+    if attached is not None and attached[0] == id(recording) and attached[1] == recording.started_ns:
+        return
+    upcoming = db.peek(scope, lambda data: True)
+    if upcoming is not None and upcoming.get("op") == "connect" and upcoming.get("driver") == DRIVER:
+        db.serve(scope, DRIVER, "connect")
+    _mark_attached(conn, scope)
+
+
 def _serve(cursor: Any, scope: Scope, op: str, sql_text: str, params: Any) -> None:
-    event = db.serve(scope, DRIVER, op, sql_text, params)
+    conn = cursor.connection
+    if not (db.setting_up and conn in db.setting_up):
+        _taken_connect(scope, conn)
+    event = db.serve(scope, DRIVER, op, sql_text, params, conn=conn)
     result = event["data"].get("result") or {}
     recorded = decode(result.get("description"))
     description = tuple(tuple(d) for d in recorded) if recorded else None
@@ -298,6 +343,7 @@ class Connection(sqlite3.Connection):
     """sqlite's connection; its statements, commits and rollbacks look at the context."""
 
     _fluxrun_cursor: type = Cursor
+    _fluxrun_attached: tuple[int, int] | None = None  # the last execution it was attached to (`_attach`)
 
     def cursor(self, factory: Any = None) -> Any:
         return _cursor(self, self._fluxrun_cursor if factory is None else _cursor_class(factory, self._fluxrun_cursor))
@@ -305,7 +351,9 @@ class Connection(sqlite3.Connection):
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
         scope = current()
         if scope is None:
-            return _execute(_cursor(self, Cursor), sql, parameters)
+            if not _setting_up:
+                return _execute(_cursor(self, Cursor), sql, parameters)
+            return _run(_cursor(self, Cursor), None, "execute", sql, parameters, _getframe(1))
         return _run(_cursor(self, self._fluxrun_cursor), scope, "execute", sql, parameters, _getframe(1))
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Any:
@@ -316,14 +364,14 @@ class Connection(sqlite3.Connection):
 
     def commit(self) -> None:
         scope = current()
-        if scope is None:
+        if scope is None and not _setting_up:
             _commit(self)
         else:
             _transaction(self, scope, "commit", _commit)
 
     def rollback(self) -> None:
         scope = current()
-        if scope is None:
+        if scope is None and not _setting_up:
             _rollback(self)
         else:
             _transaction(self, scope, "rollback", _rollback)
@@ -376,13 +424,21 @@ class _ReplayedConnection(Connection):
         return _run(_cursor(self, _ReplayOnlyCursor), _replaying(), "execute", sql, parameters, _getframe(1))
 
 
-def _transaction(conn: Any, scope: Scope, op: str, call: Callable[[Any], None]) -> None:
-    if scope.session is not None:
-        db.serve(scope, DRIVER, op)
+def _transaction(conn: Any, scope: Scope | None, op: str, call: Callable[[Any], None]) -> None:
+    """A commit or rollback inside a capture (recorded) or a replay (served), or (`scope` None) one made while
+    the connection is being set up (SQLAlchemy's dialect initialize rolls back: kept in its profile)."""
+    if scope is not None and scope.session is not None:
+        if not (db.setting_up and conn in db.setting_up):
+            _taken_connect(scope, conn)
+        db.serve(scope, DRIVER, op, conn=conn)
         return
     if isinstance(conn, _ReplayedConnection):
         return
-    entry = db.start(scope, db.label(DRIVER, op), {"driver": DRIVER, "op": op})
+    if scope is None:
+        entry = db.begin(None, conn, db.label(DRIVER, op), {"driver": DRIVER, "op": op})
+    else:
+        _attach(scope, conn)
+        entry = db.start(scope, db.label(DRIVER, op), {"driver": DRIVER, "op": op})
     token = scope_var.set(None)
     try:
         call(conn)
@@ -429,13 +485,18 @@ def _with_factory(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[
 def _connect_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
     def connect(*args: Any, **kwargs: Any) -> Any:
         scope = current()
+        target = _target(args, kwargs)
         if scope is None:
             args, kwargs = _with_factory(args, kwargs)
-            return original(*args, **kwargs)
-        target = _target(args, kwargs)
+            conn = original(*args, **kwargs)
+            db.opened(conn, {"driver": DRIVER, "op": "connect", "target": target})  # a later execution's event
+            return conn
         if scope.session is not None:
-            db.serve(scope, DRIVER, "connect")
-            return _ReplayedConnection(":memory:", check_same_thread=False)
+            event = db.serve(scope, DRIVER, "connect")
+            replayed = _ReplayedConnection(":memory:", check_same_thread=False)
+            _mark_attached(replayed, scope)
+            db.replayed(replayed, event)  # while SQLAlchemy sets it up, answered from the recorded setup
+            return replayed
         args, kwargs = _with_factory(args, kwargs)
         entry = db.start(scope, f"{DRIVER} connect {target}", {"driver": DRIVER, "op": "connect", "target": target})
         token = scope_var.set(None)
@@ -446,7 +507,8 @@ def _connect_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
             db.fail(entry, exc)
             raise
         scope_var.reset(token)
-        db.finish(entry)
+        db.connected(scope, entry, conn, {"driver": DRIVER, "op": "connect", "target": target})
+        _mark_attached(conn, scope)
         return conn
 
     connect.__wrapped__ = original  # type: ignore[attr-defined]

@@ -58,8 +58,9 @@ def test_rows_iteration_context_manager_and_an_earlier_cursor_replay(
 
     with pytest.raises(RuntimeError, match=r"\['a', 'b', 'c'\] 4") as raised:
         job()
-    ops = [e["data"]["op"] for e in captured.events("db")]
-    assert ops == ["execute", "execute", "commit", "execute"]
+    events = captured.events("db")
+    assert [e["data"]["op"] for e in events] == ["connect", "execute", "execute", "commit", "execute"]
+    assert events[0]["data"]["opened"] == "before"  # opened before the capture: a fresh process connects here
     with sqlite3.connect(shop) as check:
         assert check.execute("SELECT count(*) FROM orders").fetchone() == (4,)
     result = replay(captured, job)

@@ -904,3 +904,38 @@ def test_every_result_set_of_a_statement_replays(captured, pg: Cluster, function
     assert result.outcome == "reproduced", result.summary()
     assert result.new.message == str(raised.value)
     assert pg_writes(pg.dsn) == before
+
+
+@pytest.mark.parametrize("replayed_in", ["a fresh process", "this process, its pool warm"])
+def test_a_warm_sqlalchemy_pool_on_sqlite_replays(  # type: ignore[no-untyped-def]
+    captured, sqlite_db: str, tmp_path: Path, monkeypatch, replayed_in: str
+) -> None:
+    """The failing request is not the app's first: its pool connected (and SQLAlchemy set the connection up)
+    before the capture. A fresh process connects at replay; a warm one reuses its connection."""
+    import importlib
+    import sys
+
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    source = WARM_APP.replace('"postgresql+DRIVER://app@db.internal/app"', '"sqlite:////nonexistent/app.db"')
+    (app_dir / "warm_sqlite_app.py").write_text(source)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{sqlite_db}")
+    monkeypatch.syspath_prepend(str(app_dir))
+    app = importlib.import_module("warm_sqlite_app")
+    try:
+        app.warm()
+        with pytest.raises(RuntimeError) as raised:
+            app.order("written by the request")
+        before = sqlite_writes(sqlite_db)
+        if replayed_in == "a fresh process":
+            found = replay_in_a_fresh_process(captured.files()[-1], captured.keys.replay, app_dir)
+            assert found["outcome"] == "reproduced", found["summary"]
+            assert (found["message"], found["unconsumed"]) == (str(raised.value), [])
+        else:
+            result = replay(captured, app.order)
+            assert result.outcome == "reproduced", result.summary()
+            assert (result.new.message, result.unconsumed) == (str(raised.value), [])
+        assert sqlite_writes(sqlite_db) == before
+    finally:
+        app.engine.dispose()
+        sys.modules.pop("warm_sqlite_app", None)
