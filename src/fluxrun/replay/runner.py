@@ -361,7 +361,26 @@ def _replay_here(payload: dict[str, Any], app: Any, answers: Answers | None) -> 
         supplied=answers.report() if answers is not None else [],
         warnings=[f"a supplied answer was never used: {a}" for a in answers.unused()] if answers is not None else [],
     )
+    differs = _message_differs(result)
+    if differs is not None:
+        result.warnings.append(differs)
     return result
+
+
+def _message_differs(result: ReplayResult) -> str | None:
+    """A reproduced error whose message is not the recorded one: the same type from the same place, but with
+    something the recording did not serve (an object's address, a value read outside any intercepted call)."""
+    recorded, now = result.original.message, result.new.message
+    if result.outcome != "reproduced" or recorded is None or now is None or recorded == now:
+        return None
+    return (
+        f"the error's message differs from the recorded one: recorded {_shown(recorded)}, now {_shown(now)} "
+        "(the same type from the same place; something in the message was not served from the recording)"
+    )
+
+
+def _shown(message: str, limit: int = 200) -> str:
+    return repr(message if len(message) <= limit else message[: limit - 1] + "…")
 
 
 def _refusal_before(divergence: ReplayDivergence) -> LiveIOBlocked | None:

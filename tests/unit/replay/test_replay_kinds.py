@@ -340,3 +340,21 @@ def test_a_variable_read_many_times_counts_as_the_one_call_it_was_recorded_as(ca
     assert result.outcome == "reproduced"
     assert result.served == {"env": 1} and result.recorded_calls == 1
     assert "served 1 of 1 recorded calls (1 env)" in result.summary()
+
+
+@fluxrun.capture
+def describe_order() -> None:
+    raise RuntimeError(f"order handled by {object()!r}")  # an address: not IO, so not recorded, and never the same
+
+
+def test_a_reproduced_failure_whose_message_differs_says_so(captured, keys):
+    with pytest.raises(RuntimeError) as raised:
+        describe_order()
+    (path,) = captured.files()
+    fluxrun.shutdown()
+    result = fluxrun.replay.run(path, keys.replay, app=describe_order, isolate=False)
+    assert result.outcome == "reproduced"  # the same type, from the same place
+    (warning,) = result.warnings
+    assert warning.startswith("the error's message differs from the recorded one:")
+    assert str(raised.value) in warning and result.new.message in warning
+    assert "warning: the error's message differs" in result.summary()
