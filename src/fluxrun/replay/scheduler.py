@@ -23,7 +23,9 @@ released, across tasks and threads:
   an event loop's own thread is answered at once (waiting would block the loop).
 - A call recorded with no outcome (still in flight when the execution ended, or cancelled by the app)
   never completes: an asyncio caller awaits a future that never resolves, so `wait_for`,
-  `asyncio.timeout`, `gather`/`TaskGroup` cancellation end it as they did; a thread caller blocks until
+  `asyncio.timeout`, `gather`/`TaskGroup` cancellation end it as they did (once the loop has nothing else
+  to run, its clock is moved on to its next timer, so a deadline fires at once rather than after the seconds
+  it took at capture; asyncio's own loops only); a thread caller blocks until
   the execution ends and then gets `PendingAtEnd` in that thread. Should the code wait for such a call with
   nothing else left to run (a fix that now needs its answer), the wait would never end: once the loop has
   been idle for `DEADLOCK_GRACE` seconds (nothing ready, no timer of its own, no answer held, no thread
@@ -47,6 +49,8 @@ import contextlib
 import sys
 import threading
 from asyncio.events import _get_running_loop
+from collections.abc import Callable
+from typing import Any
 
 from fluxrun._context import parked
 from fluxrun._internal import perf_ns
@@ -300,7 +304,11 @@ class ReplayScheduler:
             if not waits:
                 return
             quiet = (perf_ns() - self._last) / 1e9
-            idle = not self._held and not self._running and _quiescent(loop) and not self._timers(loop)
+            settled = not self._held and not self._running and _quiescent(loop)
+            if settled and quiet >= STALL_GRACE and _move_clock_to_next_timer(loop, self._own_timers()):
+                self._watch(loop)  # a deadline will fire now: the wait ends as it did (a TimeoutError)
+                return
+            idle = settled and not self._timers(loop)
             if (idle and quiet >= DEADLOCK_GRACE) or quiet >= PENDING_LIMIT:
                 future = waits[0][1]
                 describe = self._never.pop(future)[1]
@@ -317,13 +325,17 @@ class ReplayScheduler:
             if len(waits) > 1 or not waits[0][1].done():
                 self._watch(loop)
 
+    def _own_timers(self) -> Callable[[Any], bool]:
+        ours = {id(h) for h in self._pumps.values()} | {id(h) for h in self._watchdogs.values()}
+        return lambda handle: id(handle) in ours or handle._callback == self._pump
+
     def _timers(self, loop: asyncio.AbstractEventLoop) -> bool:
         """True when `loop` has a live timer that is not the scheduler's own (something will still run)."""
-        ours = {id(h) for h in self._pumps.values()} | {id(h) for h in self._watchdogs.values()}
+        own = self._own_timers()
         scheduled = getattr(loop, "_scheduled", None)
         if scheduled is None:
             return True  # not asyncio's own loop: assume something may still run
-        return any(not h.cancelled() and id(h) not in ours and h._callback != self._pump for h in scheduled)
+        return any(not h.cancelled() and not own(h) for h in scheduled)
 
     def wait_turn(self, event: AnyEvent, pending: bool, describe: str) -> None:
         """Block until this answer's turn (thread callers)."""
@@ -433,6 +445,41 @@ def _recorded_states(states: object) -> dict[int, tuple[frozenset[str], frozense
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+class _MovedClock:
+    """An event loop's clock moved on by `offset` seconds: at replay nothing answers late, so when the loop has
+    nothing left to run but a timer while the code waits for a call that never answered at capture, the clock
+    goes to that timer (`asyncio.wait_for`'s or `asyncio.timeout`'s deadline fires at once, as it fired then)."""
+
+    __slots__ = ("loop", "offset")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return type(self.loop).time(self.loop) + self.offset
+
+
+def _move_clock_to_next_timer(loop: asyncio.AbstractEventLoop, own: Callable[[Any], bool]) -> bool:
+    """Move `loop`'s clock to its next live timer that is not the scheduler's own; False if there is none, or
+    it is not asyncio's own loop (uvloop's clock is C: it keeps its time)."""
+    scheduled = getattr(loop, "_scheduled", None)
+    if scheduled is None or not isinstance(loop, asyncio.BaseEventLoop):
+        return False
+    due = [h.when() for h in scheduled if not h.cancelled() and not own(h)]
+    if not due:
+        return False
+    ahead = min(due) - loop.time()
+    if ahead <= 0:
+        return False
+    clock = vars(loop).get("time")
+    if not isinstance(clock, _MovedClock):
+        clock = _MovedClock(loop)
+        loop.time = clock  # type: ignore[method-assign]
+    clock.offset += ahead
+    return True
 
 
 def _quiescent(loop: asyncio.AbstractEventLoop) -> bool:

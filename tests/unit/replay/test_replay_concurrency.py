@@ -111,6 +111,15 @@ async def wait_for_timeout() -> None:
 
 
 @fluxrun.capture
+async def long_wait_for() -> None:
+    async with async_client() as client:
+        try:
+            await asyncio.wait_for(fetch(client, "stuck"), timeout=2.5)  # a deadline as services set them
+        except TimeoutError:
+            raise RuntimeError("the upstream did not answer within its deadline") from None
+
+
+@fluxrun.capture
 async def timeout_block() -> None:
     async with async_client() as client:
         results = []
@@ -272,6 +281,17 @@ def test_wait_first_completed_has_the_recorded_winner(captured):
 def test_wait_for_times_out_on_the_call_that_was_still_pending(captured):
     payload, error = capture(captured, wait_for_timeout, RuntimeError, "timed out after b")
     replay_20_times(payload, str(error))
+
+
+def test_a_deadline_on_a_call_that_never_answered_passes_at_once_at_replay(captured):
+    """The loop has nothing left to run but the deadline's timer: its clock is moved on to it, as the recorded
+    call's answer never comes, so a replay does not wait out a real 2.5 s (time-machine's `tick` for the loop)."""
+    payload, error = capture(captured, long_wait_for, RuntimeError, "within its deadline")
+    started = time.monotonic()
+    result = fluxrun.replay.run(payload, isolate=False)
+    assert time.monotonic() - started < 1.5  # not the 2.5 s the deadline took at capture
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(error)
 
 
 def test_asyncio_timeout_ends_where_it_ended(captured):
