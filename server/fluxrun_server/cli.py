@@ -21,8 +21,8 @@ from fluxrun_server.settings import ServerSettings
 
 __all__ = ["server_app"]
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, emoji=False)  # printed data must not turn into emoji (`app:Boom:`)
+err = Console(stderr=True, highlight=False, emoji=False)
 server_app = typer.Typer(help="Run the FluxRun ingest and query server.", invoke_without_command=True)
 admin_app = typer.Typer(
     help="Workspaces, projects, ingest tokens, signing keys, API keys, members, plans, alert rules, audit, usage.",

@@ -70,8 +70,9 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(bundle_app, name="bundle")
 
 # Tables need room: when the output is not a terminal (CI logs, files) assume a wide page, not 80 columns.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# no emoji codes: printed data (an exception type `app:Boom:`) must not turn into pictures
+out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -83,11 +84,12 @@ def friendly(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except FluxRunError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)  # it may quote data: a path, a name
             raise typer.Exit(1) from None
         except OSError as exc:
             where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-            err.print(f"[bold red]error:[/] cannot read or write{where}: {exc.strerror or exc}", markup=True)
+            problem = f"cannot read or write{where}: {exc.strerror or exc}"
+            err.print(f"[bold red]error:[/] {escape(problem)}", markup=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]

@@ -96,8 +96,7 @@ class ReplayResult:
         if self.unconsumed:
             lines.append(f"  {len(self.unconsumed)} recorded calls were never made at replay:")
             lines.extend(
-                f"    #{e['seq']} {e['kind']} {e['call']} (task {e['task']}, at {e['site']})"
-                for e in self.unconsumed[:10]
+                f"    #{e['seq']} {_named(e)} (task {e['task']}, at {e['site']})" for e in self.unconsumed[:10]
             )
             if len(self.unconsumed) > 10:
                 lines.append(f"    … {len(self.unconsumed) - 10} more")
@@ -106,3 +105,9 @@ class ReplayResult:
 
     def served_counts(self) -> Counter[str]:
         return Counter(self.served)
+
+
+def _named(event: AnyEvent) -> str:
+    """A recorded call as a list shows it: `redis GET`, `db sqlite3 commit` (its kind, unless its name has it)."""
+    kind, call = str(event.get("kind")), str(event.get("call"))
+    return call if call.startswith(f"{kind} ") else f"{kind} {call}"

@@ -119,6 +119,15 @@ def test_a_missing_bundle_reads_the_same_in_every_command(project, keys):
     assert messages == {"error: no bundle at missing.fluxrun (check the path, or fetch it with `fluxrun pull`)"}
 
 
+def test_a_path_with_brackets_is_printed_as_it_is(project, keys):
+    """Error messages quote data (a path here): printed as text, never read as rich markup or emoji codes."""
+    result = fluxrun("bundle", "inspect", "runs/[/]:boom:.fluxrun", "--key", str(keys.replay), cwd=project)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "error: no bundle at runs/[/]:boom:.fluxrun (check the path, or fetch it with `fluxrun pull`)"
+    )
+
+
 def test_a_folder_given_as_the_bundle_says_so(project, keys):
     result = fluxrun("bundle", "inspect", ".", cwd=project)
     assert result.returncode == 1
