@@ -133,6 +133,7 @@ class DbResult(TypedDict, total=False):
     complete: bool  # a server-side cursor or stream: the app read it to its end (else only `rows` were read)
     exhausted: bool  # an asyncpg cursor's portal had no rows left after this call
     advanced: int  # an asyncpg cursor's `forward`: how many rows it moved
+    sets: list[dict[str, Any]]  # psycopg: the result sets after the first (`nextset()`), each a result like this
 
 
 class DbData(TypedDict, total=False):
