@@ -207,12 +207,17 @@ def start(scope: Scope, call: str, data: dict[str, Any], caller: FrameType | Non
         return None
 
 
-def finish(entry: CallEntry | None, result: dict[str, Any] | tuple[Any, ...] | None = None) -> None:
-    """The call returned: its duration and its `result` (a dict, or what the entry's `build` formats)."""
+def finish(
+    entry: CallEntry | None, result: dict[str, Any] | tuple[Any, ...] | None = None, scope: Scope | None = None
+) -> None:
+    """The call returned: its duration and its `result` (a dict, or what the entry's `build` formats). With the
+    execution's `scope`, its completion number too, so that replay answers it in the recorded order among the
+    calls of other threads and tasks (`end_call`)."""
     if entry is None:
         return
     try:
-        end_call(entry)
+        if not end_call(entry, scope):
+            return  # the execution had ended: the app never saw this answer
         if result is not None:
             entry.value["result"] = result
     except Exception as exc:
@@ -683,6 +688,8 @@ def serve(
     call = label(driver, op, sql)
     event = session.take(KIND, call, here.path, frame, site, match=statement_matcher(op, sql, params, driver))
     here.recording.add(KIND, call, here.path, site, {})
+    if "done" in event["data"]:  # its completion number: answered in the recorded order (replay/scheduler.py)
+        session.wait_turn(event, "result")
     if raise_error:
         raise_recorded_error(event)
     return event

@@ -698,7 +698,7 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
                 db.fail(entry, exc)
                 raise
             scope_var.reset(token)
-            db.finish(entry, result)
+            db.finish(entry, result, scope)
             return out
 
         return aexecute
@@ -735,8 +735,10 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
             scope_var.reset(token)
             db.fail(entry, exc)
             raise
-        try:  # `db.finish(entry, result)` with `_asafe_snapshot`'s answer, inlined
-            end_call(entry)
+        try:  # `db.finish(entry, result, scope)` with `_asafe_snapshot`'s answer, inlined
+            if not end_call(entry, scope):
+                scope_var.reset(token)
+                return out  # the execution had ended: the app never saw this answer
             limit = db.row_limit()
             result = _direct_answer(self, limit)
             entry.value["result"] = _snapshot(self, support.tuple_row, limit) if result is None else result

@@ -246,9 +246,9 @@ def _record(
         # sqlite3's own values (no converter made anything else) cannot change: kept as they came, with the
         # description and counts, and formatted only if the execution is kept (most are dropped)
         entry.build = _answer_data
-        db.finish(entry, taken)
+        db.finish(entry, taken, scope)
         return
-    db.finish(entry, _answer(taken))
+    db.finish(entry, _answer(taken), scope)
 
 
 def _live_rows(cursor: Any) -> Callable[[int | None], list[Any]]:
@@ -447,7 +447,7 @@ def _transaction(conn: Any, scope: Scope | None, op: str, call: Callable[[Any], 
         db.fail(entry, exc)
         raise
     scope_var.reset(token)
-    db.finish(entry)
+    db.finish(entry, None, scope)
 
 
 @cache

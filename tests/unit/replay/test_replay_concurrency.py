@@ -9,6 +9,7 @@ the recorded error, with the same event sequence.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -224,6 +225,24 @@ def pool_left_running() -> None:
         pool.shutdown(wait=False)
 
 
+def slow_report(path: str) -> str:
+    """A query that takes 0.3 s at capture (a report): it finished after the HTTP call started beside it."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.create_function("slowly", 1, lambda x: time.sleep(0.3) or x)
+        return f"report {conn.execute('SELECT slowly(count(*)) FROM sqlite_master').fetchone()[0]}"
+    finally:
+        conn.close()
+
+
+@fluxrun.capture
+def query_races_fetch(path: str) -> None:
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(slow_report, path), pool.submit(pool_fetch, "b")]
+        order = [future.result() for future in as_completed(futures)]
+    raise RuntimeError(f"first came {order[0]}")
+
+
 @pytest.fixture(autouse=True)
 def reset():
     SPIN.update({0: 0, 1: 0, 2: 0})
@@ -422,3 +441,15 @@ def test_hostile_thread_states_in_a_bundle_are_left_out():
     states = {"²": {"busy": [], "parked": ["0"]}, "3": {"busy": ["0.1", 5], "parked": ["0"]}, "x": 1, "4": "no"}
     scheduler = ReplayScheduler([], None, {**states, "9" * 40: {"busy": [], "parked": []}})
     assert scheduler._states == {3: (frozenset({"0.1"}), frozenset({"0"}))}
+
+
+def test_a_query_in_one_thread_and_a_fetch_in_another_complete_in_the_recorded_order(captured, tmp_path):
+    """Database answers carry their completion number like fetches: the query that came back last at capture
+    comes back last at replay, though nothing is slow there."""
+    path = str(tmp_path / "reports.db")
+    sqlite3.connect(path).close()
+    payload, error = capture(captured, lambda: query_races_fetch(path), RuntimeError, "first came b")
+    for _ in range(5):
+        result = fluxrun.replay.run(payload, isolate=False, app=query_races_fetch)
+        assert result.outcome == "reproduced", result.summary()
+        assert result.new.message == str(error)
