@@ -520,9 +520,14 @@ def _replaying_a_live_connection() -> LiveIOBlocked:
 
 
 async def _recorded(
-    entry: CallEntry | None, token: Any, call: Any, result: Callable[[Any], dict[str, Any] | None]
+    entry: CallEntry | None,
+    token: Any,
+    call: Any,
+    result: Callable[[Any], dict[str, Any] | None],
+    scope: Scope | None,
 ) -> Any:
-    """Run the real call with capture off, then complete the entry with what it returned (or raised)."""
+    """Run the real call with capture off, then complete the entry with what it returned (or raised), and its
+    completion number in the execution (`scope`; None for a connection's setup)."""
     try:
         out = await call
     except BaseException as exc:
@@ -531,9 +536,10 @@ async def _recorded(
         raise
     scope_var.reset(token)
     try:
-        db.finish(entry, result(out))
+        answer = result(out)
     except Exception:
-        db.finish(entry)
+        answer = None
+    db.finish(entry, answer, scope)
     return out
 
 
@@ -550,7 +556,11 @@ def _method_patch(original: Callable[..., Any], op: str) -> Callable[..., Any]:
         if entry is None:
             return await original(self, query, *args, **kwargs)
         return await _recorded(
-            entry, token, original(self, query, *args, **kwargs), lambda out: _rows_result(op, out, db.row_limit())
+            entry,
+            token,
+            original(self, query, *args, **kwargs),
+            lambda out: _rows_result(op, out, db.row_limit()),
+            scope,
         )
 
     return method
@@ -566,7 +576,7 @@ def _prepare_patch(original: Callable[..., Any]) -> Callable[..., Any]:
         entry, token = _record(scope, self, "prepare", db.normalise_sql(query), None)
         if entry is None:
             return await original(self, query, *args, **kwargs)
-        return await _recorded(entry, token, original(self, query, *args, **kwargs), _prepare_result)
+        return await _recorded(entry, token, original(self, query, *args, **kwargs), _prepare_result, scope)
 
     return prepare
 
@@ -598,7 +608,7 @@ def _statement_patch(original: Callable[..., Any], op: str) -> Callable[..., Any
         def result(out: Any) -> dict[str, Any]:
             return {**_rows_result(op, out, db.row_limit()), "status": self.get_statusmsg()}
 
-        return await _recorded(entry, token, original(self, *args, **kwargs), result)
+        return await _recorded(entry, token, original(self, *args, **kwargs), result, scope)
 
     return method
 
@@ -624,7 +634,7 @@ def _cursor_patch(original: Callable[..., Any], op: str) -> Callable[..., Any]:
             records = list(out) if out is not None else []
             return {**_rows_result("fetch", records, db.row_limit()), "exhausted": bool(self._exhausted)}
 
-        return await _recorded(entry, token, original(self, *args, **kwargs), result)
+        return await _recorded(entry, token, original(self, *args, **kwargs), result, scope)
 
     return method
 
@@ -642,7 +652,7 @@ def _codec_patch(original: Callable[..., Any]) -> Callable[..., Any]:
         entry, token = _record(scope, self, "set_type_codec", None, params)
         if entry is None:
             return await original(self, typename, *args, **kwargs)
-        return await _recorded(entry, token, original(self, typename, *args, **kwargs), lambda out: None)
+        return await _recorded(entry, token, original(self, typename, *args, **kwargs), lambda out: None, scope)
 
     return set_type_codec
 
@@ -657,7 +667,7 @@ def _transaction_patch(original: Callable[..., Any], op: str) -> Callable[..., A
         entry, token = _record(scope, self._connection, op, None, None)
         if entry is None:
             return await original(self)
-        return await _recorded(entry, token, original(self), lambda out: None)
+        return await _recorded(entry, token, original(self), lambda out: None, scope)
 
     return call
 
