@@ -213,8 +213,10 @@ def _record(
             "this sqlite3 connection was opened during a FluxRun replay and has no database outside it"
         )
     data = {"driver": DRIVER, "op": op, "sql": sql_text, "params": params}
-    if scope is None:  # the connection is being set up: the call is kept in its profile
+    if scope is None or (_setting_up and cursor.connection in _setting_up):
+        # the connection is being set up (in an execution or not): the call is kept in its profile
         entry = db.begin(None, cursor.connection, db.label(DRIVER, op, sql_text), data)
+        scope = None  # no completion number: a setup call is answered from the connect event, out of order
     else:
         _attach(scope, cursor.connection)
         entry = db.start(scope, db.label(DRIVER, op, sql_text), data, caller)
@@ -434,8 +436,9 @@ def _transaction(conn: Any, scope: Scope | None, op: str, call: Callable[[Any], 
         return
     if isinstance(conn, _ReplayedConnection):
         return
-    if scope is None:
+    if scope is None or (_setting_up and conn in _setting_up):
         entry = db.begin(None, conn, db.label(DRIVER, op), {"driver": DRIVER, "op": op})
+        scope = None
     else:
         _attach(scope, conn)
         entry = db.start(scope, db.label(DRIVER, op), {"driver": DRIVER, "op": op})

@@ -906,12 +906,17 @@ def test_every_result_set_of_a_statement_replays(captured, pg: Cluster, function
     assert pg_writes(pg.dsn) == before
 
 
-@pytest.mark.parametrize("replayed_in", ["a fresh process", "this process, its pool warm"])
-def test_a_warm_sqlalchemy_pool_on_sqlite_replays(  # type: ignore[no-untyped-def]
-    captured, sqlite_db: str, tmp_path: Path, monkeypatch, replayed_in: str
+@pytest.mark.parametrize(
+    ("warm", "replayed_in"),
+    [(True, "a fresh process"), (True, "this process, its pool warm"), (False, "a fresh process")],
+    ids=["warm-fresh", "warm-warm", "cold-fresh"],
+)
+def test_a_sqlalchemy_pool_on_sqlite_replays(  # type: ignore[no-untyped-def]
+    captured, sqlite_db: str, tmp_path: Path, monkeypatch, warm: bool, replayed_in: str
 ) -> None:
-    """The failing request is not the app's first: its pool connected (and SQLAlchemy set the connection up)
-    before the capture. A fresh process connects at replay; a warm one reuses its connection."""
+    """Warm: the failing request is not the app's first, its pool connected (and SQLAlchemy set the connection
+    up) before the capture. Cold: it connects and sets up inside the failing request. A fresh process connects
+    at replay; a warm one reuses its connection."""
     import importlib
     import sys
 
@@ -923,7 +928,8 @@ def test_a_warm_sqlalchemy_pool_on_sqlite_replays(  # type: ignore[no-untyped-de
     monkeypatch.syspath_prepend(str(app_dir))
     app = importlib.import_module("warm_sqlite_app")
     try:
-        app.warm()
+        if warm:
+            app.warm()
         with pytest.raises(RuntimeError) as raised:
             app.order("written by the request")
         before = sqlite_writes(sqlite_db)
