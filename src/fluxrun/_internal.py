@@ -138,6 +138,12 @@ class InApp:
             return False
         if not filename or filename.startswith("<"):
             return name == "__main__"
+        if not os.path.isabs(filename):
+            # a compiled module's frames name their source as it was built (SQLAlchemy's Cython code:
+            # `lib/sqlalchemy/engine/_result_cy.py`), not where it is installed: where the module is loaded from
+            loaded_from = getattr(sys.modules.get(name), "__file__", None)
+            if isinstance(loaded_from, str) and os.path.isabs(loaded_from):
+                filename = loaded_from
         real = _real(filename)
         return not real.startswith(LIBRARY_ROOTS) and not is_fluxrun_file(real)
 

@@ -945,3 +945,28 @@ def test_a_sqlalchemy_pool_on_sqlite_replays(  # type: ignore[no-untyped-def]
     finally:
         app.engine.dispose()
         sys.modules.pop("warm_sqlite_app", None)
+
+
+@fluxrun.capture
+def sqlalchemy_missing_order() -> None:
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(f"sqlite:///{STATE['sqlite']}")
+    try:
+        with Session(engine) as session:
+            session.execute(select(Order.id).where(Order.note == "never written")).scalar_one()  # raises NoResultFound
+    finally:
+        engine.dispose()
+
+
+def test_an_error_raised_in_compiled_library_code_reproduces_from_the_apps_line(captured, sqlite_db: str) -> None:
+    """SQLAlchemy 2.1 raises NoResultFound from compiled code whose frames name their source by a relative path
+    (lib/sqlalchemy/engine/_result_cy.py): still the library's, so the failure is placed at the app's line."""
+    from sqlalchemy.exc import NoResultFound
+
+    with pytest.raises(NoResultFound):
+        sqlalchemy_missing_order()
+    result = replay(captured, sqlalchemy_missing_order)
+    assert result.outcome == "reproduced", result.summary()
+    assert "in sqlalchemy_missing_order" in result.new.describe()
