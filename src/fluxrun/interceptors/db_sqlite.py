@@ -164,8 +164,15 @@ class _Served(_Buffered):
 
 @cache
 def _variant(mixin: type, home: type) -> type:
-    """`home` (a cursor class) with `mixin` in front (`db.mixed_in`), remembered as made from `home`."""
-    variant = db.mixed_in(mixin, home)
+    """`home` (a cursor class) with `mixin` in front (`db.mixed_in`), remembered as made from `home`; for an
+    app's cursor factory, under the factory's own methods (its `fetchone` shapes the rows `mixin` serves)."""
+    parts = _factory_parts.get(home)
+    if parts is None:
+        variant = db.mixed_in(mixin, home)
+    else:
+        factory, base = parts
+        namespace = {"__module__": home.__module__, "__qualname__": home.__qualname__, "__slots__": ()}
+        variant = type(home.__name__, (factory, mixin, base), namespace)
     _homes[variant] = home
     return variant
 
@@ -455,12 +462,20 @@ def _transaction(conn: Any, scope: Scope | None, op: str, call: Callable[[Any], 
 
 @cache
 def _cursor_class(factory: type, home: type) -> type:
-    """An app's own cursor class, with this module's statements in front of it."""
+    """An app's own cursor class with this module's statements under it: the factory's own methods run first
+    (Django's sqlite backend rewrites `%s` to `?` in its `execute`) and reach ours through `super()`, so what is
+    recorded and answered is what sqlite3 itself receives."""
     if isinstance(factory, type) and issubclass(factory, home):
         return factory
     if not (isinstance(factory, type) and issubclass(factory, sqlite3.Cursor)):
         raise TypeError(f"a sqlite3 cursor factory must be a subclass of sqlite3.Cursor, not {factory!r}")
-    return type(factory.__name__, (home, factory), {"__module__": factory.__module__})
+    combined = type(factory.__name__, (factory, home), {"__module__": factory.__module__})
+    _factory_parts[combined] = (factory, home)
+    return combined
+
+
+# a class `_cursor_class` made -> (the app's factory, this module's cursor class under it)
+_factory_parts: dict[type, tuple[type, type]] = {}
 
 
 @cache

@@ -97,3 +97,39 @@ def test_a_converted_value_the_app_changes_after_reading_is_recorded_as_it_was_r
     result = replay(captured, job)
     assert result.outcome == "reproduced", result.summary()
     assert result.new.message == str(raised.value)
+
+
+class PercentCursor(sqlite3.Cursor):
+    """A cursor factory that rewrites its SQL before sqlite3 sees it, as Django's sqlite backend does (`%s`)."""
+
+    def execute(self, sql, parameters=(), /):  # type: ignore[no-untyped-def, override]
+        return super().execute(sql.replace("%s", "?"), parameters)
+
+    def fetchone(self):  # type: ignore[no-untyped-def]
+        row = super().fetchone()
+        return None if row is None else list(row)  # and shapes its rows
+
+
+def test_a_cursor_factorys_own_methods_run_idle_captured_and_replayed(
+    captured, shop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLUXRUN_REPLAY_ISOLATE", "0")
+    conn = sqlite3.connect(shop)
+    assert conn.cursor(factory=PercentCursor).execute("SELECT note FROM orders WHERE id = %s", (2,)).fetchone() == [
+        "b"
+    ]  # outside a capture: the factory's execute and fetchone, then sqlite3's
+
+    @fluxrun.capture
+    def job() -> None:
+        cur = conn.cursor(factory=PercentCursor)
+        row = cur.execute("SELECT note FROM orders WHERE id = %s", (3,)).fetchone()
+        raise RuntimeError(f"row {row}")
+
+    with pytest.raises(RuntimeError, match=r"row \['c'\]") as raised:
+        job()
+    (event,) = captured.events("db")[1:]  # after the connection's connect event (opened before the capture)
+    assert event["data"]["sql"] == "SELECT note FROM orders WHERE id = ?"  # recorded as sqlite3 received it
+    result = replay(captured, job)
+    assert result.outcome == "reproduced", result.summary()
+    assert result.new.message == str(raised.value)
+    conn.close()
