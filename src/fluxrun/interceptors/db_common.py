@@ -619,6 +619,42 @@ def sqlalchemy_patches() -> list[Patch]:
     return [Patch(record, "_ConnectionRecord__connect", connect_and_set_up)]
 
 
+class DjangoConnectSeam:
+    """Django opens and sets up a connection in `BaseDatabaseWrapper.connect` (the driver's connect, then
+    `init_connection_state`: a time zone, sqlite's PRAGMAs): the seam that delimits its setup, as SQLAlchemy's
+    pool connect does. A persistent connection (`CONN_MAX_AGE`) set up by an earlier request is then recorded
+    with its setup, and a fresh process's connect at replay is answered from it. Built when Django's database
+    layer is imported."""
+
+    kind = KIND
+
+    def patches(self) -> list[Patch]:
+        base = loaded("django.db.backends.base.base")
+        wrapper = getattr(base, "BaseDatabaseWrapper", None)
+        original = vars(wrapper).get("connect") if isinstance(wrapper, type) else None
+        if not callable(original):
+            return []
+
+        @functools.wraps(original)
+        def connect_and_set_up(self: Any) -> Any:
+            pending: list[Any] = []
+            token = _connecting.set(pending)
+            ok = False
+            try:
+                result = original(self)
+                ok = True
+                return result
+            finally:
+                with contextlib.suppress(ValueError):
+                    _connecting.reset(token)
+                _done_setting_up(None, pending, ok)
+
+        return [Patch(wrapper, "connect", connect_and_set_up)]
+
+    def rebind(self) -> dict[int, Any]:
+        return {}
+
+
 def _done_setting_up(pool: Any, pending: list[Any], ok: bool) -> None:
     for conn in pending:
         profile = setting_up.pop(conn, None)

@@ -970,3 +970,81 @@ def test_an_error_raised_in_compiled_library_code_reproduces_from_the_apps_line(
     result = replay(captured, sqlalchemy_missing_order)
     assert result.outcome == "reproduced", result.summary()
     assert "in sqlalchemy_missing_order" in result.new.describe()
+
+
+DJANGO_APP = """
+import os
+
+import django
+from django.conf import settings
+
+settings.configure(
+    DATABASES={
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("SHOP_DB", "/nonexistent/shop.db"),
+            "CONN_MAX_AGE": 60,  # persistent: set up by an earlier request
+        }
+    },
+    USE_TZ=True,
+)
+django.setup()
+
+import fluxrun
+from django.db import connection
+
+
+def warm():
+    with connection.cursor() as cur:
+        cur.execute("SELECT 1")
+
+
+@fluxrun.capture
+def order(note):
+    with connection.cursor() as cur:
+        cur.execute("INSERT INTO orders (note) VALUES (%s)", [note])
+        cur.execute("SELECT count(*) FROM orders")
+        (count,) = cur.fetchone()
+    raise RuntimeError(f"unexpected order among {count}")
+"""
+
+DJANGO_CAPTURE = """
+import fluxrun
+
+fluxrun.init()
+import django_shop
+
+django_shop.warm()  # Django opens its connection and sets it up (its PRAGMAs) before the failing request
+try:
+    django_shop.order("written by the request")
+except RuntimeError as exc:
+    print(exc)
+fluxrun.shutdown()
+"""
+
+
+def test_a_persistent_django_connection_replays_in_a_fresh_process(keys, sqlite_db: str, tmp_path: Path) -> None:
+    """Django sets a connection up in `BaseDatabaseWrapper.connect` (init_connection_state): that setup is kept
+    with the connect event, as SQLAlchemy's is, and answers the fresh process's connect at replay."""
+    import os
+    import subprocess
+    import sys
+
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "django_shop.py").write_text(DJANGO_APP)
+    bundles = tmp_path / "bundles"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXRUN_")}
+    env.update(
+        FLUXRUN_CAPTURE_KEY=str(keys.capture), FLUXRUN_DIR=str(bundles), SHOP_DB=sqlite_db, PYTHONPATH=str(app_dir)
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", DJANGO_CAPTURE], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and "unexpected order among 1" in done.stdout, done.stderr[-3000:]
+    (bundle,) = bundles.glob("*.fluxrun")
+    before = sqlite_writes(sqlite_db)
+    found = replay_in_a_fresh_process(bundle, keys.replay, app_dir)
+    assert found["outcome"] == "reproduced", found["summary"]
+    assert (found["message"], found["unconsumed"]) == ("unexpected order among 1", [])
+    assert sqlite_writes(sqlite_db) == before
