@@ -5,6 +5,7 @@ arguments while every intercepted call is served from the recording, and compare
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import sys
@@ -13,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from fluxrun._context import Scope, scope_var
+from fluxrun._context import Scope, current, scope_var
 from fluxrun._internal import InApp, app_modules, format_site, set_app_modules, wall_time
 from fluxrun._replay_mode import replaying
 from fluxrun.bundle import OpenedBundle, ReplayKey, load_replay_key, load_replay_keys, open_bundle
@@ -110,6 +111,7 @@ class _Run:
         self.status: int | None = None
         self.response: dict[str, Any] | None = None
         self.value: Any = None
+        self.warnings: list[str] = []
 
     def enter(self) -> Any:
         return scope_var.set(Scope.root(self.recording, self.session))
@@ -126,6 +128,13 @@ class _Run:
     # -- ASGI --------------------------------------------------------------------------------------
     async def asgi(self, app: Any) -> None:
         request = self.payload["request"]
+        lifespan = Lifespan(app)
+        await lifespan.start()  # before the execution: its IO is no call of the recorded request
+        if lifespan.problem is not None:
+            self.warnings.append(
+                f"the app's lifespan {lifespan.problem}, so the request ran without it (what it sets up is missing: "
+                "make that startup work offline, or set it up in a test fixture)"
+            )
         token = self.enter()
         body = body_bytes(request.get("body"))
         done = asyncio.Event()
@@ -150,7 +159,7 @@ class _Run:
                     done.set()
 
         try:
-            await app(_asgi_scope(request), receive, send)
+            await app({**_asgi_scope(request), "state": dict(lifespan.state)}, receive, send)
         except BaseException as exc:
             self.error = exc
             if self.status is None:
@@ -160,6 +169,7 @@ class _Run:
             scope_var.reset(token)
             if self.response is not None:
                 self.response["body"] = b"".join(chunks)
+            await lifespan.stop()
 
     # -- WSGI --------------------------------------------------------------------------------------
     def wsgi(self, app: Any) -> None:
@@ -217,6 +227,68 @@ class _Run:
 
 def _text_headers(headers: Any) -> list[list[str]]:
     return [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers]
+
+
+class Lifespan:
+    """The app's lifespan around a replayed ASGI request, as a server runs it: startup before (the clients, pools
+    and state a FastAPI or Starlette app makes there; its state dict is given to the request), shutdown after.
+    It runs outside the replayed execution: nothing of it was recorded with the request, so IO it attempts is
+    blocked like any live IO, and does not fail the replay. A startup that fails, or does not finish within
+    `LIFESPAN_LIMIT` seconds, leaves the request to run without it (`problem` says why); an app without lifespan
+    support (it raises on the lifespan scope, as the ASGI spec allows) runs without it silently."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+        self.problem: str | None = None
+        self._to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._started = False
+
+    async def start(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
+        self._task = asyncio.get_running_loop().create_task(self._run(scope))
+        await self._to_app.put({"type": "lifespan.startup"})
+        try:
+            message = await asyncio.wait_for(self._from_app.get(), LIFESPAN_LIMIT)
+        except TimeoutError:
+            self.problem = f"startup did not finish within {LIFESPAN_LIMIT:g} s"
+            self._task.cancel()
+            return
+        kind = message.get("type")
+        if kind == "lifespan.startup.complete":
+            self._started = True
+        elif kind == "lifespan.startup.failed":
+            self.problem = f"startup failed at replay: {_last_line(str(message.get('message') or ''))}"
+
+    async def _run(self, scope: dict[str, Any]) -> None:
+        try:
+            await self.app(scope, self._to_app.get, self._from_app.put)
+        except BaseException:  # no lifespan support, or a startup that raised after saying it failed
+            pass
+        finally:
+            await self._from_app.put({"type": "fluxrun.lifespan.ended"})
+
+    async def stop(self) -> None:
+        if self._task is None or self._task.done():
+            return
+        if self._started:
+            await self._to_app.put({"type": "lifespan.shutdown"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._from_app.get(), LIFESPAN_LIMIT)
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+
+
+LIFESPAN_LIMIT = 5.0
+
+
+def _last_line(text: str) -> str:
+    """A traceback's last line (the exception), which is what says why."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no reason given"
 
 
 def _asgi_scope(request: dict[str, Any]) -> dict[str, Any]:
@@ -319,7 +391,9 @@ def _replay_here(payload: dict[str, Any], app: Any, answers: Answers | None) -> 
     installation = install.acquire(in_app)
     try:
         installation.rescan_if_needed()
-        with blocking_sockets(blocked.append):
+        # live IO the replayed execution attempted fails the replay even if the app swallowed the error; the
+        # app's lifespan runs outside the execution (`current()` is None there), and its attempts do not
+        with blocking_sockets(lambda error: blocked.append(error) if current() is not None else None):
             execution = payload["execution"]
             if execution == "asgi":
                 _run_async(lambda: state.asgi(target))
@@ -359,7 +433,10 @@ def _replay_here(payload: dict[str, Any], app: Any, answers: Answers | None) -> 
         value=state.value,
         isolation=isolation.IN_PROCESS,
         supplied=answers.report() if answers is not None else [],
-        warnings=[f"a supplied answer was never used: {a}" for a in answers.unused()] if answers is not None else [],
+        warnings=[
+            *state.warnings,
+            *([f"a supplied answer was never used: {a}" for a in answers.unused()] if answers is not None else []),
+        ],
     )
     differs = _message_differs(result)
     if differs is not None:
