@@ -113,13 +113,18 @@ def _note_states(recording: Recording, done: int) -> None:
     parked in `threading`, when completion `done` was taken: replay holds that answer until the ones that
     were parked have parked again (replay/scheduler.py)."""
     frames = sys._current_frames()
-    me = thread_id()
-    busy: list[str] = []
-    waiting: list[str] = []
-    for ident, path in list(recording.threads.items()):
-        if ident != me:
-            (waiting if parked(frames.get(ident)) else busy).append(path)
-    recording.states[done] = (busy, waiting)
+    try:
+        me = thread_id()
+        busy: list[str] = []
+        waiting: list[str] = []
+        for ident, path in list(recording.threads.items()):
+            if ident != me:
+                (waiting if parked(frames.get(ident)) else busy).append(path)
+        recording.states[done] = (busy, waiting)
+    finally:
+        # it holds this very frame: kept, the frame would point at itself, and the whole call stack (the app's
+        # responses and their sockets) would wait for the cyclic collector
+        del frames
 
 
 def fail_call(entry: CallEntry, exc: BaseException, scope: Scope | None = None) -> None:

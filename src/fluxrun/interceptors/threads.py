@@ -133,10 +133,23 @@ def _start_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, 
     scope = current()
     if scope is not None and getattr(instance, "_target", None) is not _POOL_WORKER:
         if frame_is_library(sys._getframe(2)):  # a library's own thread: not numbered, see the docstring
-            instance.run = functools.partial(_in_scope, scope, instance.run)
+            instance.run = functools.partial(_thread_in, _in_scope, scope, instance.run)
         else:
-            instance.run = functools.partial(_in_child, _spawn(scope), instance.run)
+            instance.run = functools.partial(_thread_in, _in_child, _spawn(scope), instance.run)
     return wrapped(*args, **kwargs)
+
+
+def _thread_in(enter: Callable[..., Any], scope: Scope, run: Callable[[], Any]) -> Any:
+    """A started thread's `run` in its scope (`enter`: `_in_scope` or `_in_child`). The thread holds this in its
+    own `run` attribute, which points back at the thread (`run` is bound to it): dropped when it has run, so a
+    finished thread is no cycle left to the collector, with the execution it belonged to."""
+    try:
+        return enter(scope, run)
+    finally:
+        thread = getattr(run, "__self__", None)
+        attribute = vars(thread).get("run") if isinstance(thread, threading.Thread) else None
+        if isinstance(attribute, functools.partial) and attribute.func is _thread_in:
+            del thread.run  # type: ignore[union-attr]
 
 
 def _submit_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -66,7 +67,21 @@ def _sqlite_select(base: str, db: str) -> None:
         connection.close()
 
 
-@pytest.mark.parametrize("call", [_requests_get, _requests_stream, _urllib3_unpreloaded, _sqlite_select])
+def _requests_beside_a_thread(base: str, db: str) -> None:
+    """An execution that has started a thread: each completed call notes which of its threads were busy."""
+    idle = threading.Event()
+    worker = threading.Thread(target=idle.wait, args=(5,))
+    worker.start()
+    try:
+        requests.get(f"{base}/price?x=3", timeout=5).json()
+    finally:
+        idle.set()
+        worker.join()
+
+
+@pytest.mark.parametrize(
+    "call", [_requests_get, _requests_stream, _urllib3_unpreloaded, _sqlite_select, _requests_beside_a_thread]
+)
 def test_a_recorded_call_leaves_no_reference_cycle(captured, upstream, tmp_path, call: Callable[[str, str], None]):
     db = str(tmp_path / "app.db")
     job = fluxrun.capture(name="cycles")(call)
