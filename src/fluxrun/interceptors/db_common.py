@@ -272,6 +272,8 @@ def encode_params(params: Any) -> Any:
     if isinstance(params, dict):
         return encode(dict(params))
     try:
+        if hasattr(params, "__len__") and hasattr(params, "__getitem__") and not hasattr(params, "keys"):
+            return encode([params[i] for i in range(len(params))])  # the indices a driver reads, not one past
         return encode(list(params))
     except TypeError:
         return encode(params)

@@ -348,14 +348,21 @@ def _row_maker(factory: Any, cursor: Any, description: Any) -> Callable[[Any], A
     return lambda row: factory(cursor, row)
 
 
+_DEFAULT: Any = object()  # `Connection.cursor` called without a factory
+
+
 class Connection(sqlite3.Connection):
     """sqlite's connection; its statements, commits and rollbacks look at the context."""
 
     _fluxrun_cursor: type = Cursor
     _fluxrun_attached: tuple[int, int] | None = None  # the last execution it was attached to (`_attach`)
 
-    def cursor(self, factory: Any = None) -> Any:
-        return _cursor(self, self._fluxrun_cursor if factory is None else _cursor_class(factory, self._fluxrun_cursor))
+    def cursor(self, factory: Any = _DEFAULT) -> Any:
+        if factory is _DEFAULT:
+            return _cursor(self, self._fluxrun_cursor)
+        if not (isinstance(factory, type) and issubclass(factory, sqlite3.Cursor)):
+            return _cursor(self, factory)  # any other callable, as sqlite3 takes it (and refuses None): not ours
+        return _cursor(self, _cursor_class(factory, self._fluxrun_cursor))
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
         scope = current()
@@ -465,10 +472,8 @@ def _cursor_class(factory: type, home: type) -> type:
     """An app's own cursor class with this module's statements under it: the factory's own methods run first
     (Django's sqlite backend rewrites `%s` to `?` in its `execute`) and reach ours through `super()`, so what is
     recorded and answered is what sqlite3 itself receives."""
-    if isinstance(factory, type) and issubclass(factory, home):
+    if issubclass(factory, home):
         return factory
-    if not (isinstance(factory, type) and issubclass(factory, sqlite3.Cursor)):
-        raise TypeError(f"a sqlite3 cursor factory must be a subclass of sqlite3.Cursor, not {factory!r}")
     combined = type(factory.__name__, (factory, home), {"__module__": factory.__module__})
     _factory_parts[combined] = (factory, home)
     return combined
@@ -479,13 +484,17 @@ _factory_parts: dict[type, tuple[type, type]] = {}
 
 
 @cache
-def _connection_class(factory: type) -> type:
-    """An app's own connection class (`connect(factory=...)`), with this module's overrides in front of it."""
+def _connection_class(factory: Any) -> Any:
+    """An app's own connection class (`connect(factory=...)`) with this module's overrides under its own methods
+    (they reach ours through `super()`, as a cursor factory's do). Any other callable is sqlite3's to call as it
+    is: its connections are not intercepted."""
     if factory is sqlite3.Connection:
         return Connection
+    if not (isinstance(factory, type) and issubclass(factory, sqlite3.Connection)):
+        return factory
     if issubclass(factory, Connection):
         return factory
-    return type(factory.__name__, (Connection, factory), {"__module__": factory.__module__})
+    return type(factory.__name__, (factory, Connection), {"__module__": factory.__module__})
 
 
 def _target(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -133,3 +133,43 @@ def test_a_cursor_factorys_own_methods_run_idle_captured_and_replayed(
     assert result.outcome == "reproduced", result.summary()
     assert result.new.message == str(raised.value)
     conn.close()
+
+
+class Tracked(sqlite3.Connection):
+    """A connection factory with a method of its own in front of sqlite3's (a class, as apps write them)."""
+
+    def execute(self, sql, parameters=(), /):  # type: ignore[no-untyped-def, override]
+        return super().execute(sql.replace("%s", "?"), parameters)
+
+
+def test_sqlite3s_own_factory_rules_hold_with_fluxrun_installed(captured, shop: str) -> None:
+    """What sqlite3 accepts, FluxRun accepts (CPython's own test_sqlite3 found these): any callable as a factory,
+    an explicit `factory=None` refused as sqlite3 refuses it, a connection factory's own methods first."""
+    plain = sqlite3.connect(shop, factory=lambda *a, **k: sqlite3.Connection(*a, **k))  # not a class
+    assert plain.execute("SELECT count(*) FROM orders").fetchone() == (3,)
+    cursor = plain.cursor(factory=lambda conn: sqlite3.Cursor(conn))
+    assert cursor.execute("SELECT 1").fetchone() == (1,)
+    plain.close()
+    conn = sqlite3.connect(shop, factory=Tracked)
+    assert isinstance(conn, Tracked)
+    assert conn.execute("SELECT note FROM orders WHERE id = %s", (1,)).fetchone() == ("a",)
+    with pytest.raises(TypeError):
+        conn.cursor(factory=None)
+    assert conn.cursor(factory=lambda c: sqlite3.Cursor(c)).execute("SELECT 2").fetchone() == (2,)
+
+    class Rows:  # a sequence with only __len__ and __getitem__: sqlite3 reads indices below len()
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, index: int) -> int:
+            assert index < 1
+            return 2
+
+    @fluxrun.capture
+    def job() -> None:
+        row = conn.execute("SELECT note FROM orders WHERE id = ?", Rows()).fetchone()
+        raise RuntimeError(f"row {row}")
+
+    with pytest.raises(RuntimeError, match=r"row \('b',\)"):
+        job()
+    conn.close()
