@@ -173,7 +173,8 @@ async def boom() -> dict:
     raise LookupError("no such flag")
 
 
-def test_a_lifespan_startup_that_needs_the_network_is_left_out_with_a_warning(captured, keys):
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated", "in-process"])
+def test_a_lifespan_startup_that_needs_the_network_is_left_out_with_a_warning(captured, keys, isolate):
     transport = httpx.ASGITransport(app=startup_io_api, raise_app_exceptions=False)  # no lifespan at capture
 
     async def call() -> int:
@@ -183,7 +184,7 @@ def test_a_lifespan_startup_that_needs_the_network_is_left_out_with_a_warning(ca
     assert asyncio.run(call()) == 500
     (path,) = captured.files()
     fluxrun.shutdown()
-    result = fluxrun.replay.run(path, keys.replay, app=startup_io_api, isolate=False)
+    result = fluxrun.replay.run(path, keys.replay, app=startup_io_api, isolate=isolate)
     assert result.outcome == "reproduced", result.summary()  # its blocked startup IO does not fail the replay
     (warning,) = result.warnings
     assert warning.startswith("the app's lifespan startup failed at replay: fluxrun.errors.LiveIOBlocked")
