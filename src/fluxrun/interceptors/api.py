@@ -88,11 +88,12 @@ def _encoded_result(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "result": encode(data["result"])}
 
 
-def _finish(entry: CallEntry | None, kind: str, value: Any, result: Callable[[Any], Any]) -> None:
+def _finish(entry: CallEntry | None, kind: str, value: Any, result: Callable[[Any], Any], scope: Scope) -> None:
     if entry is None:
         return
     try:
-        end_call(entry)
+        if not end_call(entry, scope):  # its completion number, for replay's order; False: the execution had ended
+            return
         # a result that cannot change is kept as it is under the default `encode`, and encoded only if the
         # execution is kept and sealed (most are dropped): a Redis GET's bytes are not base64'd per call
         if result is encode and type(value) in IMMUTABLE:
@@ -104,11 +105,11 @@ def _finish(entry: CallEntry | None, kind: str, value: Any, result: Callable[[An
         report_internal_error(f"{kind} capture", exc)
 
 
-def _fail(entry: CallEntry | None, kind: str, exc: BaseException) -> None:
+def _fail(entry: CallEntry | None, kind: str, exc: BaseException, scope: Scope) -> None:
     if entry is None:
         return
     try:
-        fail_call(entry, exc)
+        fail_call(entry, exc, scope)
     except Exception as internal:
         report_internal_error(f"{kind} capture", internal)
 
@@ -133,10 +134,10 @@ def record(
         value = run()
     except BaseException as exc:
         scope_var.reset(token)
-        _fail(entry, kind, exc)
+        _fail(entry, kind, exc, scope)
         raise
     scope_var.reset(token)
-    _finish(entry, kind, value, result)
+    _finish(entry, kind, value, result, scope)
     return value
 
 
@@ -156,10 +157,10 @@ async def record_async(
         value = await run()
     except BaseException as exc:
         scope_var.reset(token)
-        _fail(entry, kind, exc)
+        _fail(entry, kind, exc, scope)
         raise
     scope_var.reset(token)
-    _finish(entry, kind, value, result)
+    _finish(entry, kind, value, result, scope)
     return value
 
 
@@ -173,6 +174,8 @@ def answer(scope: Scope, kind: str, call: str, match: Matcher | None = None) -> 
     assert session is not None, "answer() is for replays: check replaying(scope) first"
     event = session.take(kind, call, here.path, frame, site, match=match)
     here.recording.add(kind, call, here.path, site, {})
+    if "done" in (event.get("data") or {}):  # answered in the recorded completion order (replay/scheduler.py)
+        session.wait_turn(event, "result")
     raise_recorded_error(event)
     return event
 

@@ -358,3 +358,38 @@ def test_a_message_with_an_attachment_replays_without_sending(captured, keys, si
     with pytest.raises(fluxrun.ReplayDivergence, match=r"eve@example\.com"):
         fluxrun.replay.run(path, keys.replay, app=function, isolate=isolate)
     MODE["to"] = "ann@example.com"
+
+
+def slow_queue_poll(url: str) -> str:
+    """A Redis call that takes 0.3 s at capture (a blocking pop that times out): it ends after the fetch beside it."""
+    client = redis.Redis.from_url(url)
+    try:
+        return f"queue {client.blpop(['jobs:none'], timeout=0.3)}"
+    finally:
+        client.close()
+
+
+def quick_fetch(url: str) -> str:
+    with httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json={"ok": 1}))) as http:
+        return f"fetch {http.get('https://status.test/ok').json()['ok']}"
+
+
+@fluxrun.capture
+def poll_races_fetch(url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(slow_queue_poll, url), pool.submit(quick_fetch, url)]
+        order = [future.result() for future in as_completed(futures)]
+    raise RuntimeError(f"first came {order[0]}")
+
+
+def test_a_redis_reply_and_a_fetch_in_other_threads_come_back_in_the_recorded_order(captured, keys, cache):
+    """Redis replies carry their completion number (as every call `fluxrun.interceptors.api.record` records)."""
+    with pytest.raises(RuntimeError, match="first came fetch 1"):
+        poll_races_fetch(cache.url)
+    (path,) = captured.files()
+    for _ in range(5):
+        result = fluxrun.replay.run(path, keys.replay, app=poll_races_fetch, isolate=False)
+        assert result.outcome == "reproduced", result.summary()
+        assert result.new.message == "first came fetch 1"
