@@ -20,7 +20,6 @@ each round trip is a call of its own (see "cursors" below). COPY is not intercep
 from __future__ import annotations
 
 import collections
-import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,7 +28,7 @@ from fluxrun._internal import report_internal_error
 from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors import db_common as db
 from fluxrun.interceptors.base import Patch, loaded
-from fluxrun.interceptors.unrecorded import note as note_unrecorded
+from fluxrun.interceptors.unrecorded import refusal, unrecorded_method
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.schema import AnyEvent, DbData, EventDict
 from fluxrun.model.values import decode, encode
@@ -418,24 +417,11 @@ class ReplayedConnection:
 UNRECORDED = ("copy_from_table", "copy_from_query", "copy_to_table", "copy_records_to_table", "add_listener")
 
 
+_UNRECORDED_WHY = "asyncpg's COPY and notifications go around the statements FluxRun records"
+
+
 def _unrecorded_refusal(op: str) -> LiveIOBlocked:
-    return LiveIOBlocked(
-        f"replay blocked an asyncpg {op} call: asyncpg's COPY and notifications are not recorded, so they cannot "
-        "be served. Declare the code around it with @fluxrun.boundary, so that its result is recorded and served."
-    )
-
-
-def _unrecorded_patch(original: Callable[..., Any], op: str) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def unrecorded(self: Any, *args: Any, **kwargs: Any) -> Any:
-        scope = current()
-        if scope is not None:
-            if scope.session is not None:
-                raise _unrecorded_refusal(op)
-            note_unrecorded(f"asyncpg {op}", DRIVER)
-        return original(self, *args, **kwargs)
-
-    return unrecorded
+    return refusal(f"asyncpg {op}", DRIVER, _UNRECORDED_WHY)
 
 
 def _connect_data(conn: Any, target: str) -> dict[str, Any]:
@@ -694,7 +680,8 @@ class AsyncpgInterceptor:
         )
         for op in UNRECORDED:
             if op in vars(connection.Connection):
-                patches.append(Patch(connection.Connection, op, _unrecorded_patch(vars(connection.Connection)[op], op)))
+                method = unrecorded_method(vars(connection.Connection)[op], f"asyncpg {op}", DRIVER, _UNRECORDED_WHY)
+                patches.append(Patch(connection.Connection, op, method))
         statement = prepared_stmt.PreparedStatement
         for op in ("fetch", "fetchrow", "fetchval", "executemany"):
             patches.append(Patch(statement, op, _statement_patch(vars(statement)[op], op)))

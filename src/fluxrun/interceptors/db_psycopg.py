@@ -21,7 +21,6 @@ order, and answered at replay with those rows (fetching past them is refused); `
 from __future__ import annotations
 
 import contextlib
-import functools
 import weakref
 from collections.abc import Callable
 from sys import _getframe
@@ -33,7 +32,7 @@ from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors import db_common as db
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
 from fluxrun.interceptors.hot_path import end_call
-from fluxrun.interceptors.unrecorded import note as note_unrecorded
+from fluxrun.interceptors.unrecorded import unrecorded_method
 from fluxrun.model.recording import CallEntry
 from fluxrun.model.schema import AnyEvent
 from fluxrun.model.values import decode
@@ -595,26 +594,6 @@ def _connect_patch(support: _Support, original: Callable[..., Any], asynchronous
         return conn
 
     return classmethod(connect)
-
-
-def _unrecorded_patch(original: Callable[..., Any], what: str) -> Callable[..., Any]:
-    """A psycopg call whose traffic is not recorded (COPY, pipeline mode, notifications): noted at capture, so
-    the bundle says it is not replay-ready, and refused at replay by name rather than as the libpq call it makes."""
-
-    @functools.wraps(original)
-    def unrecorded(self: Any, *args: Any, **kwargs: Any) -> Any:
-        scope = current()
-        if scope is not None:
-            if scope.session is not None:
-                raise LiveIOBlocked(
-                    f"replay blocked a psycopg {what} call: psycopg's {what} is not recorded, so it cannot be "
-                    "served. Declare the code around it with @fluxrun.boundary, so that its result is recorded "
-                    "and served."
-                )
-            note_unrecorded(f"psycopg {what}", DRIVER)
-        return original(self, *args, **kwargs)
-
-    return unrecorded
 
 
 def _described(conn: Any) -> dict[str, Any]:
@@ -1445,7 +1424,8 @@ class PsycopgInterceptor:
             (psycopg.AsyncConnection, "notifies", "notifications"),
         ):
             if op in vars(owner):
-                patches.append(Patch(owner, op, _unrecorded_patch(vars(owner)[op], what)))
+                why = f"psycopg's {what} goes around the statements FluxRun records"
+                patches.append(Patch(owner, op, unrecorded_method(vars(owner)[op], f"psycopg {what}", DRIVER, why)))
         patches.extend(_block_patches(support, psycopg.Transaction, False))
         patches.extend(_block_patches(support, psycopg.AsyncTransaction, True))
         return patches

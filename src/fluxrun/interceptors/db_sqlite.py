@@ -27,11 +27,10 @@ from types import FrameType
 from typing import Any
 
 from fluxrun._context import Scope, current, scope_var
-from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors import db_common as db
 from fluxrun.interceptors.base import Patch
 from fluxrun.interceptors.db_common import setting_up as _setting_up
-from fluxrun.interceptors.unrecorded import note as note_unrecorded
+from fluxrun.interceptors.unrecorded import refuse_or_note
 from fluxrun.model.values import decode
 
 __all__ = ["Connection", "Cursor", "SqliteInterceptor"]
@@ -393,11 +392,11 @@ class Connection(sqlite3.Connection):
             _transaction(self, scope, "rollback", _rollback)
 
     def blobopen(self, table: str, column: str, row: int, /, **options: Any) -> Any:
-        _unrecorded("blobopen", table)
+        refuse_or_note("sqlite3 blobopen", table, _DIRECT)
         return _blobopen(self, table, column, row, **options)
 
     def backup(self, target: Any, **options: Any) -> Any:
-        _unrecorded("backup", "to another database")
+        refuse_or_note("sqlite3 backup", "to another database", _DIRECT)
         return _backup(self, target, **options)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
@@ -415,20 +414,9 @@ class Connection(sqlite3.Connection):
         return False
 
 
-def _unrecorded(op: str, target: str) -> None:
-    """A call that reads or writes the database directly, outside any statement (`blobopen`, `backup`): not
-    recorded, so noted at capture (the bundle says it is not replay-ready) and refused at replay, where it would
-    run against the real file of a connection opened before the replay."""
-    scope = current()
-    if scope is None:
-        return
-    if scope.session is not None:
-        raise LiveIOBlocked(
-            f"replay blocked a sqlite3 {op} ({target}): it reads or writes the database directly, outside any "
-            "statement, so it is not recorded and cannot be served. Declare the code around it with "
-            "@fluxrun.boundary, so that its result is recorded and served."
-        )
-    note_unrecorded(f"sqlite3 {op}", target)
+# why `blobopen` and `backup` are not recorded; at replay they would run against the real file of a connection
+# opened before the replay
+_DIRECT = "it reads or writes the database directly, outside any statement"
 
 
 class _ReplayedConnection(Connection):

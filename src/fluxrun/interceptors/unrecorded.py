@@ -13,6 +13,7 @@ The patched methods cost nothing per request: they run only when a socket connec
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -21,9 +22,10 @@ from typing import Any
 
 from fluxrun._context import current
 from fluxrun._internal import caller_site, report_internal_error
+from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors.base import Patch
 
-__all__ = ["KIND", "UnrecordedInterceptor", "note"]
+__all__ = ["KIND", "UnrecordedInterceptor", "refusal", "refuse_or_note", "unrecorded_method"]
 
 KIND = "unrecorded"
 _NETWORK = (socket.AF_INET, socket.AF_INET6, getattr(socket, "AF_UNIX", -1))
@@ -53,7 +55,36 @@ def _note(what: str, target: str) -> None:
         report_internal_error("noting unrecorded IO", exc)
 
 
-note = _note  # for interceptors whose clients have calls they do not record (sqlite3's `blobopen`)
+def refusal(what: str, target: str, why: str) -> LiveIOBlocked:
+    """The error for a client's call that FluxRun does not record (`what`: "sqlite3 blobopen"), at replay."""
+    article = "an" if what[:1].lower() in "aeiou" else "a"
+    return LiveIOBlocked(
+        f"replay blocked {article} {what} call ({target}): {why}, so it is not recorded and cannot be served. "
+        "Declare the code around it with @fluxrun.boundary, so that its result is recorded and served."
+    )
+
+
+def refuse_or_note(what: str, target: str, why: str) -> None:
+    """A client's call that FluxRun does not record (sqlite3's `blobopen`, psycopg's COPY): refused at replay,
+    where it would reach the live system, and noted at capture, so the bundle says it is not replay-ready.
+    Called by the patched method itself: the note's site is that method's caller."""
+    scope = current()
+    if scope is None:
+        return
+    if scope.session is not None:
+        raise refusal(what, target, why)
+    _note(what, target)
+
+
+def unrecorded_method(original: Callable[..., Any], what: str, target: str, why: str) -> Callable[..., Any]:
+    """`original` (a method) behind `refuse_or_note`."""
+
+    @functools.wraps(original)
+    def unrecorded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        refuse_or_note(what, target, why)
+        return original(self, *args, **kwargs)
+
+    return unrecorded
 
 
 def _is_note(entry: Any, call: str) -> bool:

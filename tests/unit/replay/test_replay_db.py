@@ -823,20 +823,6 @@ def psycopg_pipelined_orders() -> None:
     raise RuntimeError("pipelined")
 
 
-@pytest.mark.parametrize(("function", "what"), [(psycopg_copy_orders, "COPY"), (psycopg_pipelined_orders, "pipeline")])
-def test_what_psycopg_does_not_record_is_noted_at_capture_and_refused_by_name(  # type: ignore[no-untyped-def]
-    captured, pg: Cluster, function, what
-) -> None:
-    with pytest.raises(RuntimeError):
-        function()
-    (note,) = captured.events("unrecorded")
-    assert note["call"].startswith(f"psycopg {what}")
-    before = pg_writes(pg.dsn)
-    with pytest.raises(fluxrun.LiveIOBlocked, match=f"replay blocked a psycopg {what}"):
-        replay(captured, function)
-    assert pg_writes(pg.dsn) == before
-
-
 @fluxrun.capture
 async def asyncpg_copy_orders() -> None:
     import asyncpg
@@ -850,14 +836,27 @@ async def asyncpg_copy_orders() -> None:
     raise RuntimeError(f"copied, now {total}")
 
 
-def test_asyncpg_copy_is_noted_at_capture_and_refused_by_name(captured, pg: Cluster) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(RuntimeError, match="copied"):
-        asyncio.run(asyncpg_copy_orders())
+@pytest.mark.parametrize(
+    ("function", "noted", "refused"),
+    [
+        (psycopg_copy_orders, "psycopg COPY", "replay blocked a psycopg COPY"),
+        (psycopg_pipelined_orders, "psycopg pipeline", "replay blocked a psycopg pipeline"),
+        (asyncpg_copy_orders, "asyncpg copy_records_to_table", "replay blocked an asyncpg copy_records_to_table call"),
+    ],
+    ids=["psycopg-copy", "psycopg-pipeline", "asyncpg-copy"],
+)
+def test_what_a_driver_does_not_record_is_noted_at_capture_and_refused_by_name(  # type: ignore[no-untyped-def]
+    captured, pg: Cluster, function, noted, refused
+) -> None:
+    with pytest.raises(RuntimeError):
+        outcome = function()
+        if asyncio.iscoroutine(outcome):
+            asyncio.run(outcome)
     (note,) = captured.events("unrecorded")
-    assert note["call"].startswith("asyncpg copy_records_to_table")
+    assert note["call"].startswith(noted)
     before = pg_writes(pg.dsn)
-    with pytest.raises(fluxrun.LiveIOBlocked, match="replay blocked an asyncpg copy_records_to_table call"):
-        replay(captured, asyncpg_copy_orders)
+    with pytest.raises(fluxrun.LiveIOBlocked, match=refused):
+        replay(captured, function)
     assert pg_writes(pg.dsn) == before
 
 
