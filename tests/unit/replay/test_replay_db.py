@@ -394,7 +394,8 @@ def sqlalchemy_stream_results() -> None:
         query = text("SELECT i FROM generate_series(1, 9) AS i WHERE i > :low ORDER BY i")
         result = conn.execute(query.execution_options(stream_results=True, max_row_buffer=3), {"low": 2})
         read = [tuple(result.fetchmany(2)), [tuple(row) for row in result]]
-        conn.execute(text("INSERT INTO orders (note) VALUES (:note)"), {"note": STATE["note"]})
+        # three rows, so that the ORM read below has them whichever tests ran before on this cluster
+        conn.execute(text("INSERT INTO orders (note) VALUES (:note), (:note), (:note)"), {"note": STATE["note"]})
         conn.commit()
     with Session(engine) as session:  # the ORM's yield_per streams through a named cursor too
         ids = session.scalars(select(Order.id).order_by(Order.id.desc()).execution_options(yield_per=2))
