@@ -855,6 +855,7 @@ def test_what_a_driver_does_not_record_is_noted_at_capture_and_refused_by_name( 
             asyncio.run(outcome)
     (note,) = captured.events("unrecorded")
     assert note["call"].startswith(noted)
+    assert note["site"].startswith(f"{__name__}:{function.__name__}:")  # the app's line, not the driver's
     before = pg_writes(pg.dsn)
     with pytest.raises(fluxrun.LiveIOBlocked, match=refused):
         replay(captured, function)
