@@ -55,7 +55,9 @@ from fluxrun.model.values import MAX_BYTES, all_plain, decode, encode
 __all__ = [
     "DEFAULT_ROW_LIMIT",
     "KIND",
+    "DjangoConnectSeam",
     "Profile",
+    "SqlalchemyConnectSeam",
     "answer_build",
     "begin",
     "begin_from",
@@ -67,7 +69,6 @@ __all__ = [
     "row_limit",
     "serve",
     "setting_up",
-    "sqlalchemy_patches",
     "start",
 ]
 
@@ -594,31 +595,37 @@ def _serve_setup(scope: Scope, profile: Profile, driver: str, op: str, sql: str 
     raise here.session.diverge(KIND, call, here.path, app_frame(), [], None, hint=hint)
 
 
-def sqlalchemy_patches() -> list[Patch]:
+class SqlalchemyConnectSeam:
     """SQLAlchemy's pool connects and sets up a connection in `_ConnectionRecord.__connect`: the seam that
-    delimits a connection's setup (the dialect's initialize and on_connect run inside it)."""
-    if "sqlalchemy" not in sys.modules and loaded("sqlalchemy") is None:
-        return []
-    pool_base = loaded("sqlalchemy.pool.base")
-    record = getattr(pool_base, "_ConnectionRecord", None)
-    original = vars(record).get("_ConnectionRecord__connect") if record is not None else None
-    if not callable(original):
-        return []
+    delimits a connection's setup (the dialect's initialize and on_connect run inside it), for every driver.
+    Built when SQLAlchemy's pool module is imported, before or after `fluxrun.init()`."""
 
-    def connect_and_set_up(self: Any) -> None:
-        pending: list[Any] = []
-        token = _connecting.set(pending)
-        ok = False
-        try:
-            original(self)
-            ok = True
-        finally:
-            with contextlib.suppress(ValueError):
-                _connecting.reset(token)
-            _done_setting_up(getattr(self, "_ConnectionRecord__pool", None), pending, ok)
+    kind = KIND
 
-    connect_and_set_up.__wrapped__ = original  # type: ignore[attr-defined]
-    return [Patch(record, "_ConnectionRecord__connect", connect_and_set_up)]
+    def patches(self) -> list[Patch]:
+        pool_base = loaded("sqlalchemy.pool.base")
+        record = getattr(pool_base, "_ConnectionRecord", None)
+        original = vars(record).get("_ConnectionRecord__connect") if isinstance(record, type) else None
+        if not callable(original):
+            return []
+
+        def connect_and_set_up(self: Any) -> None:
+            pending: list[Any] = []
+            token = _connecting.set(pending)
+            ok = False
+            try:
+                original(self)
+                ok = True
+            finally:
+                with contextlib.suppress(ValueError):
+                    _connecting.reset(token)
+                _done_setting_up(getattr(self, "_ConnectionRecord__pool", None), pending, ok)
+
+        connect_and_set_up.__wrapped__ = original  # type: ignore[attr-defined]
+        return [Patch(record, "_ConnectionRecord__connect", connect_and_set_up)]
+
+    def rebind(self) -> dict[int, Any]:
+        return {}
 
 
 class DjangoConnectSeam:

@@ -545,7 +545,6 @@ class SqliteInterceptor:
         return [
             Patch(sqlite3, "connect", self.replacement),
             Patch(dbapi2, "connect", self.replacement),
-            *db.sqlalchemy_patches(),  # sqlite3 is always there: its interceptor carries the seam all drivers share
         ]
 
     def rebind(self) -> dict[int, Any]:

@@ -19,7 +19,7 @@ from fluxrun.interceptors.aiohttp import AiohttpInterceptor
 from fluxrun.interceptors.base import Interceptor, Patch, Patcher
 from fluxrun.interceptors.clock import ClockInterceptor, package_rebinds
 from fluxrun.interceptors.db_asyncpg import AsyncpgInterceptor
-from fluxrun.interceptors.db_common import DEFAULT_ROW_LIMIT, DjangoConnectSeam
+from fluxrun.interceptors.db_common import DEFAULT_ROW_LIMIT, DjangoConnectSeam, SqlalchemyConnectSeam
 from fluxrun.interceptors.db_psycopg import PsycopgInterceptor
 from fluxrun.interceptors.db_sqlite import SqliteInterceptor
 from fluxrun.interceptors.env import EnvInterceptor
@@ -68,6 +68,7 @@ class Installation:
             (AsyncpgInterceptor, ("asyncpg", "sqlalchemy")),
             (RedisInterceptor, ("redis",)),
             (SmtpInterceptor, ("smtplib", "aiosmtplib")),
+            (SqlalchemyConnectSeam, ("sqlalchemy.pool.base",)),
             (DjangoConnectSeam, ("django.db.backends.base.base",)),
         ]
         self._patched: set[tuple[int, str]] = set()

@@ -26,3 +26,38 @@ def test_init_imports_no_client_library_and_a_later_import_is_intercepted(keys, 
     imported, patched, restored = done.stdout.split()
     assert imported == "[]", done.stdout
     assert patched == "True" and restored == "False", done.stdout
+
+
+def test_sqlalchemy_imported_after_init_records_how_its_pool_set_a_connection_up(keys, tmp_path) -> None:
+    """SQLAlchemy's pool connect is the seam that keeps a connection's setup with its connect event: it must be
+    in place when SQLAlchemy comes after `fluxrun.init()` (sqlite3, imported long before, once carried it)."""
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import fluxrun
+        fluxrun.init(directory={str(tmp_path / "bundles")!r}, capture_key={str(keys.capture)!r})
+        from sqlalchemy import create_engine, text
+        engine = create_engine("sqlite:///{tmp_path / "shop.db"}")
+        with engine.connect() as conn:  # a warm pool: connected and set up before the request
+            conn.execute(text("SELECT 1"))
+
+        @fluxrun.capture
+        def request():
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 2"))
+            raise RuntimeError("failed")
+
+        try:
+            request()
+        except RuntimeError:
+            pass
+        fluxrun.shutdown()
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    from fluxrun.bundle import open_bundle
+
+    (bundle,) = (tmp_path / "bundles").glob("*.fluxrun")
+    events = open_bundle(bundle.read_bytes(), keys.replay_key).payload["events"]
+    connect = next(e["data"] for e in events if e["kind"] == "db" and e["data"]["op"] == "connect")
+    assert connect["opened"] == "before" and connect["setup"], connect  # the dialect's setup, kept
