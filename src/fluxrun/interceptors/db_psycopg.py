@@ -28,6 +28,7 @@ from typing import Any
 
 from fluxrun._context import Scope, current, scope_var
 from fluxrun._internal import report_internal_error
+from fluxrun._replay_mode import replaying_here
 from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors import db_common as db
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
@@ -527,6 +528,17 @@ def _describe(conn: Any) -> Callable[[], dict[str, Any]]:
     return lambda: _connect_data(conn, db.mask_dsn(conn.info.dsn))
 
 
+def _connect_refused(conninfo: str, kwargs: dict[str, Any]) -> LiveIOBlocked:
+    """A connect outside any execution while a replay runs here (the app's start-up, a pool's own threads):
+    libpq's socket is C, out of reach of the replay's socket blocks, so it is refused before libpq is called."""
+    return LiveIOBlocked(
+        f"replay blocked a psycopg connection to {_target(conninfo, kwargs)} opened outside the replayed "
+        "execution (at start-up, or by a pool's own threads): replay never reaches live systems, and answers "
+        "the connections the execution uses from the recording",
+        host=_target(conninfo, kwargs),
+    )
+
+
 def _connect_patch(support: _Support, original: Callable[..., Any], asynchronous: bool) -> Any:
     def record(scope: Scope, cls: Any, conninfo: str, kwargs: dict[str, Any]) -> tuple[CallEntry | None, Any]:
         target = _target(conninfo, kwargs)
@@ -556,6 +568,8 @@ def _connect_patch(support: _Support, original: Callable[..., Any], asynchronous
         async def aconnect(cls: Any, /, conninfo: str = "", **kwargs: Any) -> Any:
             scope = current()
             if scope is None:
+                if replaying_here():
+                    raise _connect_refused(conninfo, kwargs)
                 conn = await original(cls, conninfo, **kwargs)
                 profile(None, None, conn, conninfo, kwargs)
                 return conn
@@ -577,6 +591,8 @@ def _connect_patch(support: _Support, original: Callable[..., Any], asynchronous
     def connect(cls: Any, /, conninfo: str = "", **kwargs: Any) -> Any:
         scope = current()
         if scope is None:
+            if replaying_here():
+                raise _connect_refused(conninfo, kwargs)
             conn = original(cls, conninfo, **kwargs)
             profile(None, None, conn, conninfo, kwargs)
             return conn

@@ -21,6 +21,7 @@ from fluxrun.interceptors.clock import ClockInterceptor, package_rebinds
 from fluxrun.interceptors.db_asyncpg import AsyncpgInterceptor
 from fluxrun.interceptors.db_common import DEFAULT_ROW_LIMIT, DjangoConnectSeam, SqlalchemyConnectSeam
 from fluxrun.interceptors.db_psycopg import PsycopgInterceptor
+from fluxrun.interceptors.db_psycopg_pool import PsycopgPoolInterceptor
 from fluxrun.interceptors.db_sqlite import SqliteInterceptor
 from fluxrun.interceptors.env import EnvInterceptor
 from fluxrun.interceptors.http import HttpInterceptor
@@ -65,6 +66,7 @@ class Installation:
             (lambda: AiohttpInterceptor(limit), ("aiohttp",)),
             (SqliteInterceptor, ("sqlite3",)),
             (PsycopgInterceptor, ("psycopg", "sqlalchemy")),
+            (PsycopgPoolInterceptor, ("psycopg_pool",)),
             (AsyncpgInterceptor, ("asyncpg", "sqlalchemy")),
             (RedisInterceptor, ("redis",)),
             (SmtpInterceptor, ("smtplib", "aiosmtplib")),

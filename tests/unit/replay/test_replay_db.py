@@ -1049,3 +1049,82 @@ def test_a_persistent_django_connection_replays_in_a_fresh_process(keys, sqlite_
     assert found["outcome"] == "reproduced", found["summary"]
     assert (found["message"], found["unconsumed"]) == ("unexpected order among 1", [])
     assert sqlite_writes(sqlite_db) == before
+
+
+POOL_APP = '''
+"""An app whose psycopg_pool opens at import and waits for its connections (a pool's own threads open them;
+a null pool's are opened in the request)."""
+import os
+
+import fluxrun
+from psycopg_pool import POOL
+
+pool = POOL(
+    os.environ.get("DATABASE_URL", "postgresql://app@db.internal/app"),
+    min_size=MIN_SIZE,
+    open=True,
+    check=POOL.check_connection,  # a statement per getconn, in the request
+)
+pool.wait()
+
+
+@fluxrun.capture
+def order(note):
+    with pool.connection() as conn:
+        conn.execute("INSERT INTO orders (note) VALUES (%s)", (note,))
+        (count,) = conn.execute("SELECT count(*) FROM orders").fetchone()
+    raise RuntimeError(f"unexpected order among {count}")
+'''
+
+
+@pytest.mark.parametrize(("pool", "min_size"), [("ConnectionPool", 2), ("NullConnectionPool", 0)])
+def test_a_psycopg_pool_replays_in_a_fresh_process_and_never_connects(  # type: ignore[no-untyped-def]
+    captured, pg: Cluster, tmp_path: Path, monkeypatch, pool: str, min_size: int
+) -> None:
+    """The pool connects in its own threads, outside any execution. Replayed in-process in a fresh interpreter
+    whose DATABASE_URL names a listening server (the hardest case): the pool opens and `wait` returns without a
+    connection attempt, and the request's connection is answered from the recording."""
+    import importlib
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "pool_app.py").write_text(POOL_APP.replace("POOL", pool).replace("MIN_SIZE", str(min_size)))
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres:hunter2@127.0.0.1:{pg.port}/postgres")
+    monkeypatch.syspath_prepend(str(app_dir))
+    app = importlib.import_module("pool_app")
+    try:
+        with pytest.raises(RuntimeError) as raised:
+            app.order("written by the request")
+    finally:
+        app.pool.close()
+        sys.modules.pop("pool_app", None)
+    connect = captured.events("db")[0]
+    assert connect["data"]["op"] == "connect"
+    assert connect["data"]["opened"] == ("before" if min_size else "during")  # a null pool connects in the request
+    before = pg_writes(pg.dsn)
+    with socket.socket() as listener:  # what the replay's DATABASE_URL names: any connection is counted
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXRUN_")}
+        env.update(
+            DATABASE_URL=f"postgresql://app@127.0.0.1:{listener.getsockname()[1]}/app",
+            FLUXRUN_REPLAY_ISOLATE="0",
+            PYTHONPATH=os.pathsep.join([str(app_dir), env.get("PYTHONPATH", "")]),
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", FRESH_REPLAY, str(captured.files()[-1]), str(captured.keys.replay)],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was attempted
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["outcome"] == "reproduced", found["summary"]
+    assert (found["message"], found["unconsumed"]) == (str(raised.value), [])
+    assert pg_writes(pg.dsn) == before
