@@ -382,6 +382,18 @@ class ReplayedConnection:
     def is_closed(self) -> bool:
         return self._closed
 
+    async def reset(self, *, timeout: Any = None) -> None:
+        _serve_only("reset", conn=self)
+
+    async def _reset(self) -> None:
+        """asyncpg's rollback of a transaction left open, before a pool's own reset callable: the recorded
+        ROLLBACK, when it is the connection's next call (there was a transaction to roll back)."""
+        scope = current()
+        if scope is not None and scope.session is not None:
+            upcoming = db.peek(scope, lambda data: data.get("driver") == DRIVER)
+            if upcoming is not None and upcoming.get("op") == "execute" and upcoming.get("sql") == "ROLLBACK":
+                await self.execute("ROLLBACK")
+
     async def copy_from_table(self, *args: Any, **kwargs: Any) -> Any:
         raise _unrecorded_refusal("copy_from_table")
 
@@ -552,6 +564,24 @@ def _method_patch(original: Callable[..., Any], op: str) -> Callable[..., Any]:
     return method
 
 
+def _reset_patch(original: Callable[..., Any]) -> Callable[..., Any]:
+    """`Connection.reset`, what a pool runs on a connection it takes back: one call, whatever it sends (a
+    ROLLBACK, the server's reset query), answered as one by a replayed connection."""
+
+    async def reset(self: Any, *, timeout: Any = None) -> Any:
+        scope = current()
+        if scope is None and not db.setting_up:
+            return await original(self, timeout=timeout)
+        if scope is not None and scope.session is not None:
+            raise _replaying_a_live_connection()
+        entry, token = _record(scope, self, "reset", None, None)
+        if entry is None:
+            return await original(self, timeout=timeout)
+        return await _recorded(entry, token, original(self, timeout=timeout), lambda out: None, scope)
+
+    return reset
+
+
 def _prepare_patch(original: Callable[..., Any]) -> Callable[..., Any]:
     async def prepare(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
         scope = current()
@@ -675,6 +705,8 @@ class AsyncpgInterceptor:
         for op in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):
             patches.append(Patch(connection.Connection, op, _method_patch(vars(connection.Connection)[op], op)))
         patches.append(Patch(connection.Connection, "prepare", _prepare_patch(vars(connection.Connection)["prepare"])))
+        if "reset" in vars(connection.Connection):
+            patches.append(Patch(connection.Connection, "reset", _reset_patch(vars(connection.Connection)["reset"])))
         patches.append(
             Patch(connection.Connection, "set_type_codec", _codec_patch(vars(connection.Connection)["set_type_codec"]))
         )

@@ -19,6 +19,7 @@ from fluxrun.interceptors.aiohttp import AiohttpInterceptor
 from fluxrun.interceptors.base import Interceptor, Patch, Patcher
 from fluxrun.interceptors.clock import ClockInterceptor, package_rebinds
 from fluxrun.interceptors.db_asyncpg import AsyncpgInterceptor
+from fluxrun.interceptors.db_asyncpg_pool import AsyncpgPoolInterceptor
 from fluxrun.interceptors.db_common import DEFAULT_ROW_LIMIT, DjangoConnectSeam, SqlalchemyConnectSeam
 from fluxrun.interceptors.db_psycopg import PsycopgInterceptor
 from fluxrun.interceptors.db_psycopg_pool import PsycopgPoolInterceptor
@@ -68,6 +69,7 @@ class Installation:
             (PsycopgInterceptor, ("psycopg", "sqlalchemy")),
             (PsycopgPoolInterceptor, ("psycopg_pool",)),
             (AsyncpgInterceptor, ("asyncpg", "sqlalchemy")),
+            (AsyncpgPoolInterceptor, ("asyncpg",)),
             (RedisInterceptor, ("redis",)),
             (SmtpInterceptor, ("smtplib", "aiosmtplib")),
             (SqlalchemyConnectSeam, ("sqlalchemy.pool.base",)),
