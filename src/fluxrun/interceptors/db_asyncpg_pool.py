@@ -5,10 +5,10 @@ acquires is recorded as any connection opened before the execution (its connect 
 "before"), then its statements, the pool's `setup` callback's and the `reset` the pool runs when it takes the
 connection back (db_asyncpg.py records `Connection.reset` as one call).
 
-At replay nothing connects: a pool created during a replay makes its holders without connecting them (and
-does not refill them to `min_size`), and
-`acquire` inside the replayed execution opens a replayed connection answered from the recording in place of
-one from the pool (the pool's `setup` runs on it); `release` resets it as the pool does, and closes it.
+At replay nothing connects: a pool created during a replay makes its holders without connecting them (nor
+refilling them to `min_size`), and `acquire` inside the replayed execution opens a replayed connection
+answered from the recording in place of one from the pool (the pool's `setup` runs on it); `release` resets it
+as the pool does, in a task of its own, and closes it.
 """
 
 from __future__ import annotations
@@ -66,22 +66,30 @@ def _release(original: Callable[..., Any]) -> Callable[..., Any]:
     return release
 
 
-def _holder_connect(original: Callable[..., Any]) -> Callable[..., Any]:
-    async def connect(self: Any) -> None:
+def _initialize(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def initialize(self: Any) -> None:
+        if not replaying_here():
+            return await original(self)  # type: ignore[no-any-return]
+        # the pool's holders, made as the pool makes them, none connected: a replay's come from the recording
+        sizes = {name: getattr(self, name) for name in ("_initsize", "_minsize") if hasattr(self, name)}
+        for name in sizes:
+            setattr(self, name, 0)
+        try:
+            return await original(self)  # type: ignore[no-any-return]
+        finally:
+            for name, size in sizes.items():
+                setattr(self, name, size)
+
+    return initialize
+
+
+def _min_size_maintenance(original: Callable[..., Any]) -> Callable[..., Any]:
+    def schedule(self: Any) -> None:
         if replaying_here():
-            return None  # a replay's connections come from the recording: the holder stays empty
-        return await original(self)  # type: ignore[no-any-return]
+            return None  # asyncpg 0.32 refills the pool to min_size in a task: nothing to refill from at replay
+        return original(self)  # type: ignore[no-any-return]
 
-    return connect
-
-
-def _maintain_min_size(original: Callable[..., Any]) -> Callable[..., Any]:
-    async def maintain_min_size(self: Any) -> None:
-        if replaying_here():
-            return None  # asyncpg 0.32 refills the pool to min_size: nothing to refill from at replay
-        return await original(self)  # type: ignore[no-any-return]
-
-    return maintain_min_size
+    return schedule
 
 
 class AsyncpgPoolInterceptor:
@@ -94,21 +102,19 @@ class AsyncpgPoolInterceptor:
     def patches(self) -> list[Patch]:
         pool_module = self.module
         pool = getattr(pool_module, "Pool", None)
-        holder = getattr(pool_module, "PoolConnectionHolder", None)
-        if not isinstance(pool, type) or not isinstance(holder, type):
-            return []
-        own, held = vars(pool), vars(holder)
-        if not all(name in own for name in ("_acquire", "release")) or "connect" not in held:
+        own = vars(pool) if isinstance(pool, type) else {}
+        if not all(name in own for name in ("_acquire", "release", "_initialize")):
             return []  # an asyncpg whose pool looks different: left alone
         from asyncpg import connection  # type: ignore[import-untyped]
 
         patches = [
             Patch(pool, "_acquire", _acquire(own["_acquire"], connection)),
             Patch(pool, "release", _release(own["release"])),
-            Patch(holder, "connect", _holder_connect(held["connect"])),
+            Patch(pool, "_initialize", _initialize(own["_initialize"])),
         ]
-        if "_maintain_min_size" in own:
-            patches.append(Patch(pool, "_maintain_min_size", _maintain_min_size(own["_maintain_min_size"])))
+        if "_schedule_min_size_maintenance" in own:
+            maintenance = _min_size_maintenance(own["_schedule_min_size_maintenance"])
+            patches.append(Patch(pool, "_schedule_min_size_maintenance", maintenance))
         return patches
 
     def rebind(self) -> dict[int, Any]:

@@ -1128,3 +1128,97 @@ def test_a_psycopg_pool_replays_in_a_fresh_process_and_never_connects(  # type: 
     assert found["outcome"] == "reproduced", found["summary"]
     assert (found["message"], found["unconsumed"]) == (str(raised.value), [])
     assert pg_writes(pg.dsn) == before
+
+
+ASYNCPG_POOL_APP = '''
+"""An app on asyncpg's pool, made on first use, with a `setup` per acquire and a `reset` of its own."""
+import os
+
+import asyncpg
+import fluxrun
+
+URL = os.environ.get("DATABASE_URL", "postgresql://app@db.internal/app")
+POOL = {}
+
+
+async def setup(conn):
+    await conn.execute("SET application_name = 'shop'")
+
+
+async def reset(conn):
+    await conn.execute("RESET ALL")
+
+
+async def pool():
+    if "pool" not in POOL:
+        POOL["pool"] = await asyncpg.create_pool(URL, min_size=2, setup=setup, reset=reset)
+    return POOL["pool"]
+
+
+@fluxrun.capture
+async def order(note):
+    async with (await pool()).acquire() as conn:
+        await conn.execute("BEGIN")  # left open: the pool rolls it back when it takes the connection back
+        await conn.execute("INSERT INTO orders (note) VALUES ($1)", note)
+        count = await conn.fetchval("SELECT count(*) FROM orders")
+    raise RuntimeError(f"unexpected order among {count}")
+'''
+
+
+def test_an_asyncpg_pool_replays_in_a_fresh_process_and_never_connects(  # type: ignore[no-untyped-def]
+    captured, pg: Cluster, tmp_path: Path, monkeypatch
+) -> None:
+    """asyncpg's pool connects outside the execution; its `setup` runs on acquire and its reset (asyncpg's
+    rollback of the transaction left open, then the pool's own `reset`) on release, in the request. Replayed
+    in-process in a fresh interpreter whose DATABASE_URL names a listening server: nothing connects."""
+    import importlib
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "asyncpg_pool_app.py").write_text(ASYNCPG_POOL_APP)
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres:hunter2@127.0.0.1:{pg.port}/postgres")
+    monkeypatch.syspath_prepend(str(app_dir))
+    app = importlib.import_module("asyncpg_pool_app")
+
+    async def scenario() -> None:
+        await app.pool()  # warm: connected before the request
+        try:
+            await app.order("written by the request")
+        finally:
+            await app.POOL.pop("pool").close()
+
+    try:
+        with pytest.raises(RuntimeError) as raised:
+            asyncio.run(scenario())
+    finally:
+        sys.modules.pop("asyncpg_pool_app", None)
+    calls = [e["call"] for e in captured.events("db")]
+    assert calls[0].startswith("asyncpg connect") and calls[1] == "asyncpg execute SET application_name = ?"
+    assert calls[-2:] == ["asyncpg execute ROLLBACK", "asyncpg execute RESET ALL"]
+    before = pg_writes(pg.dsn)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXRUN_")}
+        env.update(
+            DATABASE_URL=f"postgresql://app@127.0.0.1:{listener.getsockname()[1]}/app",
+            FLUXRUN_REPLAY_ISOLATE="0",
+            PYTHONPATH=os.pathsep.join([str(app_dir), env.get("PYTHONPATH", "")]),
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", FRESH_REPLAY, str(captured.files()[-1]), str(captured.keys.replay)],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was attempted
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["outcome"] == "reproduced", found["summary"]
+    assert (found["message"], found["unconsumed"]) == (str(raised.value), [])
+    assert pg_writes(pg.dsn) == before
