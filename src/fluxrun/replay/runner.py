@@ -389,12 +389,13 @@ def _replay_here(payload: dict[str, Any], app: Any, answers: Answers | None) -> 
     set_app_modules(tuple(payload.get("in_app_include") or ()))  # what counted as the app's IO at capture
     installation = install.acquire(in_app)
     try:
+        # the app is imported with the interceptors in place, so that what it opens at import (a database pool)
+        # is opened as a replay's: it does not connect
+        target, entry_name = choose_entry(app, payload)  # the operator's app, or a recorded entry FluxRun marked
+        installation.rescan_if_needed()
         # live IO the replayed execution attempted fails the replay even if the app swallowed the error; the
-        # app's import and lifespan run outside the execution (`current()` is None there), and their attempts
-        # do not (they are blocked all the same: the app is imported with the interceptors and blocks in place)
+        # app's lifespan runs outside the execution (`current()` is None there), and its attempts do not
         with blocking_sockets(lambda error: blocked.append(error) if current() is not None else None):
-            target, entry_name = choose_entry(app, payload)  # the operator's app, or a recorded entry
-            installation.rescan_if_needed()
             execution = payload["execution"]
             if execution == "asgi":
                 _run_async(lambda: state.asgi(target))
