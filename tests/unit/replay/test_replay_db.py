@@ -1222,3 +1222,78 @@ def test_an_asyncpg_pool_replays_in_a_fresh_process_and_never_connects(  # type:
     assert found["outcome"] == "reproduced", found["summary"]
     assert (found["message"], found["unconsumed"]) == (str(raised.value), [])
     assert pg_writes(pg.dsn) == before
+
+
+DJANGO_POOL_APP = """
+import os
+
+import django
+from django.conf import settings
+
+settings.configure(
+    DATABASES={
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": "127.0.0.1",
+            "PORT": os.environ.get("SHOP_PG_PORT", "5432"),
+            "NAME": "postgres",
+            "USER": "postgres",
+            "OPTIONS": {"pool": {"min_size": 2}},  # Django 5.1+: connections from a psycopg_pool
+        }
+    },
+    USE_TZ=True,
+)
+django.setup()
+
+import fluxrun
+from django.db import connection
+
+
+def warm():
+    with connection.cursor() as cur:
+        cur.execute("SELECT 1")
+    connection.close()  # as at a request's end: the connection goes back to the pool
+
+
+@fluxrun.capture
+def order(note):
+    with connection.cursor() as cur:
+        cur.execute("INSERT INTO orders (note) VALUES (%s)", [note])
+        cur.execute("SELECT count(*) FROM orders")
+        (count,) = cur.fetchone()
+    raise RuntimeError(f"unexpected order among {count}")
+"""
+
+
+def test_a_django_connection_from_its_psycopg_pool_replays_in_a_fresh_process(  # type: ignore[no-untyped-def]
+    keys, pg: Cluster, tmp_path: Path
+) -> None:
+    """Django's `"pool"` option takes each request's connection from a psycopg_pool that its own threads fill,
+    and sets it up (`init_connection_state`) inside the request."""
+    import os
+    import subprocess
+    import sys
+
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "django_pool_shop.py").write_text(DJANGO_POOL_APP)
+    bundles = tmp_path / "bundles"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXRUN_")}
+    env.update(
+        FLUXRUN_CAPTURE_KEY=str(keys.capture),
+        FLUXRUN_DIR=str(bundles),
+        SHOP_PG_PORT=str(pg.port),
+        PYTHONPATH=str(app_dir),
+    )
+    script = DJANGO_CAPTURE.replace("django_shop", "django_pool_shop")
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and "unexpected order among" in done.stdout, done.stderr[-3000:]
+    message = done.stdout.strip().splitlines()[-1]
+    (bundle,) = bundles.glob("*.fluxrun")
+    before = pg_writes(pg.dsn)
+    found = replay_in_a_fresh_process(bundle, keys.replay, app_dir)
+    assert found["outcome"] == "reproduced", found["summary"]
+    assert (found["message"], found["unconsumed"]) == (message, [])
+    assert pg_writes(pg.dsn) == before
