@@ -1051,6 +1051,35 @@ def test_a_persistent_django_connection_replays_in_a_fresh_process(keys, sqlite_
     assert sqlite_writes(sqlite_db) == before
 
 
+def replay_in_process_beside_a_listener(bundle: Path, key: Path, app_dir: Path) -> dict[str, object]:
+    """`fluxrun.replay.run` in process (FLUXRUN_REPLAY_ISOLATE=0) in a new interpreter whose DATABASE_URL names
+    a listening socket, the hardest case: the replay must not even try to connect to it."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXRUN_")}
+        env.update(
+            DATABASE_URL=f"postgresql://app@127.0.0.1:{listener.getsockname()[1]}/app",
+            FLUXRUN_REPLAY_ISOLATE="0",
+            PYTHONPATH=os.pathsep.join([str(app_dir), env.get("PYTHONPATH", "")]),
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", FRESH_REPLAY, str(bundle), str(key)],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was attempted
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 POOL_APP = '''
 """An app whose psycopg_pool opens at import and waits for its connections (a pool's own threads open them;
 a null pool's are opened in the request)."""
@@ -1085,10 +1114,6 @@ def test_a_psycopg_pool_replays_in_a_fresh_process_and_never_connects(  # type: 
     whose DATABASE_URL names a listening server (the hardest case): the pool opens and `wait` returns without a
     connection attempt, and the request's connection is answered from the recording."""
     import importlib
-    import json
-    import os
-    import socket
-    import subprocess
     import sys
 
     app_dir = tmp_path / "app"
@@ -1107,24 +1132,7 @@ def test_a_psycopg_pool_replays_in_a_fresh_process_and_never_connects(  # type: 
     assert connect["data"]["op"] == "connect"
     assert connect["data"]["opened"] == ("before" if min_size else "during")  # a null pool connects in the request
     before = pg_writes(pg.dsn)
-    with socket.socket() as listener:  # what the replay's DATABASE_URL names: any connection is counted
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        listener.setblocking(False)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXRUN_")}
-        env.update(
-            DATABASE_URL=f"postgresql://app@127.0.0.1:{listener.getsockname()[1]}/app",
-            FLUXRUN_REPLAY_ISOLATE="0",
-            PYTHONPATH=os.pathsep.join([str(app_dir), env.get("PYTHONPATH", "")]),
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", FRESH_REPLAY, str(captured.files()[-1]), str(captured.keys.replay)],
-            env=env, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # no connection was attempted
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = replay_in_process_beside_a_listener(captured.files()[-1], captured.keys.replay, app_dir)
     assert found["outcome"] == "reproduced", found["summary"]
     assert (found["message"], found["unconsumed"]) == (str(raised.value), [])
     assert pg_writes(pg.dsn) == before
@@ -1172,10 +1180,6 @@ def test_an_asyncpg_pool_replays_in_a_fresh_process_and_never_connects(  # type:
     rollback of the transaction left open, then the pool's own `reset`) on release, in the request. Replayed
     in-process in a fresh interpreter whose DATABASE_URL names a listening server: nothing connects."""
     import importlib
-    import json
-    import os
-    import socket
-    import subprocess
     import sys
 
     app_dir = tmp_path / "app"
@@ -1201,24 +1205,7 @@ def test_an_asyncpg_pool_replays_in_a_fresh_process_and_never_connects(  # type:
     assert calls[0].startswith("asyncpg connect") and calls[1] == "asyncpg execute SET application_name = ?"
     assert calls[-2:] == ["asyncpg execute ROLLBACK", "asyncpg execute RESET ALL"]
     before = pg_writes(pg.dsn)
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        listener.setblocking(False)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXRUN_")}
-        env.update(
-            DATABASE_URL=f"postgresql://app@127.0.0.1:{listener.getsockname()[1]}/app",
-            FLUXRUN_REPLAY_ISOLATE="0",
-            PYTHONPATH=os.pathsep.join([str(app_dir), env.get("PYTHONPATH", "")]),
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", FRESH_REPLAY, str(captured.files()[-1]), str(captured.keys.replay)],
-            env=env, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # no connection was attempted
-    assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    found = replay_in_process_beside_a_listener(captured.files()[-1], captured.keys.replay, app_dir)
     assert found["outcome"] == "reproduced", found["summary"]
     assert (found["message"], found["unconsumed"]) == (str(raised.value), [])
     assert pg_writes(pg.dsn) == before
