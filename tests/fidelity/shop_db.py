@@ -4,10 +4,9 @@ every row written to them, on a throwaway cluster (tests/support/postgres.py) th
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
-from postgres import Cluster, start_cluster
+from postgres import Cluster, cluster_with
 
 SCHEMA = """
 CREATE TABLE items (id serial PRIMARY KEY, customer text NOT NULL, sku text NOT NULL, price numeric(10, 2));
@@ -44,15 +43,6 @@ def restart(cluster: Cluster) -> None:
     pg_ctl(cluster, "-o", options, "-l", str(cluster.folder / "log"), "-w", "start")
 
 
-@contextmanager
-def shop_cluster() -> Iterator[Cluster]:
+def shop_cluster() -> AbstractContextManager[Cluster]:
     """A throwaway cluster holding the shop's tables, removed afterwards."""
-    import psycopg
-
-    cluster = start_cluster()
-    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    return cluster_with(SCHEMA)

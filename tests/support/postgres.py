@@ -15,13 +15,23 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from servers import free_port
 from system_packages import ensure
 
-__all__ = ["Cluster", "create_database", "drop_database", "find_bin_dir", "shared_cluster", "start_cluster"]
+__all__ = [
+    "Cluster",
+    "cluster_with",
+    "create_database",
+    "drop_database",
+    "find_bin_dir",
+    "shared_cluster",
+    "start_cluster",
+]
 
 
 def find_bin_dir() -> Path:
@@ -106,6 +116,20 @@ def start_cluster() -> Cluster:
         time.sleep(0.1)
     cluster.stop()
     raise RuntimeError(f"the throwaway PostgreSQL on port {port} did not start; see {folder / 'log'}")
+
+
+@contextmanager
+def cluster_with(schema: str) -> Iterator[Cluster]:
+    """A throwaway cluster with `schema` run in it, stopped and removed afterwards."""
+    import psycopg
+
+    cluster = start_cluster()
+    try:
+        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+            conn.execute(schema)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 _shared: Cluster | None = None

@@ -30,6 +30,7 @@ from fluxrun._internal import (
     report_internal_error,
     site_of,
 )
+from fluxrun._replay_mode import replaying_here
 from fluxrun.model.schema import AnyEvent
 
 __all__ = [
@@ -319,6 +320,24 @@ def _mark_coroutine_function(function: Callable[..., Any]) -> None:
         import asyncio.coroutines
 
         function._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+
+
+def skipped_while_replaying(original: Callable[..., Any]) -> Callable[..., Any]:
+    """`original` (a method, sync or async) made a no-op while a replay runs in this process: a pool's own
+    connecting, refilling and waiting for connections, which a replay answers from the recording instead."""
+    if inspect.iscoroutinefunction(original):
+
+        @functools.wraps(original)
+        async def skipped_async(*args: Any, **kwargs: Any) -> Any:
+            return None if replaying_here() else await original(*args, **kwargs)
+
+        return skipped_async
+
+    @functools.wraps(original)
+    def skipped(*args: Any, **kwargs: Any) -> Any:
+        return None if replaying_here() else original(*args, **kwargs)
+
+    return skipped
 
 
 def loaded(module: str) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 from fluxrun._context import current
 from fluxrun._replay_mode import replaying_here
-from fluxrun.interceptors.base import Patch, loaded
+from fluxrun.interceptors.base import Patch, loaded, skipped_while_replaying
 
 __all__ = ["AsyncpgPoolInterceptor"]
 
@@ -83,15 +83,6 @@ def _initialize(original: Callable[..., Any]) -> Callable[..., Any]:
     return initialize
 
 
-def _min_size_maintenance(original: Callable[..., Any]) -> Callable[..., Any]:
-    def schedule(self: Any) -> None:
-        if replaying_here():
-            return None  # asyncpg 0.32 refills the pool to min_size in a task: nothing to refill from at replay
-        return original(self)  # type: ignore[no-any-return]
-
-    return schedule
-
-
 class AsyncpgPoolInterceptor:
     kind = KIND
 
@@ -112,8 +103,8 @@ class AsyncpgPoolInterceptor:
             Patch(pool, "release", _release(own["release"])),
             Patch(pool, "_initialize", _initialize(own["_initialize"])),
         ]
-        if "_schedule_min_size_maintenance" in own:
-            maintenance = _min_size_maintenance(own["_schedule_min_size_maintenance"])
+        if "_schedule_min_size_maintenance" in own:  # asyncpg 0.32 refills the pool to min_size in a task
+            maintenance = skipped_while_replaying(own["_schedule_min_size_maintenance"])
             patches.append(Patch(pool, "_schedule_min_size_maintenance", maintenance))
         return patches
 

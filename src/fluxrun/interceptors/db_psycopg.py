@@ -531,11 +531,12 @@ def _describe(conn: Any) -> Callable[[], dict[str, Any]]:
 def _connect_refused(conninfo: str, kwargs: dict[str, Any]) -> LiveIOBlocked:
     """A connect outside any execution while a replay runs here (the app's start-up, a pool's own threads):
     libpq's socket is C, out of reach of the replay's socket blocks, so it is refused before libpq is called."""
+    target = _target(conninfo, kwargs)
     return LiveIOBlocked(
-        f"replay blocked a psycopg connection to {_target(conninfo, kwargs)} opened outside the replayed "
-        "execution (at start-up, or by a pool's own threads): replay never reaches live systems, and answers "
-        "the connections the execution uses from the recording",
-        host=_target(conninfo, kwargs),
+        f"replay blocked a psycopg connection to {target} opened outside the replayed execution (at start-up, "
+        "or by a pool's own threads): replay never reaches live systems, and answers the connections the "
+        "execution uses from the recording",
+        host=target,
     )
 
 

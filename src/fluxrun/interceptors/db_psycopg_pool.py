@@ -20,8 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fluxrun._context import current
-from fluxrun._replay_mode import replaying_here
-from fluxrun.interceptors.base import Patch, loaded
+from fluxrun.interceptors.base import Patch, loaded, skipped_while_replaying
 
 __all__ = ["PsycopgPoolInterceptor"]
 
@@ -107,33 +106,6 @@ def _aputconn(original: Callable[..., Any]) -> Callable[..., Any]:
     return putconn
 
 
-def _wait(original: Callable[..., Any]) -> Callable[..., Any]:
-    def wait(self: Any, timeout: float = 30.0) -> None:
-        if replaying_here():
-            return None  # nothing to wait for: a replay's connections come from the recording
-        return original(self, timeout)  # type: ignore[no-any-return]
-
-    return wait
-
-
-def _await(original: Callable[..., Any]) -> Callable[..., Any]:
-    async def wait(self: Any, timeout: float = 30.0) -> None:
-        if replaying_here():
-            return None
-        return await original(self, timeout)  # type: ignore[no-any-return]
-
-    return wait
-
-
-def _initial_tasks(original: Callable[..., Any]) -> Callable[..., Any]:
-    def start_initial_tasks(self: Any) -> None:
-        if replaying_here():
-            return None  # no connection attempts (each would be blocked, and logged, and retried)
-        return original(self)  # type: ignore[no-any-return]
-
-    return start_initial_tasks
-
-
 class PsycopgPoolInterceptor:
     kind = KIND
 
@@ -159,18 +131,14 @@ class PsycopgPoolInterceptor:
             if isinstance(cls, type) and "getconn" in vars(cls) and "putconn" in vars(cls):
                 patches.append(Patch(cls, "getconn", getconn(vars(cls)["getconn"], null_pools)))
                 patches.append(Patch(cls, "putconn", putconn(vars(cls)["putconn"])))
-        for name, wait in (
-            ("ConnectionPool", _wait),
-            ("AsyncConnectionPool", _await),
-            ("NullConnectionPool", _wait),  # its own `wait` opens a connection to test the server
-            ("AsyncNullConnectionPool", _await),
-        ):
+        # at replay a pool neither connects nor waits for connections (a null pool's `wait` connects to test
+        # the server): its connections come from the recording
+        for name in ("ConnectionPool", "AsyncConnectionPool", "NullConnectionPool", "AsyncNullConnectionPool"):
             cls = getattr(pool_module, name, None)
             own = vars(cls) if isinstance(cls, type) else {}
-            if "wait" in own:
-                patches.append(Patch(cls, "wait", wait(own["wait"])))
-            if "_start_initial_tasks" in own:
-                patches.append(Patch(cls, "_start_initial_tasks", _initial_tasks(own["_start_initial_tasks"])))
+            for method in ("wait", "_start_initial_tasks"):
+                if method in own:
+                    patches.append(Patch(cls, method, skipped_while_replaying(own[method])))
         return patches
 
     def rebind(self) -> dict[int, Any]:

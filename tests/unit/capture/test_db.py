@@ -12,22 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from postgres import Cluster, start_cluster  # tests/support, on the path from tests/conftest.py
+from postgres import Cluster, cluster_with  # tests/support, on the path from tests/conftest.py
 
 import fluxrun
 
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Cluster]:
-    import psycopg
-
-    cluster = start_cluster()
-    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE orders (id serial PRIMARY KEY, note text, amount numeric)")
-    try:
+    with cluster_with("CREATE TABLE orders (id serial PRIMARY KEY, note text, amount numeric)") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def db_events(captured) -> list[dict]:  # type: ignore[no-untyped-def]

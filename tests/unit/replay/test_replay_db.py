@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from postgres import Cluster, start_cluster  # tests/support, on the path from tests/conftest.py
+from postgres import Cluster, cluster_with  # tests/support, on the path from tests/conftest.py
 from sqlalchemy import String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -37,15 +37,8 @@ STATE: dict[str, object] = {"dsn": "", "sqlite": "", "note": "written by the req
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[Cluster]:
-    import psycopg
-
-    cluster = start_cluster()
-    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
-        conn.execute(PG_SCHEMA)
-    try:
+    with cluster_with(PG_SCHEMA) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(autouse=True)
