@@ -595,6 +595,28 @@ def _serve_setup(scope: Scope, profile: Profile, driver: str, op: str, sql: str 
     raise here.session.diverge(KIND, call, here.path, app_frame(), [], None, hint=hint)
 
 
+def _setup_seam(original: Callable[[Any], Any], pool_of: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`original(self)`, a framework's connect-and-set-up, delimiting a connection's setup: what the connections
+    opened inside it are asked until it returns is their setup (`_connecting`, `_done_setting_up`; `pool_of(self)`
+    the pool it is kept for, if any)."""
+
+    @functools.wraps(original)
+    def connect_and_set_up(self: Any) -> Any:
+        pending: list[Any] = []
+        token = _connecting.set(pending)
+        ok = False
+        try:
+            result = original(self)
+            ok = True
+            return result
+        finally:
+            with contextlib.suppress(ValueError):
+                _connecting.reset(token)
+            _done_setting_up(pool_of(self), pending, ok)
+
+    return connect_and_set_up
+
+
 class SqlalchemyConnectSeam:
     """SQLAlchemy's pool connects and sets up a connection in `_ConnectionRecord.__connect`: the seam that
     delimits a connection's setup (the dialect's initialize and on_connect run inside it), for every driver.
@@ -609,20 +631,8 @@ class SqlalchemyConnectSeam:
         if not callable(original):
             return []
 
-        def connect_and_set_up(self: Any) -> None:
-            pending: list[Any] = []
-            token = _connecting.set(pending)
-            ok = False
-            try:
-                original(self)
-                ok = True
-            finally:
-                with contextlib.suppress(ValueError):
-                    _connecting.reset(token)
-                _done_setting_up(getattr(self, "_ConnectionRecord__pool", None), pending, ok)
-
-        connect_and_set_up.__wrapped__ = original  # type: ignore[attr-defined]
-        return [Patch(record, "_ConnectionRecord__connect", connect_and_set_up)]
+        seam = _setup_seam(original, lambda record: getattr(record, "_ConnectionRecord__pool", None))
+        return [Patch(record, "_ConnectionRecord__connect", seam)]
 
     def rebind(self) -> dict[int, Any]:
         return {}
@@ -644,21 +654,7 @@ class DjangoConnectSeam:
         if not callable(original):
             return []
 
-        @functools.wraps(original)
-        def connect_and_set_up(self: Any) -> Any:
-            pending: list[Any] = []
-            token = _connecting.set(pending)
-            ok = False
-            try:
-                result = original(self)
-                ok = True
-                return result
-            finally:
-                with contextlib.suppress(ValueError):
-                    _connecting.reset(token)
-                _done_setting_up(None, pending, ok)
-
-        return [Patch(wrapper, "connect", connect_and_set_up)]
+        return [Patch(wrapper, "connect", _setup_seam(original, lambda _: None))]
 
     def rebind(self) -> dict[int, Any]:
         return {}
