@@ -70,7 +70,7 @@ def _send_wrapper(module: Any, urllib3: Any, limit: Callable[[], int]) -> Callab
         try:  # `send(request, stream=False, ...)`: every positional parameter is in `args`
             stream = bool(args[1] if len(args) > 1 else kwargs.get("stream", False))
             body = request_body(request.body, size)
-            entry = start_fetch(scope, "requests", request.method, request.url, request.headers, body, stream)
+            entry = start_fetch(scope, "requests", request.method, request.url, request.headers, body, stream, depth=4)
         except Exception as exc:
             report_internal_error("requests capture", exc)
         token = scope_var.set(None)

@@ -79,7 +79,11 @@ def _fetch_data(value: dict[str, Any]) -> dict[str, Any]:
         if type(version) is not str:  # aiohttp's `HttpVersion`, or None
             response["http_version"] = f"HTTP/{version[0]}.{version[1]}" if version else "HTTP/1.1"
         response["headers"] = _header_pairs(response.get("headers"))
-        response["body"] = recorded_body(response.get("body"))
+        body = response.get("body")
+        if type(body) is tuple:  # a body urllib3 preloaded: (bytes, limit)
+            response["body"] = {**snapshot(*body), "encoding": "decoded", "complete": True}
+        else:
+            response["body"] = recorded_body(body)
     return data
 
 
@@ -148,11 +152,20 @@ def _text_pairs(headers: Any) -> list[tuple[str, str]]:
 
 # -- capture ---------------------------------------------------------------------------------------
 def start_fetch(
-    scope: Scope, client: str, method: str, url: Any, headers: Any, body: Mapping[str, Any], stream: bool = True
+    scope: Scope,
+    client: str,
+    method: str,
+    url: Any,
+    headers: Any,
+    body: Mapping[str, Any],
+    stream: bool = True,
+    depth: int = 3,
 ) -> CallEntry:
     """Append a fetch to the log as an entry that the response or error completes. `url` is text, or an
-    immutable URL object that `_fetch_data` turns into text if the execution is kept."""
-    frame = client_frame(3)
+    immutable URL object that `_fetch_data` turns into text if the execution is kept. The walk to the app's
+    frame starts `depth` frames up: 4 from a wrapper that `wrap_client_method`'s replacement calls starts past
+    that replacement (each frame the walk looks at costs a frame object)."""
+    frame = client_frame(depth)
     data = {
         "client": client,
         "method": method.upper(),
@@ -191,7 +204,8 @@ def record_response(entry: CallEntry | None, response: Any, limit: int, scope: S
         entry.value["response"] = recorded
         preloaded = getattr(response, "_body", None)
         if preloaded is not None:  # read by urllib3 itself (preload_content=True): whole, decoded
-            recorded["body"] = {**snapshot(bytes(preloaded), limit), "encoding": "decoded", "complete": True}
+            # the bytes and the limit, snapshotted by `_fetch_data` if the execution is kept
+            recorded["body"] = (bytes(preloaded), limit)
             entry.value["stream"] = False
             return
         consumed = recorded["body"] = ConsumedBody(limit)
@@ -490,7 +504,7 @@ def _urlopen_wrapper(module: Any, limit: Callable[[], int]) -> Callable[..., Any
             return tape_response(module, recorded, method, url, refuse)
         entry = None
         try:
-            entry = start_fetch(scope, "urllib3", method, url, headers, request_body(body, limit()))
+            entry = start_fetch(scope, "urllib3", method, url, headers, request_body(body, limit()), depth=4)
         except Exception as exc:
             report_internal_error("urllib3 capture", exc)
         token = scope_var.set(None)

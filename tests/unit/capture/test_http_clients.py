@@ -70,6 +70,27 @@ def test_urllib3_pool_manager_is_recorded(captured, upstream):
     assert event["data"]["response"]["body"]["text"] == '{"price": 1200, "path": "/price?x=1"}'
 
 
+def test_a_body_urllib3_preloaded_past_the_size_limit_keeps_its_first_bytes_and_its_size(capture_with, upstream):
+    captured = capture_with(max_body_size=10)
+
+    @fluxrun.capture
+    def job(base):
+        response = urllib3.PoolManager().request("GET", f"{base}/price?x=1")  # preload_content=True
+        raise RuntimeError(response.json()["price"])
+
+    with pytest.raises(RuntimeError, match="1200"):
+        job(upstream.url)
+    (event,) = captured.events("http")
+    whole = '{"price": 1200, "path": "/price?x=1"}'
+    assert event["data"]["response"]["body"] == {
+        "text": whole[:10],
+        "size": len(whole),
+        "truncated": True,
+        "encoding": "decoded",
+        "complete": True,
+    }
+
+
 @pytest.mark.parametrize("client", ["requests", "urllib3"])
 def test_header_lines_are_recorded_in_order_with_repeated_names(captured, upstream, client):
     sent = {"X-Trace": "t-1", "X-Tenant": "acme"}
