@@ -1,4 +1,5 @@
-"""A throwaway `redis-server` on a free loopback port (Debian's binary), for tests against a real Redis."""
+"""A throwaway `redis-server` on a free loopback port (Debian's binary), for tests against a real Redis: a plain
+server (`redis_server`) or a one-node Redis Cluster holding every slot (`redis_cluster`)."""
 
 from __future__ import annotations
 
@@ -72,13 +73,40 @@ def _complete(data: bytes) -> bool:
 @contextmanager
 def redis_server() -> Iterator[RedisServer]:
     """Start `redis-server --port N --save '' --appendonly no`; yield it once it answers PING; stop it at the end."""
+    with _started() as server:
+        yield server
+
+
+@contextmanager
+def redis_cluster() -> Iterator[RedisServer]:
+    """A one-node Redis Cluster: `redis-server --cluster-enabled yes` (its node table in the temporary folder, its
+    cluster bus on a second free port), given all 16384 slots with `CLUSTER ADDSLOTSRANGE`; yielded once `CLUSTER
+    INFO` says `cluster_state:ok`, so a `RedisCluster` client built then finds every slot covered."""
+    with _started(cluster=True) as server:
+        if not server.raw("CLUSTER", "ADDSLOTSRANGE", "0", "16383").startswith(b"+OK"):
+            raise RuntimeError("redis-server did not take the slots")
+        deadline = time.monotonic() + 15
+        while b"cluster_state:ok" not in server.raw("CLUSTER", "INFO"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the one-node cluster is not ok after 15 s:\n{server.raw('CLUSTER', 'INFO')!r}")
+            time.sleep(0.05)
+        yield server
+
+
+@contextmanager
+def _started(*, cluster: bool = False) -> Iterator[RedisServer]:
+    """`redis-server` on a free port (in cluster mode if asked); yielded once it answers PING."""
     # Debian's redis-server, installed when missing (as root with apt-get), else a message saying how to install it
     binary = ensure("redis-server", "redis-server")
     port = free_port()
     with tempfile.TemporaryDirectory() as workdir, tempfile.TemporaryFile() as log:
+        options = [] if not cluster else [
+            "--cluster-enabled", "yes", "--cluster-config-file", f"{workdir}/nodes.conf",
+            "--cluster-port", str(free_port()),
+        ]  # fmt: skip
         process = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", workdir, "--daemonize", "no"],
+             "--dir", workdir, "--daemonize", "no", *options],
             stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -123,13 +123,16 @@ class CapturedDatetime(_real_datetime, metaclass=_DatetimeMeta):
 # whose clock functions are the real ones: the same values, without a patched function's frame each time.
 # The standard library's: three reads per aiohttp request through asyncio's `loop.time()`, two per requests call
 # through its cookie jar, one per log record. redis-py's: two `time.monotonic()` reads per command (its timing
-# for observability, health checks, pool waits), all inside the command FluxRun intercepts, where nothing is
-# recorded and which replay answers without running (pub/sub, not intercepted, is blocked at replay anyway).
+# for observability, health checks, pool waits; a cluster client's topology refreshes too), all inside the
+# command FluxRun intercepts, where nothing is recorded and which replay answers without running (pub/sub, not
+# intercepted, is refused at replay anyway).
 CLOCK_READERS = (
     "asyncio.base_events",
     "http.cookiejar",
     "logging",
     "redis.client",
+    "redis.cluster",
+    "redis.asyncio.cluster",
     "redis.connection",
     "redis.asyncio.client",
     "redis.asyncio.connection",

@@ -29,6 +29,7 @@ from fluxrun.interceptors.http import HttpInterceptor
 from fluxrun.interceptors.logs import LogsInterceptor
 from fluxrun.interceptors.randomness import RandomnessInterceptor
 from fluxrun.interceptors.redis import RedisInterceptor
+from fluxrun.interceptors.redis_cluster import RedisClusterInterceptor
 from fluxrun.interceptors.requests import RequestsInterceptor
 from fluxrun.interceptors.smtp import SmtpInterceptor
 from fluxrun.interceptors.threads import ThreadsInterceptor
@@ -71,6 +72,7 @@ class Installation:
             (AsyncpgInterceptor, ("asyncpg", "sqlalchemy")),
             (AsyncpgPoolInterceptor, ("asyncpg",)),
             (RedisInterceptor, ("redis",)),
+            (RedisClusterInterceptor, ("redis",)),
             (SmtpInterceptor, ("smtplib", "aiosmtplib")),
             (SqlalchemyConnectSeam, ("sqlalchemy.pool.base",)),
             (DjangoConnectSeam, ("django.db.backends.base.base",)),

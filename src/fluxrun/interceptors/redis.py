@@ -13,7 +13,8 @@ redis exception class. This module is also the worked example of docs/intercepto
 
 A `single_connection_client=True` client connects while it is built (sync) or when it is initialised (`async
 with`, `await client`): at replay it is built or initialised without that connection, since every command it
-sends is answered first. Not intercepted: pub/sub, `RedisCluster`, and the monitor.
+sends is answered first. `RedisCluster` routes its commands around `Redis.execute_command`: redis_cluster.py
+intercepts it with these wrappers, in the same events. Not intercepted: pub/sub and the monitor.
 """
 
 from __future__ import annotations
@@ -86,12 +87,18 @@ def _command_data(args: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _pipeline_data(pipeline: Any) -> tuple[str, dict[str, Any]]:
-    commands = [_command(tuple(args)) for args, _options in pipeline.command_stack]
-    names = " ".join(_name(tuple(args)) for args, _options in pipeline.command_stack[:8])
-    more = " …" if len(pipeline.command_stack) > 8 else ""
     # redis.asyncio keeps it in `is_transaction` (its `transaction` is the Redis.transaction method)
     flag = getattr(pipeline, "is_transaction", None)
     transaction = bool((pipeline.transaction if flag is None else flag) or pipeline.explicit_transaction)
+    return _batch_data([args for args, _options in pipeline.command_stack], transaction)
+
+
+def _batch_data(stack: list[Any], transaction: bool) -> tuple[str, dict[str, Any]]:
+    """A pipeline's label (`redis PIPELINE [SET GET]`, `redis MULTI/EXEC [...]`) and data: the arguments of its
+    commands in order, and whether they ran as one MULTI/EXEC (a cluster pipeline's too: redis_cluster.py)."""
+    commands = [_command(tuple(args)) for args in stack]
+    names = " ".join(_name(tuple(args)) for args in stack[:8])
+    more = " …" if len(stack) > 8 else ""
     call = f"redis {'MULTI/EXEC' if transaction else 'PIPELINE'} [{names}{more}]"
     return call, {"client": CLIENT, "pipeline": commands, "transaction": transaction}
 
@@ -135,11 +142,15 @@ def _async_command_wrapper(
 
 
 def _served_pipeline(scope: Any, pipeline: Any) -> Any:
-    call, data = _pipeline_data(pipeline)
     try:
-        event = answer(scope, KIND, call, fields_match(data, ["pipeline", "transaction"]))
+        return _served_batch(scope, *_pipeline_data(pipeline))
     finally:
         pipeline.command_stack = []  # what the real execute's reset() does first; no connection to release
+
+
+def _served_batch(scope: Any, call: str, data: dict[str, Any]) -> Any:
+    """A pipeline's recorded reply list: the recorded pipeline with the same commands, in order."""
+    event = answer(scope, KIND, call, fields_match(data, ["pipeline", "transaction"]))
     return decode(event["data"].get("result"))
 
 
