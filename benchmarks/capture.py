@@ -56,9 +56,10 @@ Sections (every "added" number is the FluxRun run minus a baseline measured in t
    on urllib3's own pool with only `_make_request` stubbed (a canned 200, no socket), aiohttp's
    ClientSession.get through a TCPConnector whose connections are aiohttp's own protocol on an in-memory
    transport answering a canned 200, and redis-py GET against a throwaway `redis-server` on a free loopback
-   port (tests/support/redis_server.py; the row is left out without the binary). Beside them, in the same
-   run with FluxRun shut down, OpenTelemetry's requests, aiohttp-client and redis instrumentations (SDK
-   TracerProvider, in-memory exporter), switched on around their loop and off after, against the same
+   port (tests/support/redis_server.py; the row is left out without the binary), and the same GET through
+   redis-py's `RedisCluster` against a throwaway one-node cluster (`redis_cluster()` there). Beside them, in
+   the same run with FluxRun shut down, OpenTelemetry's requests, aiohttp-client and redis instrumentations
+   (SDK TracerProvider, in-memory exporter), switched on around their loop and off after, against the same
    client uninstrumented in the same repeat.
 
 7. `--instructions`: instructions per request and per call, which repeat from run to run where timings
@@ -1592,11 +1593,13 @@ CLIENT_AIOHTTP = Kind(
     is_async=True,
 )
 CLIENT_REDIS = Kind("redis GET", "bench_redis.get('bench:sku:42')", "client")
+CLIENT_REDIS_CLUSTER = Kind("redis RedisCluster GET", "bench_redis_cluster.get('bench:sku:42')", "client")
 # the same calls through a client OpenTelemetry instruments (FluxRun shut down), by kind name
 CLIENT_OTEL_STMTS = {
     CLIENT_REQUESTS.name: CLIENT_REQUESTS.stmt,
     CLIENT_AIOHTTP.name: "(await bench_aiohttp_otel.get(bench_aiohttp_url)).read()",
     CLIENT_REDIS.name: CLIENT_REDIS.stmt,
+    CLIENT_REDIS_CLUSTER.name: CLIENT_REDIS_CLUSTER.stmt,
 }
 
 
@@ -1747,6 +1750,20 @@ class HttpClients:
             self.notes.append(f"redis-server on 127.0.0.1:{self.redis_server.port} (tests/support/redis_server.py)")
         except Exception as exc:  # no redis-server binary and no way to install it: the redis row is left out
             self.notes.append(f"no redis-server ({exc}); redis row left out")
+        self._cluster_context: Any = None
+        try:
+            from redis.cluster import RedisCluster
+            from redis_server import redis_cluster
+
+            self._cluster_context = redis_cluster()
+            node = self._cluster_context.__enter__()
+            cluster = RedisCluster(host=node.host, port=node.port)
+            cluster.set("bench:sku:42", CANNED_BODY)
+            globals()["bench_redis_cluster"] = cluster
+            self.kinds.append(CLIENT_REDIS_CLUSTER)
+            self.notes.append(f"a one-node Redis Cluster on 127.0.0.1:{node.port} (redis_cluster())")
+        except Exception as exc:  # the same without the binary; or a redis-server too old for ADDSLOTSRANGE
+            self.notes.append(f"no Redis Cluster ({exc}); RedisCluster row left out")
         self.note = "; ".join(self.notes)
 
     def close(self) -> None:
@@ -1755,11 +1772,12 @@ class HttpClients:
             session = globals().pop(name, None)
             if session is not None:
                 loop.run_until_complete(session.close())
-        for name in ("bench_requests", "bench_urllib3", "bench_redis"):
+        for name in ("bench_requests", "bench_urllib3", "bench_redis", "bench_redis_cluster"):
             with contextlib.suppress(Exception):
                 globals().pop(name).close()
-        if self._redis_context is not None:
-            self._redis_context.__exit__(None, None, None)
+        for context in (self._redis_context, self._cluster_context):
+            if context is not None:
+                context.__exit__(None, None, None)
 
 
 @dataclass
@@ -1794,6 +1812,10 @@ def otel_instrumentations(clients: HttpClients) -> tuple[dict[str, OtelToggle], 
         ),
         CLIENT_AIOHTTP.name: OtelToggle(lambda: None, lambda: None),
         CLIENT_REDIS.name: OtelToggle(
+            lambda: redis_instrumentor.instrument(tracer_provider=provider), redis_instrumentor.uninstrument
+        ),
+        # the same instrumentor wraps `RedisCluster.execute_command` too
+        CLIENT_REDIS_CLUSTER.name: OtelToggle(
             lambda: redis_instrumentor.instrument(tracer_provider=provider), redis_instrumentor.uninstrument
         ),
     }
