@@ -141,49 +141,53 @@ def _async_command_wrapper(
     return record_async(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
 
 
-def _served_pipeline(scope: Any, pipeline: Any) -> Any:
-    try:
-        return _served_batch(scope, *_pipeline_data(pipeline))
-    finally:
-        pipeline.command_stack = []  # what the real execute's reset() does first; no connection to release
-
-
 def _served_batch(scope: Any, call: str, data: dict[str, Any]) -> Any:
     """A pipeline's recorded reply list: the recorded pipeline with the same commands, in order."""
     event = answer(scope, KIND, call, fields_match(data, ["pipeline", "transaction"]))
     return decode(event["data"].get("result"))
 
 
-def _pipeline_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    scope = active()
-    if scope is None:
-        return wrapped(*args, **kwargs)
-    if replaying(scope):
-        try:
-            return _served_pipeline(scope, instance)
-        finally:
-            instance.reset()  # as redis-py's own execute does, also when EXEC raised (a WatchError, then a retry)
-    call, data = _pipeline_data(instance)
-    return record(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
-def _async_pipeline_wrapper(
-    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    scope = active()
-    if scope is None:
-        return wrapped(*args, **kwargs)
-    if replaying(scope):
+def pipeline_wrappers(data_of: Callable[[Any], tuple[str, dict[str, Any]]]) -> tuple[Wrapper, Wrapper]:
+    """The wrappers of a pipeline's `execute`, sync and asyncio: one call holding its commands, `data_of(pipeline)`
+    its label and data (`_pipeline_data`; a cluster pipeline's in redis_cluster.py). At replay the recorded reply
+    list, and the pipeline reset as redis-py's own execute does, also when EXEC raised (a WatchError, then a
+    retry)."""
 
-        async def replay() -> Any:
+    def sync_wrapper(wrapped: Callable[..., Any], pipeline: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        scope = active()
+        if scope is None:
+            return wrapped(*args, **kwargs)
+        if replaying(scope):
             try:
-                return _served_pipeline(scope, instance)
+                return _served_batch(scope, *data_of(pipeline))
             finally:
-                await instance.reset()  # also when EXEC raised, as redis-py's own execute does
+                pipeline.reset()
+        call, data = data_of(pipeline)
+        return record(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
 
-        return replay()
-    call, data = _pipeline_data(instance)
-    return record_async(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
+    def async_wrapper(wrapped: Callable[..., Any], pipeline: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        scope = active()
+        if scope is None:
+            return wrapped(*args, **kwargs)
+        if replaying(scope):
+
+            async def replay() -> Any:
+                try:
+                    return _served_batch(scope, *data_of(pipeline))
+                finally:
+                    await pipeline.reset()
+
+            return replay()
+        call, data = data_of(pipeline)
+        return record_async(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
+
+    return sync_wrapper, async_wrapper
+
+
+_pipeline_wrapper, _async_pipeline_wrapper = pipeline_wrappers(_pipeline_data)
 
 
 def _init_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -49,19 +49,18 @@ from fluxrun.interceptors.api import (
 from fluxrun.interceptors.base import wrap_client_method, wrap_method
 from fluxrun.interceptors.redis import (
     KIND,
+    Wrapper,
     _async_command_wrapper,
     _batch_data,
     _call,
     _command_data,
     _command_wrapper,
     _name,
-    _served_batch,
+    pipeline_wrappers,
 )
 from fluxrun.interceptors.unrecorded import refuse_or_note
 
 __all__ = ["RedisClusterInterceptor"]
-
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
 # -- pipelines ---------------------------------------------------------------------------------------------------
@@ -71,38 +70,7 @@ def _pipeline_data(pipeline: Any) -> tuple[str, dict[str, Any]]:
     return _batch_data([command.args for command in strategy._command_queue], transaction)
 
 
-def _pipeline_wrapper(wrapped: Callable[..., Any], pipeline: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """`ClusterPipeline.execute` (sync)."""
-    scope = active()
-    if scope is None:
-        return wrapped(*args, **kwargs)
-    if replaying(scope):
-        try:
-            return _served_batch(scope, *_pipeline_data(pipeline))
-        finally:
-            pipeline.reset()  # as redis-py's own execute does, also when the recorded one raised
-    call, data = _pipeline_data(pipeline)
-    return record(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
-
-
-def _async_pipeline_wrapper(
-    wrapped: Callable[..., Any], pipeline: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """`ClusterPipeline.execute` (asyncio)."""
-    scope = active()
-    if scope is None:
-        return wrapped(*args, **kwargs)
-    if replaying(scope):
-
-        async def replay() -> Any:
-            try:
-                return _served_batch(scope, *_pipeline_data(pipeline))
-            finally:
-                await pipeline.reset()
-
-        return replay()
-    call, data = _pipeline_data(pipeline)
-    return record_async(scope, KIND, call, data, lambda: wrapped(*args, **kwargs))
+_pipeline_wrapper, _async_pipeline_wrapper = pipeline_wrappers(_pipeline_data)
 
 
 def _by_slot_wrapper(wrapped: Callable[..., Any], client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
