@@ -283,6 +283,10 @@ def end(
             report_internal_error("ending a capture", exc)
             scope_var.set(None)
     try:
+        recording.close()  # the execution's own calls end here, whatever its leftover tasks call later
+    except Exception as exc:
+        report_internal_error("closing a capture", exc)
+    try:
         if kept if kept is not None else client.keep(recording):
             client.worker.submit((recording, recording.elapsed_ns()))
     except Exception as exc:

@@ -4,11 +4,14 @@ While the request runs, events go into `Recording.log` in call order, in the che
 snapshots what the code saw: an `Entry` (a call recorded by the hot path, interceptors/hot_path.py) or an
 `Event` (a call recorded through `Recording.add`: errors, replayed calls). Most executions succeed and are
 dropped, so nothing is formatted on the request path; `Recording.events` turns the log into `Event` objects
-(numbered in call order) only when a kept execution is sealed, off the request path.
+(numbered in call order) only when a kept execution is sealed, off the request path. When the execution ends,
+`Recording.close` keeps the log as it is then: a task or thread it started that outlives it (a refresher started
+on first use) goes on calling, and those calls are not the execution's.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +75,7 @@ class Recording:
     """Everything one execution did. Appends are atomic under the GIL, so tasks and threads share it."""
 
     __slots__ = (
+        "closed_log",
         "ends",
         "entry",
         "env_seen",
@@ -90,6 +94,7 @@ class Recording:
         self.entry = entry  # "module:attr" of the app or function, for replay
         self.request: dict[str, Any] = {}
         self.log: list[Entry | CallEntry | Event] = []  # call order; an event's seq is its position here
+        self.closed_log: list[Entry | CallEntry | Event] | None = None  # the log as it was when the execution ended
         self.outcome: dict[str, Any] = {}
         self.started_ns = perf_ns()
         self.started_wall = started_wall
@@ -107,12 +112,21 @@ class Recording:
         self.log.append(event)
         return event
 
+    def close(self) -> None:
+        """The execution has ended: its log is kept as it is, and what its leftover tasks and threads record from
+        now on is dropped as it comes (`log` discards in C, so the hot path pays nothing), rather than held until
+        they end (a loop that never does would grow it forever) or sealed into the bundle."""
+        if self.closed_log is None:
+            self.closed_log = self.log
+            self.log = _DISCARDED  # type: ignore[assignment]
+
     @property
     def events(self) -> list[Event]:
         """The log as `Event` objects, `seq` numbering them in call order (built when read, for export)."""
         out: list[Event] = []
         started = self.started_ns
-        for seq, entry in enumerate(list(self.log)):
+        log = self.log if self.closed_log is None else self.closed_log
+        for seq, entry in enumerate(list(log)):
             if isinstance(entry, tuple):
                 kind, call, task, site, start_ns, build, value = entry
                 out.append(Event(seq, kind, call, task, site, start_ns - started, build(value)))
@@ -129,3 +143,7 @@ class Recording:
 
     def elapsed_ns(self) -> int:
         return perf_ns() - self.started_ns
+
+
+# The log of an ended execution: appends are dropped (`deque(maxlen=0)`: C, no Python call per append).
+_DISCARDED: deque[Any] = deque(maxlen=0)

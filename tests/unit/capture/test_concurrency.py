@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -84,3 +85,38 @@ def test_threads_outside_an_execution_record_nothing(captured):
     thread.start()
     thread.join()
     assert captured.payloads() == []
+
+
+def test_a_task_that_outlives_its_execution_adds_nothing_to_it(captured):
+    """A task the request started and left running (a refresher started on first use) goes on calling after the
+    execution ended: those calls are neither held by the ended execution until the task ends nor sealed into its
+    bundle, which holds what the execution did up to its end."""
+    background: list[asyncio.Task[None]] = []
+
+    async def refresher(ended: asyncio.Event) -> None:
+        await ended.wait()
+        for i in range(20_000):
+            time.time()
+            if i % 1_000 == 0:
+                await asyncio.sleep(0)
+
+    @fluxrun.capture
+    async def handler(ended: asyncio.Event) -> None:
+        background.append(asyncio.create_task(refresher(ended)))
+        time.time()
+        raise RuntimeError("failed")
+
+    async def main() -> int:
+        ended = asyncio.Event()
+        with pytest.raises(RuntimeError):
+            await handler(ended)
+        tracemalloc.start()
+        ended.set()
+        await background[0]
+        grown = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        return grown
+
+    grown = asyncio.run(main())
+    assert grown < 500_000, f"{grown:,} bytes held after the execution ended"  # 20,000 entries held: ~3 MB
+    assert [e["task"] for e in captured.events("time")] == ["0"]
