@@ -22,6 +22,7 @@ from fluxrun.interceptors.db_asyncpg import AsyncpgInterceptor
 from fluxrun.interceptors.db_asyncpg_pool import AsyncpgPoolInterceptor
 from fluxrun.interceptors.db_common import DEFAULT_ROW_LIMIT, DjangoConnectSeam, SqlalchemyConnectSeam
 from fluxrun.interceptors.db_psycopg import PsycopgInterceptor
+from fluxrun.interceptors.db_psycopg2 import Psycopg2Interceptor
 from fluxrun.interceptors.db_psycopg_pool import PsycopgPoolInterceptor
 from fluxrun.interceptors.db_sqlite import SqliteInterceptor
 from fluxrun.interceptors.env import EnvInterceptor
@@ -69,6 +70,7 @@ class Installation:
             (SqliteInterceptor, ("sqlite3",)),
             (PsycopgInterceptor, ("psycopg", "sqlalchemy")),
             (PsycopgPoolInterceptor, ("psycopg_pool",)),
+            (Psycopg2Interceptor, ("psycopg2",)),
             (AsyncpgInterceptor, ("asyncpg", "sqlalchemy")),
             (AsyncpgPoolInterceptor, ("asyncpg",)),
             (RedisInterceptor, ("redis",)),

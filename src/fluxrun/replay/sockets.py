@@ -43,9 +43,9 @@ def _app_line() -> str:
 
 
 ADVICE = (
-    "FluxRun records and serves httpx, requests, urllib3, aiohttp, sqlite3, psycopg, asyncpg, redis-py commands "
-    "and pipelines (RedisCluster's too), smtplib and aiosmtplib; this call went around them (another client, or a "
-    "part of one that is not intercepted, such as Redis pub/sub or psycopg's COPY). Declare it with "
+    "FluxRun records and serves httpx, requests, urllib3, aiohttp, sqlite3, psycopg, psycopg2, asyncpg, redis-py "
+    "commands and pipelines (RedisCluster's too), smtplib and aiosmtplib; this call went around them (another "
+    "client, or a part of one that is not intercepted, such as Redis pub/sub or psycopg's COPY). Declare it with "
     "@fluxrun.boundary, or add an interceptor for its client (docs/interceptors.md), so that it is recorded and "
     "served."
 )
