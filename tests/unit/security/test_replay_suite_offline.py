@@ -19,7 +19,9 @@ COUNTERS = "cat /proc/net/snmp /proc/net/snmp6 /proc/net/dev"
 # need a loopback interface, which the namespace does not have; their replays run isolated in the main suite.
 NEED_SERVERS = (
     "tests/unit/replay/test_replay_db.py",
+    "tests/unit/replay/test_replay_db_psycopg2.py",
     "tests/unit/replay/test_replay_http_clients.py",
+    "tests/unit/replay/test_replay_redis_cluster.py",
     "tests/unit/replay/test_replay_redis_smtp.py",
 )
 
