@@ -43,11 +43,12 @@ Sections (every "added" number is the FluxRun run minus a baseline measured in t
 4. Seal and open time (`fluxrun.bundle.Sealer.seal` / `open_bundle`) for payloads of 4 KiB, 16 KiB and
    1 MiB (orjson length), shaped like a real payload: http events with JSON bodies, env/time/log events.
 
-5. The database client: `SELECT 1` and its first row through sqlite3, psycopg 3 and SQLAlchemy Core on
-   psycopg (on a throwaway PostgreSQL from tests/support/postgres.py; without PostgreSQL's binaries the
-   psycopg rows are left out and SQLAlchemy runs on sqlite3), measured like sections 1 and 2: baseline
-   with FluxRun shut down, idle after `init` (sqlite3: a connection opened while FluxRun is installed,
-   which is FluxRun's subclass of sqlite3.Connection, against one opened while it is not), and captured.
+5. The database client: `SELECT 1` and its first row through sqlite3, psycopg 3, psycopg2 and SQLAlchemy
+   Core on psycopg (on a throwaway PostgreSQL from tests/support/postgres.py; without PostgreSQL's binaries
+   the PostgreSQL rows are left out and SQLAlchemy runs on sqlite3), measured like sections 1 and 2:
+   baseline with FluxRun shut down, idle after `init` (sqlite3 and psycopg2: a connection opened while
+   FluxRun is installed, which is FluxRun's subclass of the driver's C type, against one opened while it is
+   not), and captured.
    Beside them, in the same run and with FluxRun shut down, OpenTelemetry's SQLAlchemy instrumentation on
    its own engine (an SDK TracerProvider, an in-memory exporter cleared between repeats, untimed): ns/call
    added over the same baseline, in alternation with it.
@@ -1398,6 +1399,7 @@ def asgi_targets(asgi: dict[str, Any]) -> list[dict[str, Any]]:
 DB_CAPTURE_TARGET_US = 15
 DB_SQLITE = Kind("sqlite3 execute+fetchone", "bench_sqlite.execute('SELECT 1').fetchone()", "db")
 DB_PSYCOPG = Kind("psycopg execute+fetchone", "bench_pg.execute('SELECT 1').fetchone()", "db")
+DB_PSYCOPG2 = Kind("psycopg2 execute+fetchone", "bench_pg2.execute('SELECT 1'); bench_pg2.fetchone()", "db")
 DB_SQLALCHEMY = Kind("SQLAlchemy Core execute+scalar", "bench_sa.execute(BENCH_SELECT).scalar()", "db")
 DB_OTEL_STMT = "bench_sa_otel.execute(BENCH_SELECT).scalar()"
 
@@ -1421,27 +1423,48 @@ class DbClients:
         self.sqlite_path = str(workdir / "bench.db")
         self.raw_sqlite = sqlite3.connect(self.sqlite_path)  # opened with FluxRun shut down: sqlite3's own
         self.proxied_sqlite: Any = None
+        # psycopg2's cursor, like sqlite3's connection, is FluxRun's subclass only when opened with FluxRun installed
+        self.raw_pg2: Any = None
+        self.proxied_pg2: Any = None
         if self.cluster is not None:
             import psycopg
 
             url = f"postgresql+psycopg://postgres@127.0.0.1:{self.cluster.port}/postgres"
             globals()["bench_pg"] = psycopg.connect(self.cluster.dsn, autocommit=True)
+            self.raw_pg2 = globals()["bench_pg2"] = self.pg2_cursor()
         else:
             url = f"sqlite:///{self.sqlite_path}"
         self.engine = sqlalchemy.create_engine(url)
         self.otel_engine = sqlalchemy.create_engine(url)
         globals()["BENCH_SELECT"] = sqlalchemy.text("SELECT 1")
         globals()["bench_sa"] = self.engine.connect()
-        self.kinds = (DB_SQLITE, DB_PSYCOPG, DB_SQLALCHEMY) if self.cluster is not None else (DB_SQLITE, DB_SQLALCHEMY)
+        postgres = (DB_PSYCOPG, DB_PSYCOPG2) if self.raw_pg2 is not None else (DB_PSYCOPG,)
+        self.kinds = (DB_SQLITE, *postgres, DB_SQLALCHEMY) if self.cluster is not None else (DB_SQLITE, DB_SQLALCHEMY)
         globals()["bench_sqlite"] = self.raw_sqlite
+
+    def pg2_cursor(self) -> Any:
+        """A psycopg2 cursor on an autocommit connection (None without psycopg2: its row is left out)."""
+        try:
+            import psycopg2
+        except ImportError:
+            return None
+        conn = psycopg2.connect(self.cluster.dsn)
+        conn.autocommit = True
+        return conn.cursor()
 
     def fluxrun_started(self) -> None:
         if self.proxied_sqlite is None:
             self.proxied_sqlite = sqlite3.connect(self.sqlite_path)  # opened with FluxRun installed: its subclass
         globals()["bench_sqlite"] = self.proxied_sqlite
+        if self.raw_pg2 is not None:
+            if self.proxied_pg2 is None:
+                self.proxied_pg2 = self.pg2_cursor()
+            globals()["bench_pg2"] = self.proxied_pg2
 
     def fluxrun_stopped(self) -> None:
         globals()["bench_sqlite"] = self.raw_sqlite
+        if self.raw_pg2 is not None:
+            globals()["bench_pg2"] = self.raw_pg2
 
     def instrument_otel(self) -> Callable[[], None]:
         """OpenTelemetry's SQLAlchemy instrumentation on its own engine; returns the untimed exporter reset."""
@@ -1463,6 +1486,9 @@ class DbClients:
         for name in ("bench_sa", "bench_sa_otel", "bench_pg"):
             with contextlib.suppress(Exception):
                 globals().pop(name).close()
+        for cursor in (self.raw_pg2, self.proxied_pg2):
+            if cursor is not None:
+                cursor.connection.close()
         self.engine.dispose()
         self.otel_engine.dispose()
         self.raw_sqlite.close()

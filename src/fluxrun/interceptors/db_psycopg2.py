@@ -489,12 +489,11 @@ class _Driver:
             raise _not_replayable()
         if op == "executemany" and params is not None and not isinstance(params, (list, tuple)):
             params = list(params)  # a generator is read once: recorded and executed from this list
-        sql_text = db.normalise_sql(query)
+        sql_text, call = _statement(op, query)
         if _is_listen(sql_text):
             refuse_or_note("psycopg2 LISTEN", sql_text[7:].strip(), _NOTIFY)
         conn = cursor.connection
         data = {"driver": DRIVER, "op": op, "sql": sql_text, "params": _encoded(op, params)}
-        call = db.label(DRIVER, op, sql_text)
         if scope is None or (_setting_up and conn in _setting_up):
             entry = db.begin(None, conn, call, data)
             scope = None  # a setup call: answered from the connect event, out of order
@@ -503,6 +502,7 @@ class _Driver:
         original = self.calls[op]
         if entry is None:
             return original(cursor, query, params)
+        entry.build = _answer_data
         token = scope_var.set(None)
         try:
             out = original(cursor, query, params)
@@ -519,8 +519,10 @@ class _Driver:
         db.finish(entry, result, scope)
         return out
 
-    def snapshot(self, cursor: Any, op: str, limit: int) -> dict[str, Any]:
-        """What the statement returned: its rows read as tuples, then the cursor put back on its first row."""
+    def snapshot(self, cursor: Any, op: str, limit: int) -> tuple[Any, ...]:
+        """What the statement returned, formatted by `_answer` only if the execution is kept: its rows read as
+        tuples (the cursor then put back on its first row, so the app reads the result as it would have), its
+        description (psycopg2's tuple of `Column`s, made anew by each statement), counts and status."""
         description = cursor.description
         rows: list[Any] = []
         more = False
@@ -535,27 +537,9 @@ class _Driver:
                         self.scroll(cursor, 0, "absolute")
                 finally:
                     cursor.row_factory = factory
-        columns = None
-        if description is not None:
-            columns = [
-                [c.name, c.type_code, c.display_size, c.internal_size, c.precision, c.scale, c.null_ok]
-                for c in description
-            ]
-        result = db.rows_result(
-            rows,
-            limit=limit,
-            more=more,
-            description=columns,
-            rowcount=cursor.rowcount,
-            lastrowid=cursor.lastrowid,
-            status=cursor.statusmessage,
-            transaction_status=_status_of(cursor.connection),
-        )
-        if rows and columns is not None and any(column[1] == _BYTEA for column in columns):
-            views = [[r, c] for r, row in enumerate(rows[:limit]) for c, v in enumerate(row) if type(v) is memoryview]
-            if views:
-                result["memoryviews"] = views  # psycopg2 reads bytea as memoryview; the encoding keeps bytes
-        return result
+        conn = cursor.connection
+        status = conn.get_transaction_status()
+        return (description, rows, limit, more, cursor.rowcount, cursor.lastrowid, cursor.statusmessage, status)
 
     def fail(self, entry: CallEntry | None, exc: BaseException) -> None:
         """The statement raised: its error, with psycopg2's `pgcode` and `pgerror` (C fields the value
@@ -693,9 +677,56 @@ class _ReplayedInfo:
         return self._parameters.get(name)
 
 
+def _answer(taken: tuple[Any, ...]) -> dict[str, Any]:
+    """`_Driver.snapshot`'s tuple as the event's `result`."""
+    description, rows, limit, more, rowcount, lastrowid, status, transaction_status = taken
+    columns = None
+    if description is not None:
+        columns = [
+            [c.name, c.type_code, c.display_size, c.internal_size, c.precision, c.scale, c.null_ok] for c in description
+        ]
+    result = db.rows_result(
+        rows,
+        limit=limit,
+        more=more,
+        description=columns,
+        rowcount=rowcount,
+        lastrowid=lastrowid,
+        status=status,
+        transaction_status=transaction_status,
+    )
+    if rows and columns is not None and any(column[1] == _BYTEA for column in columns):
+        views = [[r, c] for r, row in enumerate(rows[:limit]) for c, v in enumerate(row) if type(v) is memoryview]
+        if views:
+            result["memoryviews"] = views  # psycopg2 reads bytea as memoryview; the encoding keeps bytes
+    return result
+
+
+_answer_data = db.answer_build(_answer, "psycopg2 capture")
+
+
+def _statement(op: str, query: Any) -> tuple[str, str]:
+    """The statement's normalised text and label, kept per text: an app repeats its statements."""
+    cache = _statements[op]
+    known = cache.get(query) if type(query) is str else None
+    if known is None:
+        sql_text = db.normalise_sql(query)
+        known = (sql_text, db.label(DRIVER, op, sql_text))
+        if type(query) is str:
+            if len(cache) >= _STATEMENTS_CACHED:
+                cache.clear()
+            cache[query] = known
+    return known
+
+
+# op -> statement text -> (normalised text, label)
+_statements: dict[str, dict[str, tuple[str, str]]] = {"execute": {}, "executemany": {}, "callproc": {}}
+_STATEMENTS_CACHED = 512
+
+
 def _status_of(conn: Any) -> int | None:
     try:
-        return int(conn.info.transaction_status)
+        return int(conn.get_transaction_status())  # in C, where `conn.info` makes an object to ask
     except Exception:
         return None
 
