@@ -533,9 +533,9 @@ class _Driver:
                 cursor.row_factory = None
                 try:
                     rows = self.fetchmany(cursor, limit)
-                    if rows:
+                finally:  # also when a row failed to convert (psycopg2 has moved past it): the app meets it too
+                    if cursor.rownumber:
                         self.scroll(cursor, 0, "absolute")
-                finally:
                     cursor.row_factory = factory
         conn = cursor.connection
         status = conn.get_transaction_status()

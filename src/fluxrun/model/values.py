@@ -189,7 +189,14 @@ def _stored(tp: type, name: str) -> Any:
 
 
 def instance_dict(value: Any, tp: type) -> dict[str, Any] | None:
-    """The instance's own `__dict__`, read through the descriptor its class stores (never a property)."""
+    """The instance's own `__dict__`, read through the descriptor its class stores (never a property).
+
+    An exception's is read through `BaseException.__reduce__`, which does not make one: reading `__dict__`
+    would, and then its class's `__reduce__` may pickle it differently (psycopg2's errors lose `pgcode`)."""
+    if isinstance(value, BaseException):
+        reduced = BaseException.__reduce__(value)
+        state = reduced[2] if len(reduced) > 2 else None
+        return state if type(state) is dict else None
     descriptor = _stored(tp, "__dict__")
     if type(descriptor) is not _GETSET:
         return None

@@ -8,6 +8,7 @@ FluxRun's whose cursors see the context. The app keeps psycopg2's types and curs
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Iterator
 
 import pytest
@@ -120,6 +121,53 @@ def test_a_database_error_is_recorded_with_its_class_and_pgcode(captured, postgr
     failed = next(e for e in db_events(captured) if e.get("error"))
     assert failed["error"]["type"] == "psycopg2.errors:UniqueViolation"
     assert failed["data"]["pgerror"]["pgcode"] == "23505"
+
+
+def test_a_recorded_error_still_pickles_with_its_pgcode(captured, postgres: Cluster) -> None:
+    """Recording the error leaves it as psycopg2 made it: pickled (multiprocessing, Celery results) it keeps its
+    `pgcode` and `pgerror`, which psycopg2's `__reduce__` adds only to an exception without a `__dict__`."""
+
+    @fluxrun.capture
+    def job() -> bytes:
+        conn = psycopg2.connect(postgres.dsn)
+        try:
+            conn.cursor().execute("SELECT * FROM nonexistent")
+        except psycopg2.Error as exc:
+            return pickle.dumps(exc)
+        raise AssertionError("no error")
+
+    again = pickle.loads(job())
+    assert type(again) is psycopg2.errors.UndefinedTable
+    assert again.pgcode == "42P01" and "nonexistent" in again.pgerror
+
+
+def test_a_row_that_fails_to_convert_fails_the_apps_fetch_as_without_fluxrun(captured, postgres: Cluster) -> None:
+    """A typecaster raising on one row: the app's fetches see every row and the error where psycopg2 raises it,
+    as they do outside a capture (the snapshot's read, which met the error first, leaves the cursor as it was)."""
+
+    def picky(value: str | None, cursor: object) -> int:
+        if value == "2":
+            raise ValueError("bad row 2")
+        return int(value or 0)
+
+    def read_all(conn: object) -> list[object]:
+        cur = conn.cursor()  # type: ignore[attr-defined]
+        psycopg2.extensions.register_type(psycopg2.extensions.new_type((23,), "PICKY", picky), cur)
+        cur.execute("SELECT generate_series(1, 4)::int4")
+        seen: list[object] = []
+        while True:
+            try:
+                row = cur.fetchone()
+            except ValueError as exc:
+                seen.append(str(exc))
+                continue
+            if row is None:
+                return seen
+            seen.append(row[0])
+
+    conn = psycopg2.connect(postgres.dsn)
+    assert read_all(conn) == [1, "bad row 2", 3, 4]  # outside a capture
+    assert fluxrun.capture(read_all)(conn) == [1, "bad row 2", 3, 4]
 
 
 def test_executemany_is_one_call_with_every_parameter_set(captured, postgres: Cluster) -> None:
