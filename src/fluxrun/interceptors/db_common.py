@@ -55,6 +55,7 @@ from fluxrun.model.values import MAX_BYTES, all_plain, decode, encode
 __all__ = [
     "DEFAULT_ROW_LIMIT",
     "KIND",
+    "PG_PARAMETERS",
     "DjangoConnectSeam",
     "Profile",
     "SqlalchemyConnectSeam",
@@ -406,6 +407,21 @@ def _setup_call(entry: CallEntry) -> dict[str, Any]:
     if entry.error is not None:
         call["error"] = entry.error
     return call
+
+
+# The server parameters a PostgreSQL driver's connect event records (psycopg, psycopg2): what libpq reports
+# after the startup, which a replayed connection answers in its place.
+PG_PARAMETERS = (
+    "client_encoding",
+    "server_encoding",
+    "server_version",
+    "standard_conforming_strings",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "integer_datetimes",
+    "application_name",
+)
 
 
 # every connection opened while FluxRun is installed -> its profile

@@ -41,17 +41,6 @@ from fluxrun.model.values import decode
 __all__ = ["PsycopgInterceptor"]
 
 DRIVER = "psycopg"
-_PARAMETERS = (
-    "client_encoding",
-    "server_encoding",
-    "server_version",
-    "standard_conforming_strings",
-    "DateStyle",
-    "IntervalStyle",
-    "TimeZone",
-    "integer_datetimes",
-    "application_name",
-)
 
 # cursors answered from a recording: cursor -> the rows left to read
 _replayed: weakref.WeakKeyDictionary[Any, db.RowBuffer] = weakref.WeakKeyDictionary()
@@ -131,7 +120,7 @@ class _ReplayedResult:
 def _connect_data(conn: Any, target: str) -> dict[str, Any]:
     info = conn.info
     parameters = {}
-    for name in _PARAMETERS:
+    for name in db.PG_PARAMETERS:
         with contextlib.suppress(Exception):
             value = info.parameter_status(name)
             if value is not None:

@@ -46,17 +46,6 @@ from fluxrun.model.values import decode
 __all__ = ["Psycopg2Interceptor"]
 
 DRIVER = "psycopg2"
-_PARAMETERS = (
-    "client_encoding",
-    "server_encoding",
-    "server_version",
-    "standard_conforming_strings",
-    "DateStyle",
-    "IntervalStyle",
-    "TimeZone",
-    "integer_datetimes",
-    "application_name",
-)
 _COPY = "COPY moves rows outside the statements FluxRun records"
 _NAMED = "a named (server-side) cursor fetches its rows from the server as the app reads them"
 _NOTIFY = "notifications arrive outside the statements FluxRun records"
@@ -76,7 +65,7 @@ def _target(dsn: Any, kwargs: dict[str, Any]) -> str:
 
 def _connect_data(conn: Any, target: str) -> dict[str, Any]:
     parameters = {}
-    for name in _PARAMETERS:
+    for name in db.PG_PARAMETERS:
         with contextlib.suppress(Exception):
             value = conn.get_parameter_status(name)
             if value is not None:
