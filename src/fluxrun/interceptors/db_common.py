@@ -46,6 +46,7 @@ from fluxrun._context import Scope
 from fluxrun._diff import short_diff
 from fluxrun._internal import SiteRef, first_app_frame, report_internal_error, site_of, site_ref
 from fluxrun.answering import Matcher
+from fluxrun.errors import LiveIOBlocked
 from fluxrun.interceptors.base import Patch, loaded, raise_recorded_error
 from fluxrun.interceptors.hot_path import append_value, as_data, detached_call, end_call, fail_call, start_call
 from fluxrun.model.recording import CallEntry
@@ -139,6 +140,36 @@ def mask_dsn(dsn: Any) -> str:
     text = str(dsn)
     text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", text)
     return _PASSWORD_KV.sub(lambda m: f"{m.group(1)}{MASK}", text)
+
+
+def connect_target(dsn: Any, kwargs: dict[str, Any], left_out: tuple[str, ...]) -> str:
+    """A libpq driver's connect target as shown (psycopg, psycopg2): the DSN and the keyword arguments but
+    `left_out` (the driver's own options), secrets masked."""
+    shown = mask_dsn(dsn or "")
+    extra = mask_kwargs({k: v for k, v in kwargs.items() if k not in left_out})
+    if extra:
+        shown = (shown + " " + " ".join(f"{k}={v}" for k, v in extra.items())).strip()
+    return shown
+
+
+def not_replayable(driver: str) -> LiveIOBlocked:
+    """The error for a connection opened before the replay started and used inside it."""
+    return LiveIOBlocked(
+        f"a {driver} connection opened before the replay started was used inside it; FluxRun answers only "
+        "connections opened during the execution (open them in the request, or from a pool the app creates)"
+    )
+
+
+def connect_refused(driver: str, target: str) -> LiveIOBlocked:
+    """A libpq driver's connect outside any execution while a replay runs here (the app's start-up, a pool's own
+    threads): libpq's socket is C, out of reach of the replay's socket blocks, so it is refused before libpq is
+    called."""
+    return LiveIOBlocked(
+        f"replay blocked a {driver} connection to {target} opened outside the replayed execution (at start-up, "
+        "or by a pool's own threads): replay never reaches live systems, and answers the connections the "
+        "execution uses from the recording",
+        host=target,
+    )
 
 
 def mask_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

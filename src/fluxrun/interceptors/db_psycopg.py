@@ -139,11 +139,7 @@ def _connect_data(conn: Any, target: str) -> dict[str, Any]:
 
 
 def _target(conninfo: Any, kwargs: dict[str, Any]) -> str:
-    shown = db.mask_dsn(conninfo or "")
-    extra = db.mask_kwargs({k: v for k, v in kwargs.items() if k not in ("context", "row_factory", "cursor_factory")})
-    if extra:
-        shown = (shown + " " + " ".join(f"{k}={v}" for k, v in extra.items())).strip()
-    return shown
+    return db.connect_target(conninfo, kwargs, ("context", "row_factory", "cursor_factory"))
 
 
 # -- recording a statement's answer ---------------------------------------------------------------------------
@@ -374,13 +370,6 @@ def _encoded_params(op: str, params: Any) -> Any:
     return db.encode_params(params)
 
 
-def _not_replayable(cursor: Any) -> LiveIOBlocked:
-    return LiveIOBlocked(
-        "a psycopg connection opened before the replay started was used inside it; FluxRun answers only "
-        "connections opened during the execution (open them in the request, or from a pool the app creates)"
-    )
-
-
 class _Support:
     def __init__(self, psycopg: Any) -> None:
         self.psycopg = psycopg
@@ -517,18 +506,6 @@ def _describe(conn: Any) -> Callable[[], dict[str, Any]]:
     return lambda: _connect_data(conn, db.mask_dsn(conn.info.dsn))
 
 
-def _connect_refused(conninfo: str, kwargs: dict[str, Any]) -> LiveIOBlocked:
-    """A connect outside any execution while a replay runs here (the app's start-up, a pool's own threads):
-    libpq's socket is C, out of reach of the replay's socket blocks, so it is refused before libpq is called."""
-    target = _target(conninfo, kwargs)
-    return LiveIOBlocked(
-        f"replay blocked a psycopg connection to {target} opened outside the replayed execution (at start-up, "
-        "or by a pool's own threads): replay never reaches live systems, and answers the connections the "
-        "execution uses from the recording",
-        host=target,
-    )
-
-
 def _connect_patch(support: _Support, original: Callable[..., Any], asynchronous: bool) -> Any:
     def record(scope: Scope, cls: Any, conninfo: str, kwargs: dict[str, Any]) -> tuple[CallEntry | None, Any]:
         target = _target(conninfo, kwargs)
@@ -559,7 +536,7 @@ def _connect_patch(support: _Support, original: Callable[..., Any], asynchronous
             scope = current()
             if scope is None:
                 if replaying_here():
-                    raise _connect_refused(conninfo, kwargs)
+                    raise db.connect_refused(DRIVER, _target(conninfo, kwargs))
                 conn = await original(cls, conninfo, **kwargs)
                 profile(None, None, conn, conninfo, kwargs)
                 return conn
@@ -582,7 +559,7 @@ def _connect_patch(support: _Support, original: Callable[..., Any], asynchronous
         scope = current()
         if scope is None:
             if replaying_here():
-                raise _connect_refused(conninfo, kwargs)
+                raise db.connect_refused(DRIVER, _target(conninfo, kwargs))
             conn = original(cls, conninfo, **kwargs)
             profile(None, None, conn, conninfo, kwargs)
             return conn
@@ -637,7 +614,7 @@ def _execute_patch(support: _Support, original: Callable[..., Any], op: str, asy
 
     def replay(scope: Scope, cursor: Any, query: Any, params: Any) -> Any:
         if cursor.connection not in support.fakes:
-            raise _not_replayable(cursor)
+            raise db.not_replayable(DRIVER)
         _serve_into(scope, cursor, op, query, _encoded_params(op, params), support.pq, asynchronous)
         return cursor if op == "execute" else None
 
@@ -973,7 +950,7 @@ def _server_execute_patch(support: _Support, original: Callable[..., Any], async
 
     def replay(scope: Scope, cursor: Any, query: Any, params: Any) -> Any:
         if cursor.connection not in support.fakes:
-            raise _not_replayable(cursor)
+            raise db.not_replayable(DRIVER)
         event = db.serve(scope, DRIVER, "declare", db.normalise_sql(query), db.encode_params(params), conn=cursor._conn)
         result = _load_answer(cursor, event, support.pq)
         cursor._described = True
@@ -1096,7 +1073,7 @@ def _stream_patch(support: _Support, original: Callable[..., Any], asynchronous:
 
     def served(scope: Scope, cursor: Any, query: Any, params: Any) -> tuple[AnyEvent, list[Any]]:
         if cursor.connection not in support.fakes:
-            raise _not_replayable(cursor)
+            raise db.not_replayable(DRIVER)
         sql, encoded = db.normalise_sql(query), db.encode_params(params)
         event = db.serve(scope, DRIVER, "stream", sql, encoded, conn=cursor._conn, raise_error=False)
         result = _load_answer(cursor, event, support.pq)
@@ -1277,7 +1254,7 @@ def _block_patches(support: _Support, cls: Any, asynchronous: bool) -> list[Patc
 
     def served(scope: Scope, tx: Any, op: str) -> AnyEvent:
         if tx._conn not in support.fakes:
-            raise _not_replayable(tx)
+            raise db.not_replayable(DRIVER)
         return db.serve(scope, DRIVER, op, conn=tx._conn)
 
     def ended(tx: Any, entry: CallEntry | None, event: AnyEvent | None) -> None:

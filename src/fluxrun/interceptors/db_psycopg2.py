@@ -56,11 +56,7 @@ _BYTEA = 17  # the type OID psycopg2 reads as memoryview
 
 
 def _target(dsn: Any, kwargs: dict[str, Any]) -> str:
-    shown = db.mask_dsn(dsn or "")
-    extra = db.mask_kwargs({k: v for k, v in kwargs.items() if k not in ("async", "async_")})
-    if extra:
-        shown = (shown + " " + " ".join(f"{k}={v}" for k, v in extra.items())).strip()
-    return shown
+    return db.connect_target(dsn, kwargs, ("async", "async_"))
 
 
 def _connect_data(conn: Any, target: str) -> dict[str, Any]:
@@ -93,24 +89,6 @@ def _described(conn: Any) -> dict[str, Any]:
 
 def _is_listen(sql_text: str) -> bool:
     return sql_text[:7].upper().startswith("LISTEN ")
-
-
-def _not_replayable() -> LiveIOBlocked:
-    return LiveIOBlocked(
-        "a psycopg2 connection opened before the replay started was used inside it; FluxRun answers only "
-        "connections opened during the execution (open them in the request, or from a pool the app creates)"
-    )
-
-
-def _connect_refused(target: str) -> LiveIOBlocked:
-    """A connect outside any execution while a replay runs here: libpq's socket is C, out of reach of the
-    replay's socket blocks, so it is refused before libpq is called."""
-    return LiveIOBlocked(
-        f"replay blocked a psycopg2 connection to {target} opened outside the replayed execution (at start-up, "
-        "or by a pool's own threads): replay never reaches live systems, and answers the connections the "
-        "execution uses from the recording",
-        host=target,
-    )
 
 
 class _Driver:
@@ -475,7 +453,7 @@ class _Driver:
         """A statement inside a capture (recorded), or (`scope` None) one made outside any while its
         connection is being set up (kept in the connection's profile)."""
         if scope is not None and scope.session is not None:
-            raise _not_replayable()
+            raise db.not_replayable(DRIVER)
         if op == "executemany" and params is not None and not isinstance(params, (list, tuple)):
             params = list(params)  # a generator is read once: recorded and executed from this list
         sql_text, call = _statement(op, query)
@@ -544,7 +522,7 @@ class _Driver:
         replayed = isinstance(conn, self.ReplayedConnection)
         if replayed or (scope is not None and scope.session is not None):
             if not replayed:
-                raise _not_replayable()
+                raise db.not_replayable(DRIVER)
             if conn._fluxrun_closed:
                 raise self.psycopg2.InterfaceError("connection already closed")
             if scope is None or scope.session is None:
@@ -751,7 +729,7 @@ def _connect_wrapper(driver: _Driver, original: Callable[..., Any]) -> Callable[
         scope = current()
         target = _target(dsn, kwargs)
         if scope is None and replaying_here():
-            raise _connect_refused(target)
+            raise db.connect_refused(DRIVER, target)
         if kwargs.get("async") or kwargs.get("async_"):  # aiopg's: results come through poll(), not recorded
             refuse_or_note("psycopg2 asynchronous connection", target, _ASYNC)
             return original(dsn, connection_factory, cursor_factory, **kwargs)
